@@ -1,0 +1,36 @@
+# The two commands of lakerelay. Each bootstraps what it needs: .venv with the project, and Java 17+.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+PYTEST_ARGS ?=
+
+.PHONY: demo test lint java ui clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+java:
+	@bash devtools/ensure_java.sh
+
+## Run the main flow end to end on embedded defaults (local folders, local sink server, local Spark).
+demo: $(STAMP) java
+	$(BIN)/python -m devtools.demo
+
+## Run the whole test suite (pytest's "no tests collected", exit 5, is not a failure).
+test: $(STAMP) java
+	$(BIN)/python -m pytest $(PYTEST_ARGS) || [ $$? -eq 5 ]
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+## The Dagster UI and daemon on http://127.0.0.1:3000 over the embedded defaults.
+ui: $(STAMP) java
+	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+
+clean:
+	rm -rf .lakerelay .pytest_cache

@@ -1,0 +1,1 @@
+"""Developer tools: the sample landing-zone generator and the end-to-end demo."""

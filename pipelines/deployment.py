@@ -1,0 +1,108 @@
+"""Resources for this deployment, from environment variables, with embedded defaults for a laptop.
+
+Non-secret settings are read when the code location loads; secrets are passed as ``dg.EnvVar`` so
+Dagster resolves them at run time and never shows their values in the UI.
+"""
+
+import os
+import sys
+from pathlib import Path
+
+import dagster as dg
+from dagster_pyspark import PySparkResource
+
+from resources.lake import LakeResource
+from resources.sinks.resource import ElasticsearchSinkResource, SplunkHecSinkResource
+
+# The local sink server's default HEC token: a development value, not a secret.
+LOCAL_HEC_TOKEN = "lakerelay-local-hec-token"
+
+
+def home() -> Path:
+    """Where embedded-default state lives: ``$LAKERELAY_HOME`` or ``./.lakerelay``."""
+    return Path(os.environ.get("LAKERELAY_HOME", ".lakerelay")).resolve()
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    value = os.environ.get(name)
+    return value if value not in (None, "") else default
+
+
+def _secret(name: str) -> dg.EnvVar | None:
+    return dg.EnvVar(name) if _env(name) else None
+
+
+def spark_config() -> dict[str, str]:
+    """Local Spark by default; ``LAKERELAY_SPARK_REMOTE`` (Spark Connect) or ``LAKERELAY_SPARK_MASTER`` otherwise."""
+    config = {
+        "spark.app.name": "lakerelay",
+        "spark.sql.session.timeZone": "UTC",
+        "spark.sql.execution.arrow.pyspark.enabled": "true",
+    }
+    remote = _env("LAKERELAY_SPARK_REMOTE")
+    if remote:
+        config["spark.remote"] = remote
+        return config
+    config.update(
+        {
+            "spark.master": _env("LAKERELAY_SPARK_MASTER", "local[2]"),
+            "spark.ui.enabled": _env("LAKERELAY_SPARK_UI", "false"),
+            "spark.pyspark.python": python_for_spark_workers(),
+            "spark.driver.memory": _env("LAKERELAY_SPARK_DRIVER_MEMORY", "2g"),
+            "spark.sql.shuffle.partitions": "8",
+            "spark.ui.showConsoleProgress": "false",
+        }
+    )
+    return config
+
+
+def python_for_spark_workers() -> str:
+    """The Python that local Spark workers run: this one, which has the project's packages.
+
+    PySpark starts workers with ``$PYSPARK_PYTHON`` (default ``python3``, often a Python without
+    pyarrow); the ``spark.pyspark.python`` setting alone is only read by spark-submit.
+    """
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    return os.environ["PYSPARK_PYTHON"]
+
+
+def lake_resource() -> LakeResource:
+    root = home()
+    return LakeResource(
+        lake_uri=_env("LAKERELAY_LAKE_URI", str(root / "lake")),
+        landing_uri=_env("LAKERELAY_LANDING_URI", str(root / "landing")),
+        aws_endpoint_url=_env("LAKERELAY_S3_ENDPOINT_URL"),
+        aws_region=_env("AWS_REGION", "us-east-1"),
+        aws_access_key_id=_secret("AWS_ACCESS_KEY_ID"),
+        aws_secret_access_key=_secret("AWS_SECRET_ACCESS_KEY"),
+    )
+
+
+def sink_resources() -> dict[str, dg.ConfigurableResource]:
+    return {
+        "elasticsearch": ElasticsearchSinkResource(
+            sink_name="elasticsearch",
+            url=_env("LAKERELAY_ES_URL", "http://127.0.0.1:9200"),
+            index=_env("LAKERELAY_ES_INDEX", "events"),
+            api_key=_secret("LAKERELAY_ES_API_KEY"),
+            username=_env("LAKERELAY_ES_USERNAME"),
+            password=_secret("LAKERELAY_ES_PASSWORD"),
+            ca_bundle=_env("LAKERELAY_ES_CA_BUNDLE"),
+        ),
+        "splunk": SplunkHecSinkResource(
+            sink_name="splunk",
+            url=_env("LAKERELAY_HEC_URL", "http://127.0.0.1:8088"),
+            token=_secret("LAKERELAY_HEC_TOKEN") or LOCAL_HEC_TOKEN,
+            index=_env("LAKERELAY_HEC_INDEX"),
+            ca_bundle=_env("LAKERELAY_HEC_CA_BUNDLE"),
+        ),
+    }
+
+
+def spark_resource() -> PySparkResource:
+    return PySparkResource(spark_config=spark_config())
+
+
+def sensors_default_status() -> dg.DefaultSensorStatus:
+    running = _env("LAKERELAY_SENSORS_RUNNING", "0").lower() in ("1", "true", "yes")
+    return dg.DefaultSensorStatus.RUNNING if running else dg.DefaultSensorStatus.STOPPED

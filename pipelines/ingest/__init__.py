@@ -1,0 +1,1 @@
+"""Auto Loader-style ingestion: discover new landing files, plan a batch, append it to Delta once."""

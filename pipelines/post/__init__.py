@@ -1,0 +1,1 @@
+"""Posting new Delta records to REST sinks from a Spark op."""

@@ -1,0 +1,68 @@
+"""The dead-letter Delta table: every record a sink rejected, with the reason, never a secret."""
+
+from datetime import UTC, datetime
+
+import pyarrow as pa
+from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
+from deltalake.exceptions import TableNotFoundError
+
+DEAD_LETTER_TABLE = "dead_letters"
+DEAD_LETTER_SCHEMA = pa.schema(
+    [
+        ("sink", pa.string()),
+        ("source_table", pa.string()),
+        ("delta_version", pa.int64()),
+        ("batch_to", pa.int64()),
+        ("record_id", pa.string()),
+        ("record", pa.string()),
+        ("status", pa.int32()),
+        ("error_type", pa.string()),
+        ("reason", pa.string()),
+        ("dead_lettered_at", pa.timestamp("us", tz="UTC")),
+    ]
+)
+
+
+def append_dead_letters(
+    table_uri: str,
+    storage_options: dict[str, str],
+    sink: str,
+    source_table: str,
+    delta_version: int,
+    batch_to: int,
+    rejected: pa.Table,
+) -> int:
+    """Append the rejected records once per (sink, batch_to): a replayed post run does not add them twice."""
+    app_id = f"lakerelay-dead-letters:{sink}:{source_table}"
+    try:
+        if (
+            DeltaTable(table_uri, storage_options=storage_options).transaction_version(app_id) or 0
+        ) >= batch_to:
+            return 0
+    except TableNotFoundError:
+        pass
+    n = rejected.num_rows
+    now = datetime.now(UTC)
+    table = pa.table(
+        {
+            "sink": pa.repeat(pa.scalar(sink), n),
+            "source_table": pa.repeat(pa.scalar(source_table), n),
+            "delta_version": pa.repeat(pa.scalar(delta_version, pa.int64()), n),
+            "batch_to": pa.repeat(pa.scalar(batch_to, pa.int64()), n),
+            "record_id": rejected["record_id"],
+            "record": rejected["record"].cast(pa.string()),
+            "status": rejected["status"],
+            "error_type": rejected["error_type"],
+            "reason": rejected["reason"],
+            "dead_lettered_at": pa.repeat(pa.scalar(now, pa.timestamp("us", tz="UTC")), n),
+        },
+        schema=DEAD_LETTER_SCHEMA,
+    )
+    write_deltalake(
+        table_uri,
+        table,
+        mode="append",
+        storage_options=storage_options,
+        commit_properties=CommitProperties(app_transactions=[Transaction(app_id, batch_to)]),
+    )
+    return n

@@ -1,0 +1,179 @@
+"""The post job: a Spark op that reads a feed's unsettled records, enriches them and posts them to one sink."""
+
+import time
+
+import dagster as dg
+import pyarrow as pa
+import pyarrow.compute as pc
+from pydantic import Field
+
+from pipelines.feeds import FeedSpec
+from pipelines.post.dead_letters import DEAD_LETTER_TABLE, append_dead_letters
+from pipelines.post.enrich import EVENTS_ENRICHMENT, enrich, to_sink_records
+from pipelines.post.plan import plan_post
+from pipelines.post.post_stage import RESULT_DDL, make_poster
+from pipelines.post.progress import read_progress, write_progress
+from pipelines.post.read_stage import read_planned_rows
+from resources.lake import LakeResource
+from resources.sinks.resource import RestSinkResource
+
+
+class PostConfig(dg.Config):
+    max_tasks: int = Field(
+        default=8, gt=0, description="Spark tasks posting in parallel (at most one per data file)."
+    )
+    enrich_expressions: list[str] = Field(
+        default=EVENTS_ENRICHMENT,
+        description="Spark SQL select expressions added to every record before posting.",
+    )
+
+
+def sink_asset_key(sink_key: str, feed: FeedSpec) -> dg.AssetKey:
+    """The asset standing for a feed's documents in a sink (an index), so the UI shows the lineage."""
+    return dg.AssetKey(["sinks", sink_key, feed.name])
+
+
+def sink_asset_spec(sink_key: str, feed: FeedSpec) -> dg.AssetSpec:
+    return dg.AssetSpec(
+        sink_asset_key(sink_key, feed),
+        deps=[dg.AssetKey(feed.name)],
+        group_name="sinks",
+        kinds={"elasticsearch" if "elastic" in sink_key else "splunk" if "splunk" in sink_key else "rest"},
+        description=f"Documents of feed {feed.name!r} in sink {sink_key!r}, posted by job post_{feed.name}_to_{sink_key}.",
+    )
+
+
+def build_post_job(sink_key: str, feed: FeedSpec) -> dg.JobDefinition:
+    """A job with one Spark op that posts ``feed``'s new records through the sink resource ``sink_key``."""
+
+    @dg.op(
+        name=f"spark_post_{feed.name}_to_{sink_key}",
+        required_resource_keys={sink_key, "lake", "pyspark"},
+        tags={"kind": "spark"},
+        description=f"Read unsettled records of table {feed.table_name!r}, enrich them in Spark and post them to {sink_key}.",
+    )
+    def post_op(context: dg.OpExecutionContext, config: PostConfig) -> None:
+        lake: LakeResource = context.resources.lake
+        sink: RestSinkResource = getattr(context.resources, sink_key)
+        run_post(
+            context,
+            lake,
+            sink,
+            context.resources.pyspark.spark_session,
+            feed,
+            sink_asset_key(sink_key, feed),
+            config,
+        )
+
+    @dg.job(
+        name=f"post_{feed.name}_to_{sink_key}", tags={"lakerelay/sink": sink_key, "lakerelay/feed": feed.name}
+    )
+    def post_job() -> None:
+        post_op()
+
+    return post_job
+
+
+def run_post(
+    context: dg.OpExecutionContext,
+    lake: LakeResource,
+    sink: RestSinkResource,
+    spark,
+    feed: FeedSpec,
+    asset_key: dg.AssetKey,
+    config: PostConfig,
+) -> None:
+    started = time.perf_counter()
+    options = lake.storage_options()
+    table_uri = lake.table_uri(feed.table_name)
+    progress = read_progress(lake, sink.sink_name, feed.table_name)
+    plan = plan_post(table_uri, options, feed.app_id, progress.batch_id)
+    context.log.info(
+        f"sink {sink.sink_name}: settled through batch {progress.batch_id} (version {progress.delta_version}); "
+        f"table {feed.table_name} is at version {plan.delta_version}, batch {plan.batch_to}; {len(plan.files)} files to read"
+    )
+    if plan.empty:
+        if plan.delta_version != progress.delta_version:
+            write_progress(
+                lake,
+                sink.sink_name,
+                feed.table_name,
+                plan.delta_version,
+                max(plan.batch_to, progress.batch_id),
+            )
+        context.log.info("nothing new to post")
+        return
+    sink.check_connection()
+
+    settings = sink.settings()
+    frame = read_planned_rows(spark, plan, lake.filesystem_settings(), config.max_tasks)
+    records = to_sink_records(
+        enrich(frame, config.enrich_expressions), sink.id_expression(), getattr(sink, "time_field", None)
+    )
+    try:
+        results = records.mapInArrow(make_poster(settings), RESULT_DDL).toArrow()
+    except Exception as exc:
+        raise dg.Failure(description=_explain_spark_failure(exc, sink)) from None
+
+    stats = results.filter(pc.equal(results["kind"], "stats"))
+    rejected = results.filter(pc.equal(results["kind"], "dead_letter"))
+    total = {
+        name: int(pc.sum(stats[name]).as_py() or 0)
+        for name in ("records_in", "accepted", "retried", "requests", "bytes")
+    }
+    dead = rejected.num_rows
+    if total["accepted"] + dead != total["records_in"]:
+        raise dg.Failure(
+            description=(
+                f"sink {sink.sink_name}: {total['records_in']} records read but {total['accepted']} accepted and {dead} "
+                f"dead-lettered; progress not advanced, the next run re-posts this batch (ids make it idempotent)."
+            )
+        )
+    written = append_dead_letters(
+        lake.table_uri(DEAD_LETTER_TABLE),
+        options,
+        sink.sink_name,
+        feed.table_name,
+        plan.delta_version,
+        plan.batch_to,
+        rejected,
+    )
+    write_progress(lake, sink.sink_name, feed.table_name, plan.delta_version, plan.batch_to)
+
+    elapsed = time.perf_counter() - started
+    latencies = pa.array([v for row in stats["latencies_ms"].to_pylist() for v in (row or [])], pa.float64())
+    metadata = {
+        "records": total["records_in"],
+        "accepted": total["accepted"],
+        "dead_lettered": dead,
+        "dead_letter_rows_written": written,
+        "retried_records": total["retried"],
+        "requests": total["requests"],
+        "bytes_sent": total["bytes"],
+        "duration_s": round(elapsed, 3),
+        "records_per_s": round(total["records_in"] / elapsed, 1) if elapsed else 0.0,
+        "delta_version": plan.delta_version,
+        "batch_from_exclusive": plan.batch_from,
+        "batch_to": plan.batch_to,
+        "files_read": len(plan.files),
+    }
+    if len(latencies):
+        for q in (0.5, 0.95, 0.99):
+            metadata[f"latency_p{int(q * 100)}_ms"] = round(float(pc.quantile(latencies, q=q)[0].as_py()), 2)
+    context.log_event(dg.AssetMaterialization(asset_key=asset_key, metadata=metadata))
+    context.log.info(
+        f"sink {sink.sink_name}: {total['accepted']} accepted, {dead} dead-lettered of {total['records_in']} records "
+        f"in {elapsed:.1f}s; progress now batch {plan.batch_to} (version {plan.delta_version})"
+    )
+
+
+def _explain_spark_failure(exc: Exception, sink: RestSinkResource) -> str:
+    text = str(exc)
+    for marker in ("SinkAuthError: ", "SinkTlsError: "):
+        if marker in text:
+            line = text[text.index(marker) + len(marker) :].splitlines()[0]
+            return f"{line} Nothing was marked as posted; fix the configuration and re-run."
+    return (
+        f"posting to sink {sink.sink_name} failed in Spark: {text.splitlines()[0][:500]} "
+        f"(see the step log for the full error). Nothing was marked as posted; a re-run resends the same records."
+    )

@@ -1,0 +1,27 @@
+"""Small builders shared by tests: a lake in a temp folder, a landing zone, Delta row counts."""
+
+from pathlib import Path
+
+import pyarrow as pa
+from deltalake import DeltaTable
+
+from devtools.sample_events import write_landing_zone
+from resources.lake import LakeResource
+
+
+def local_lake(root: Path) -> LakeResource:
+    return LakeResource(lake_uri=str(root / "lake"), landing_uri=str(root / "landing"))
+
+
+def land_events(
+    lake: LakeResource, files: int, records_per_file: int, start_seq: int = 0, seed: int = 7
+) -> int:
+    return write_landing_zone(
+        Path(lake.landing_uri) / "events", files, records_per_file, seed=seed, start_seq=start_seq
+    )
+
+
+def delta_table(lake: LakeResource, name: str = "events") -> pa.Table:
+    return pa.table(
+        DeltaTable(lake.table_uri(name), storage_options=lake.storage_options()).to_pyarrow_table()
+    )

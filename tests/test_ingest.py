@@ -1,0 +1,125 @@
+"""Ingestion into Delta: exactly once, replay after a crash, overwrites, unreadable files."""
+
+import logging
+from pathlib import Path
+
+import dagster as dg
+import pyarrow.compute as pc
+import pytest
+from deltalake import DeltaTable
+
+from pipelines.feeds import EVENTS_FEED, FeedSpec
+from pipelines.ingest.asset import build_ingest_asset
+from pipelines.ingest.discovery import list_landing_files
+from pipelines.ingest.ledger import FileLedger
+from pipelines.ingest.runner import IngestReport, _commit_batch, ingest_feed
+
+from helpers import delta_table, land_events, local_lake
+
+
+def test_ingests_every_record_once_with_metadata_columns(tmp_path: Path) -> None:
+    lake = local_lake(tmp_path)
+    written = land_events(lake, files=6, records_per_file=250)
+
+    first = ingest_feed(EVENTS_FEED, lake, max_files_per_batch=4)
+    second = ingest_feed(EVENTS_FEED, lake)
+
+    table = delta_table(lake)
+    assert (first.files, first.rows, first.batches) == (6, written, [1, 2])
+    assert (second.files, second.rows, second.batches) == (0, 0, [])
+    assert table.num_rows == written
+    assert pc.count_distinct(table["event_id"]).as_py() == written
+    assert set(pc.unique(table["_batch_id"]).to_pylist()) == {1, 2}
+    assert str(table.schema.field("ts").type) == "timestamp[us, tz=UTC]"
+    assert table.schema.field("bytes_in").type == "int64"
+    assert {"_source_file", "_source_row", "_source_modified_at", "_ingested_at"} <= set(table.column_names)
+    dt = DeltaTable(lake.table_uri("events"))
+    assert dt.transaction_version(EVENTS_FEED.app_id) == 2
+
+
+def test_a_planned_but_uncommitted_batch_is_replayed_with_the_same_files(tmp_path: Path) -> None:
+    lake = local_lake(tmp_path)
+    land_events(lake, files=3, records_per_file=100)
+    ingest_feed(EVENTS_FEED, lake)
+    land_events(lake, files=2, records_per_file=100, start_seq=300)
+    # The crash: batch 2 was planned in the ledger, then the process died before the Delta commit.
+    fs, root = lake.resolve(EVENTS_FEED.landing_uri(lake.landing_uri))
+    ledger = FileLedger(lake.state_uri("ledger", "events"), {})
+    known = ledger.load().files
+    ledger.plan(2, [f for f in list_landing_files(fs, root) if f.path not in known])
+
+    report = ingest_feed(EVENTS_FEED, lake)
+
+    assert report.replayed_batches == 1
+    assert report.batches == [2]
+    table = delta_table(lake)
+    assert table.num_rows == 500
+    assert pc.count_distinct(table["event_id"]).as_py() == 500
+
+
+def test_replaying_a_committed_batch_appends_nothing(tmp_path: Path) -> None:
+    lake = local_lake(tmp_path)
+    land_events(lake, files=2, records_per_file=100)
+    ingest_feed(EVENTS_FEED, lake)
+    fs, root = lake.resolve(EVENTS_FEED.landing_uri(lake.landing_uri))
+    version_before = DeltaTable(lake.table_uri("events")).version()
+
+    _commit_batch(
+        EVENTS_FEED,
+        lake.table_uri("events"),
+        {},
+        fs,
+        list_landing_files(fs, root),
+        1,
+        IngestReport(),
+        logging.getLogger(),
+    )
+
+    assert delta_table(lake).num_rows == 200
+    assert DeltaTable(lake.table_uri("events")).version() == version_before
+
+
+def test_a_file_changed_after_ingestion_is_skipped_and_reported(tmp_path: Path) -> None:
+    lake = local_lake(tmp_path)
+    land_events(lake, files=2, records_per_file=50)
+    ingest_feed(EVENTS_FEED, lake)
+    changed = sorted((Path(lake.landing_uri) / "events").glob("*.json"))[0]
+    changed.write_bytes(changed.read_bytes() + changed.read_bytes())
+
+    report = ingest_feed(EVENTS_FEED, lake)
+
+    assert report.overwritten_skipped == [str(changed)]
+    assert delta_table(lake).num_rows == 100
+
+
+def test_an_unreadable_file_is_quarantined_and_the_rest_lands(tmp_path: Path) -> None:
+    lake = local_lake(tmp_path)
+    land_events(lake, files=2, records_per_file=50)
+    bad = Path(lake.landing_uri) / "events" / "broken.json"
+    bad.write_bytes(b'{"event_id": "x", "ts": \n not json at all\n')
+
+    report = ingest_feed(EVENTS_FEED, lake)
+
+    assert [q.path for q in report.quarantined] == [str(bad)]
+    assert "JSON" in report.quarantined[0].error or "Invalid" in report.quarantined[0].error
+    assert delta_table(lake).num_rows == 100
+    assert ingest_feed(EVENTS_FEED, lake).batches == []  # accounted for, not retried forever
+
+
+def test_a_bad_schema_hint_names_the_feed_and_the_allowed_types() -> None:
+    with pytest.raises(ValueError, match=r"feed 'x'.*unknown type 'timestampz'.*bigint"):
+        FeedSpec(name="x", schema_hints="ts timestampz").hint_schema()
+
+
+def test_the_asset_reports_numeric_metadata_and_its_check(tmp_path: Path) -> None:
+    lake = local_lake(tmp_path)
+    written = land_events(lake, files=3, records_per_file=100)
+
+    result = dg.materialize([build_ingest_asset(EVENTS_FEED)], resources={"lake": lake})
+
+    metadata = result.asset_materializations_for_node("events")[0].metadata
+    assert metadata["rows"].value == written
+    assert metadata["files"].value == 3
+    assert metadata["delta_version"].value == 0
+    [check] = result.get_asset_check_evaluations()
+    assert check.passed
