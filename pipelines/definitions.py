@@ -3,6 +3,7 @@
 import dagster as dg
 
 from pipelines import deployment
+from pipelines.export_assets import build_export_asset, build_export_check
 from pipelines.feeds import EVENTS_FEED, FeedSpec
 from pipelines.ingest.asset import build_ingest_asset
 from pipelines.post.job import build_post_job, sink_asset_spec
@@ -25,6 +26,10 @@ def build_defs(resources: dict, feeds: list[FeedSpec] = FEEDS) -> dg.Definitions
         )
         for feed in feeds
     }
+    export_jobs = [
+        dg.define_asset_job(f"export_{feed.name}", selection=dg.AssetSelection.assets(f"{feed.name}_export"))
+        for feed in feeds
+    ]
     post_jobs = {(feed.name, key): build_post_job(key, feed) for feed in feeds for key in sinks}
 
     status = deployment.sensors_default_status()
@@ -36,14 +41,16 @@ def build_defs(resources: dict, feeds: list[FeedSpec] = FEEDS) -> dg.Definitions
         for feed in feeds
         for key in sinks
     ]
-    sensors.append(build_failure_sensor([*ingest_jobs.values(), *post_jobs.values()]))
+    sensors.append(build_failure_sensor([*ingest_jobs.values(), *post_jobs.values(), *export_jobs]))
 
     return dg.Definitions(
         assets=[
             *(build_ingest_asset(feed) for feed in feeds),
+            *(build_export_asset(feed.name, feed.table_name, dg.AssetKey(feed.name)) for feed in feeds),
             *(sink_asset_spec(key, feed) for feed in feeds for key in sinks),
         ],
-        jobs=[*ingest_jobs.values(), *post_jobs.values()],
+        asset_checks=[build_export_check(feed.name) for feed in feeds],
+        jobs=[*ingest_jobs.values(), *post_jobs.values(), *export_jobs],
         sensors=sensors,
         resources=resources,
     )
@@ -53,6 +60,7 @@ defs = build_defs(
     {
         "lake": deployment.lake_resource(),
         "pyspark": deployment.spark_resource(),
+        "export_storage": deployment.export_storage_resource(),
         **deployment.sink_resources(),
     }
 )

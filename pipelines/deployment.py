@@ -9,8 +9,10 @@ import sys
 from pathlib import Path
 
 import dagster as dg
+from dagster_aws.s3 import S3Resource
 from dagster_pyspark import PySparkResource
 
+from resources.export_storage import ExportStorage, LocalExportStorage, S3ExportStorage
 from resources.lake import LakeResource
 from resources.sinks.resource import ElasticsearchSinkResource, SplunkHecSinkResource
 
@@ -97,6 +99,23 @@ def sink_resources() -> dict[str, dg.ConfigurableResource]:
             ca_bundle=_env("LAKERELAY_HEC_CA_BUNDLE"),
         ),
     }
+
+
+def export_storage_resource() -> ExportStorage:
+    """S3 (any endpoint) when ``LAKERELAY_EXPORT_BUCKET`` is set, else a local folder standing in for it."""
+    bucket = _env("LAKERELAY_EXPORT_BUCKET")
+    if not bucket:
+        return LocalExportStorage(root=_env("LAKERELAY_EXPORT_DIR", str(home() / "exports")))
+    return S3ExportStorage(
+        s3=S3Resource(
+            endpoint_url=_env("LAKERELAY_S3_ENDPOINT_URL"),
+            region_name=_env("AWS_REGION", "us-east-1"),
+            aws_access_key_id=_secret("AWS_ACCESS_KEY_ID"),
+            aws_secret_access_key=_secret("AWS_SECRET_ACCESS_KEY"),
+        ),
+        bucket=bucket,
+        prefix=_env("LAKERELAY_EXPORT_PREFIX", "exports"),
+    )
 
 
 def spark_resource() -> PySparkResource:

@@ -1,5 +1,8 @@
 """The whole flow in one process, on real parts: files → Delta → Spark → local sink server (→ export)."""
 
+import gzip
+import hashlib
+import json
 from pathlib import Path
 
 import dagster as dg
@@ -13,6 +16,7 @@ from pipelines.definitions import build_defs
 from pipelines.deployment import LOCAL_HEC_TOKEN
 from pipelines.post.dead_letters import DEAD_LETTER_TABLE
 from pipelines.post.progress import read_progress, write_progress
+from resources.export_storage import LocalExportStorage
 from resources.sinks.resource import ElasticsearchSinkResource, SplunkHecSinkResource
 
 from helpers import delta_table, land_events, local_lake
@@ -28,6 +32,7 @@ def flow_defs(lake, sink_url: str, spark_resource, **es_options) -> dg.Definitio
             "elasticsearch": ElasticsearchSinkResource(
                 sink_name="elasticsearch", url=sink_url, backoff_initial_s=0.05, **es_options
             ),
+            "export_storage": LocalExportStorage(root=str(Path(lake.lake_uri).parent / "exports")),
             "splunk": SplunkHecSinkResource(
                 sink_name="splunk", url=sink_url, token=LOCAL_HEC_TOKEN, backoff_initial_s=0.05
             ),
@@ -59,6 +64,22 @@ def test_every_record_reaches_both_sinks_once_and_replays_add_nothing(
     assert materialization.metadata["accepted"].value == rows
     assert materialization.metadata["dead_lettered"].value == 0
     assert read_progress(lake, "elasticsearch", "events").batch_id == 1
+
+    export = run_job(defs, "export_events")
+    [check] = export.get_asset_check_evaluations()
+    assert check.passed
+    exports = Path(lake.lake_uri).parent / "exports"
+    metadata = export.asset_materializations_for_node("events_export")[0].metadata
+    manifest = json.loads((exports / metadata["manifest_key"].value).read_text())
+    assert manifest["total_rows"] == rows
+    exported_ids = set()
+    for part in manifest["parts"]:
+        data = (exports / part["key"]).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == part["sha256"]
+        lines = gzip.decompress(data).splitlines()
+        assert len(lines) == part["rows"]
+        exported_ids.update(json.loads(line)["event_id"] for line in lines)
+    assert len(exported_ids) == rows
 
     # A second run finds nothing unsettled; a third ingest of the same files appends nothing.
     run_job(defs, "ingest_events")
