@@ -46,6 +46,9 @@ def main() -> int:
         shutil.rmtree(home)
     (home / "dagster").mkdir(parents=True)
     (home / "dagster" / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    # Run logs at INFO: the steps' own lines (counts, versions, timings), not every engine event.
+    quiet = home / "run_logging.yaml"
+    quiet.write_text("loggers:\n  console:\n    config:\n      log_level: INFO\n")
     written = write_landing_zone(home / "landing" / "events", args.files, args.records_per_file)
     print(f"landing zone: {written} events in {args.files} files under {home / 'landing' / 'events'}")
 
@@ -58,10 +61,11 @@ def main() -> int:
             "LAKERELAY_ES_URL": sink.url,
             "LAKERELAY_HEC_URL": sink.url,
         }
-        dagster(["asset", "materialize", *DEFS, "--select", "events"], env)
-        dagster(["job", "execute", *DEFS, "-j", "post_events_to_elasticsearch"], env)
-        dagster(["job", "execute", *DEFS, "-j", "post_events_to_splunk"], env)
-        dagster(["asset", "materialize", *DEFS, "--select", "events_export"], env)
+        config = ["-c", str(quiet)]
+        dagster(["asset", "materialize", *DEFS, *config, "--select", "events"], env)
+        dagster(["job", "execute", *DEFS, *config, "-j", "post_events_to_elasticsearch"], env)
+        dagster(["job", "execute", *DEFS, *config, "-j", "post_events_to_splunk"], env)
+        dagster(["asset", "materialize", *DEFS, *config, "--select", "events_export"], env)
         es_docs = requests.get(f"{sink.url}/events/_count", timeout=10).json()["count"]
         hec_events = sink.stats()["hec"]["indices"].get("main", 0)
 

@@ -1,5 +1,7 @@
 """The one Definitions object of lakerelay, loaded by workspace.yaml and the Dagster CLI."""
 
+import warnings
+
 import dagster as dg
 
 from pipelines import deployment
@@ -10,6 +12,9 @@ from pipelines.post.job import build_post_job, sink_asset_spec
 from sensors.failures import build_failure_sensor
 from sensors.landing import build_landing_sensor
 from sensors.table import build_table_sensor
+
+# Dagster's own sensor factory passes a beta parameter; the warning says nothing about this project.
+warnings.filterwarnings("ignore", message="Parameter `owners`", category=dg.BetaWarning)
 
 FEEDS = [EVENTS_FEED]
 SINK_KEYS = ["elasticsearch", "splunk"]
@@ -33,7 +38,13 @@ def build_defs(resources: dict, feeds: list[FeedSpec] = FEEDS) -> dg.Definitions
     post_jobs = {(feed.name, key): build_post_job(key, feed) for feed in feeds for key in sinks}
 
     status = deployment.sensors_default_status()
-    sensors = [build_landing_sensor(feed, ingest_jobs[feed.name], default_status=status) for feed in feeds]
+    interval = deployment.sensor_interval_seconds()
+    sensors = [
+        build_landing_sensor(
+            feed, ingest_jobs[feed.name], minimum_interval_seconds=interval, default_status=status
+        )
+        for feed in feeds
+    ]
     sensors += [
         build_table_sensor(
             feed, key, sinks[key].sink_name, post_jobs[(feed.name, key)], default_status=status

@@ -53,6 +53,7 @@ def spark_config() -> dict[str, str]:
             "spark.driver.memory": _env("LAKERELAY_SPARK_DRIVER_MEMORY", "2g"),
             "spark.sql.shuffle.partitions": "8",
             "spark.ui.showConsoleProgress": "false",
+            "spark.sql.debug.maxToStringFields": "200",
         }
     )
     return config
@@ -125,3 +126,7 @@ def spark_resource() -> PySparkResource:
 def sensors_default_status() -> dg.DefaultSensorStatus:
     running = _env("LAKERELAY_SENSORS_RUNNING", "0").lower() in ("1", "true", "yes")
     return dg.DefaultSensorStatus.RUNNING if running else dg.DefaultSensorStatus.STOPPED
+
+
+def sensor_interval_seconds() -> int:
+    return int(_env("LAKERELAY_SENSOR_INTERVAL_S", "30"))

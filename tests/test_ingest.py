@@ -1,6 +1,8 @@
 """Ingestion into Delta: exactly once, replay after a crash, overwrites, unreadable files."""
 
 import logging
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import dagster as dg
@@ -13,6 +15,7 @@ from pipelines.ingest.asset import build_ingest_asset
 from pipelines.ingest.discovery import list_landing_files
 from pipelines.ingest.ledger import FileLedger
 from pipelines.ingest.runner import IngestReport, _commit_batch, ingest_feed
+from resources.lake import LakeResource
 
 from helpers import delta_table, land_events, local_lake
 
@@ -44,7 +47,7 @@ def test_a_planned_but_uncommitted_batch_is_replayed_with_the_same_files(tmp_pat
     land_events(lake, files=2, records_per_file=100, start_seq=300)
     # The crash: batch 2 was planned in the ledger, then the process died before the Delta commit.
     fs, root = lake.resolve(EVENTS_FEED.landing_uri(lake.landing_uri))
-    ledger = FileLedger(lake.state_uri("ledger", "events"), {})
+    ledger = FileLedger(lake.state_uri("ledger", "events"), {}, "events")
     known = ledger.load().files
     ledger.plan(2, [f for f in list_landing_files(fs, root) if f.path not in known])
 
@@ -123,3 +126,23 @@ def test_the_asset_reports_numeric_metadata_and_its_check(tmp_path: Path) -> Non
     assert metadata["delta_version"].value == 0
     [check] = result.get_asset_check_evaluations()
     assert check.passed
+
+
+def _ingest_in_child(lake_uri: str, landing_uri: str) -> int:
+    lake = LakeResource(lake_uri=lake_uri, landing_uri=landing_uri)
+    return ingest_feed(EVENTS_FEED, lake, max_files_per_batch=2).rows
+
+
+def test_two_concurrent_runs_of_one_feed_ingest_every_record_once(tmp_path: Path) -> None:
+    lake = local_lake(tmp_path)
+    written = land_events(lake, files=16, records_per_file=100)
+    # spawn, never fork, once deltalake has run in this process (its runtime panics in a forked child).
+    with ProcessPoolExecutor(max_workers=2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(_ingest_in_child, lake.lake_uri, lake.landing_uri) for _ in range(2)]
+        rows_by_run = [f.result(timeout=120) for f in futures]
+    leftover = ingest_feed(EVENTS_FEED, lake).rows  # what a run that stopped early left for the next one
+
+    table = delta_table(lake)
+    assert sum(rows_by_run) + leftover == written
+    assert table.num_rows == written
+    assert pc.count_distinct(table["event_id"]).as_py() == written

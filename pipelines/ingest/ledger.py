@@ -8,9 +8,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import pyarrow as pa
-from deltalake import DeltaTable, write_deltalake
+from deltalake import DeltaTable
 from deltalake.exceptions import TableNotFoundError
 
+from pipelines.delta_once import append_once
 from pipelines.ingest.discovery import LandingFile
 
 LEDGER_SCHEMA = pa.schema(
@@ -37,9 +38,12 @@ class LedgerState:
 
 
 class FileLedger:
-    def __init__(self, uri: str, storage_options: dict[str, str]) -> None:
+    def __init__(self, uri: str, storage_options: dict[str, str], feed_name: str) -> None:
         self.uri = uri
         self.storage_options = storage_options
+        # Planning a batch number is itself an application transaction, so two runs of one feed
+        # can never plan the same number with different files.
+        self.app_id = f"lakerelay-ledger:{feed_name}"
 
     def load(self) -> LedgerState:
         try:
@@ -55,7 +59,8 @@ class FileLedger:
         last = max(batch_of.values(), default=0)
         return LedgerState(files, batch_of, last)
 
-    def plan(self, batch_id: int, files: list[LandingFile]) -> None:
+    def plan(self, batch_id: int, files: list[LandingFile]) -> bool:
+        """Record the files of ``batch_id``; False when another run planned that batch first."""
         now = datetime.now(UTC)
         table = pa.table(
             {
@@ -67,4 +72,4 @@ class FileLedger:
             },
             schema=LEDGER_SCHEMA,
         )
-        write_deltalake(self.uri, table, mode="append", storage_options=self.storage_options)
+        return append_once(self.uri, self.storage_options, table, self.app_id, batch_id)

@@ -3,9 +3,11 @@
 import logging
 from dataclasses import dataclass, field
 
-from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
-from deltalake.exceptions import CommitFailedError, TableNotFoundError
+import pyarrow.fs as pafs
+from deltalake import DeltaTable
+from deltalake.exceptions import TableNotFoundError
 
+from pipelines.delta_once import append_once, transaction_version
 from pipelines.feeds import FeedSpec
 from pipelines.ingest.discovery import LandingFile, list_landing_files
 from pipelines.ingest.ledger import FileLedger
@@ -25,14 +27,6 @@ class IngestReport:
     delta_version: int | None = None
 
 
-def committed_batch(table_uri: str, storage_options: dict[str, str], app_id: str) -> int:
-    """The last batch number committed to the table under ``app_id`` (0 when none)."""
-    try:
-        return DeltaTable(table_uri, storage_options=storage_options).transaction_version(app_id) or 0
-    except TableNotFoundError:
-        return 0
-
-
 def ingest_feed(
     feed: FeedSpec,
     lake: LakeResource,
@@ -45,12 +39,12 @@ def ingest_feed(
     log = log or logging.getLogger(__name__)
     options = lake.storage_options()
     table_uri = lake.table_uri(feed.table_name)
-    ledger = FileLedger(lake.state_uri("ledger", feed.name), options)
+    ledger = FileLedger(lake.state_uri("ledger", feed.name), options, feed.name)
     landing_fs, landing_root = lake.resolve(feed.landing_uri(lake.landing_uri))
     report = IngestReport()
 
     state = ledger.load()
-    done = committed_batch(table_uri, options, feed.app_id)
+    done = transaction_version(table_uri, options, feed.app_id)
     # A batch planned but not committed (the last run died in between): same files, same number.
     for batch_id in range(done + 1, state.last_batch + 1):
         log.warning(
@@ -89,7 +83,13 @@ def ingest_feed(
             break
         next_batch += 1
         chunk = new_files[start : start + max_files_per_batch]
-        ledger.plan(next_batch, chunk)
+        if not ledger.plan(next_batch, chunk):
+            log.warning(
+                "another run planned batch %s of feed %s first; stopping, its files are in its hands",
+                next_batch,
+                feed.name,
+            )
+            break
         _commit_batch(feed, table_uri, options, landing_fs, chunk, next_batch, report, log)
 
     try:
@@ -103,42 +103,35 @@ def _commit_batch(
     feed: FeedSpec,
     table_uri: str,
     options: dict[str, str],
-    landing_fs,
+    landing_fs: pafs.FileSystem,
     files: list[LandingFile],
     batch_id: int,
     report: IngestReport,
     log: logging.Logger,
 ) -> None:
+    if transaction_version(table_uri, options, feed.app_id) >= batch_id:
+        log.info("batch %s of feed %s is already in the table; not appending it again", batch_id, feed.name)
+        return
     result = read_batch(landing_fs, feed, files, batch_id)
     for bad in result.quarantined:
         log.error("quarantined %s (left in the landing zone, not ingested): %s", bad.path, bad.error)
-    report.quarantined.extend(result.quarantined)
+    appended = append_once(
+        table_uri,
+        options,
+        result.table,
+        feed.app_id,
+        batch_id,
+        custom_metadata={"lakerelay.batch_id": str(batch_id), "lakerelay.files": str(len(files))},
+        schema_mode="merge",
+        configuration={"delta.enableChangeDataFeed": "true"},
+    )
+    if not appended:
+        log.warning("batch %s of feed %s was committed by a concurrent run", batch_id, feed.name)
+        return
     report.batches.append(batch_id)
+    report.quarantined.extend(result.quarantined)
     report.files += len(result.rows_per_file)
     report.bytes += sum(f.size for f in files if f.path in result.rows_per_file)
-    if committed_batch(table_uri, options, feed.app_id) >= batch_id:
-        log.info("batch %s of feed %s is already in the table; not appending it again", batch_id, feed.name)
-        return
-    properties = CommitProperties(
-        app_transactions=[Transaction(feed.app_id, batch_id)],
-        custom_metadata={"lakerelay.batch_id": str(batch_id), "lakerelay.files": str(len(files))},
-    )
-    try:
-        write_deltalake(
-            table_uri,
-            result.table,
-            mode="append",
-            schema_mode="merge",
-            storage_options=options,
-            commit_properties=properties,
-            configuration={"delta.enableChangeDataFeed": "true"},
-        )
-    except CommitFailedError:
-        # Another writer raced us; if it committed this very batch we are done, else it is a real error.
-        if committed_batch(table_uri, options, feed.app_id) >= batch_id:
-            log.warning("batch %s was committed by a concurrent run", batch_id)
-            return
-        raise
     report.rows += result.table.num_rows
     log.info(
         "committed batch %s of feed %s: %d files, %d rows",

@@ -3,8 +3,8 @@
 from datetime import UTC, datetime
 
 import pyarrow as pa
-from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
-from deltalake.exceptions import TableNotFoundError
+
+from pipelines.delta_once import append_once
 
 DEAD_LETTER_TABLE = "dead_letters"
 DEAD_LETTER_SCHEMA = pa.schema(
@@ -33,14 +33,6 @@ def append_dead_letters(
     rejected: pa.Table,
 ) -> int:
     """Append the rejected records once per (sink, batch_to): a replayed post run does not add them twice."""
-    app_id = f"lakerelay-dead-letters:{sink}:{source_table}"
-    try:
-        if (
-            DeltaTable(table_uri, storage_options=storage_options).transaction_version(app_id) or 0
-        ) >= batch_to:
-            return 0
-    except TableNotFoundError:
-        pass
     n = rejected.num_rows
     now = datetime.now(UTC)
     table = pa.table(
@@ -58,11 +50,5 @@ def append_dead_letters(
         },
         schema=DEAD_LETTER_SCHEMA,
     )
-    write_deltalake(
-        table_uri,
-        table,
-        mode="append",
-        storage_options=storage_options,
-        commit_properties=CommitProperties(app_transactions=[Transaction(app_id, batch_to)]),
-    )
-    return n
+    app_id = f"lakerelay-dead-letters:{sink}:{source_table}"
+    return n if append_once(table_uri, storage_options, table, app_id, batch_to) else 0

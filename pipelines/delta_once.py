@@ -1,0 +1,58 @@
+"""Appending to a Delta table at most once per (application id, version).
+
+delta-rs records an application transaction but does not refuse a version it has already seen, so
+the check is ours: read the table, skip if the version is already there, and otherwise commit against
+*that* snapshot. A concurrent writer that commits the same application id in between makes our commit
+fail with CommitFailedError instead of appending twice; we then read the version again.
+"""
+
+import pyarrow as pa
+from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
+from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
+
+
+def transaction_version(uri: str, storage_options: dict[str, str], app_id: str) -> int:
+    """The last version committed under ``app_id`` (0 when none, or when the table does not exist)."""
+    try:
+        return DeltaTable(uri, storage_options=storage_options).transaction_version(app_id) or 0
+    except TableNotFoundError:
+        return 0
+
+
+def append_once(
+    uri: str,
+    storage_options: dict[str, str],
+    data: pa.Table,
+    app_id: str,
+    version: int,
+    *,
+    custom_metadata: dict[str, str] | None = None,
+    schema_mode: str | None = None,
+    configuration: dict[str, str] | None = None,
+) -> bool:
+    """Append ``data`` unless ``version`` of ``app_id`` is already committed; True when this call appended."""
+    try:
+        target: DeltaTable | str = DeltaTable(uri, storage_options=storage_options)
+    except TableNotFoundError:
+        target = uri
+    if isinstance(target, DeltaTable) and (target.transaction_version(app_id) or 0) >= version:
+        return False
+    try:
+        write_deltalake(
+            target,
+            data,
+            mode="append",
+            schema_mode=schema_mode,
+            storage_options=storage_options,
+            configuration=configuration if isinstance(target, str) else None,
+            commit_properties=CommitProperties(
+                app_transactions=[Transaction(app_id, version)], custom_metadata=custom_metadata
+            ),
+        )
+    except (CommitFailedError, DeltaError):
+        # Lost a race (same app id, or two creators of a new table): it is fine if the winner
+        # committed this very version; anything else is a real error.
+        if transaction_version(uri, storage_options, app_id) >= version:
+            return False
+        raise
+    return True

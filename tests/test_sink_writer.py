@@ -1,0 +1,105 @@
+"""SinkWriter against the local sink server: batching, per-item policy, retries, auth, HEC codes."""
+
+import orjson
+import pytest
+
+from localsink.server import LocalSinkServer
+from pipelines.deployment import LOCAL_HEC_TOKEN
+from resources.sinks.protocols import Record
+from resources.sinks.resource import ElasticsearchSinkResource, SplunkHecSinkResource
+from resources.sinks.writer import SinkAuthError, SinkWriter
+
+
+def records(n: int) -> list[Record]:
+    return [
+        Record(f"{i:040x}", orjson.dumps({"event_id": f"e{i}", "n": i}), 1_700_000_000.0 + i)
+        for i in range(n)
+    ]
+
+
+def es_settings(url: str, **options):
+    return ElasticsearchSinkResource(sink_name="es", url=url, backoff_initial_s=0.01, **options).settings()
+
+
+def post_all(settings, batch: list[Record]):
+    writer = SinkWriter(settings)
+    for record in batch:
+        writer.add(record)
+    return writer.close()
+
+
+def test_requests_are_cut_by_count_and_by_bytes(sink_server) -> None:
+    by_count = post_all(es_settings(sink_server.url, max_records_per_call=100), records(1000))
+    assert (by_count.accepted, by_count.requests) == (1000, 10)
+
+    sink_server.reset()
+    by_bytes = post_all(es_settings(sink_server.url, max_bytes_per_call=5_000), records(1000))
+    assert by_bytes.accepted == 1000
+    assert by_bytes.requests >= by_bytes.bytes_sent // 5_000
+    assert sink_server.es_count("events") == 1000
+
+
+def test_items_rejected_with_429_are_retried_alone_until_accepted_without_duplicates(sink_server) -> None:
+    sink_server.set_faults({"seed": 3, "item_429_rate": 0.2})
+
+    outcome = post_all(es_settings(sink_server.url, max_records_per_call=250), records(2000))
+
+    assert outcome.accepted == 2000
+    assert outcome.rejected == []
+    assert outcome.retried > 0
+    ids = sink_server.es_ids("events")
+    assert len(ids) == len(set(ids)) == 2000
+
+
+def test_whole_request_503s_are_retried_with_backoff(sink_server) -> None:
+    sink_server.set_faults({"seed": 1, "request_503_rate": 0.4})
+
+    outcome = post_all(es_settings(sink_server.url, max_records_per_call=100), records(1000))
+
+    assert outcome.accepted == 1000
+    assert sink_server.es_count("events") == 1000
+    assert sink_server.stats()["http"]["responses_by_status"].get("503", 0) > 0
+
+
+def test_documents_the_sink_rejects_are_reported_with_status_and_reason(sink_server) -> None:
+    sink_server.set_faults({"reject_field": "event_id", "reject_values": ["e7", "e42"]})
+
+    outcome = post_all(es_settings(sink_server.url), records(100))
+
+    assert outcome.accepted == 98
+    assert sorted(orjson.loads(r.record.doc)["event_id"] for r in outcome.rejected) == ["e42", "e7"]
+    assert {r.status for r in outcome.rejected} == {400}
+    assert all(r.error_type and r.reason for r in outcome.rejected)
+
+
+def test_retries_that_never_succeed_end_in_dead_letters_not_in_silence(sink_server) -> None:
+    sink_server.set_faults({"request_503_rate": 1.0})
+
+    outcome = post_all(es_settings(sink_server.url, max_attempts=3, max_records_per_call=10), records(30))
+
+    assert outcome.accepted == 0
+    assert len(outcome.rejected) == 30
+    assert {r.error_type for r in outcome.rejected} == {"retries_exhausted"}
+
+
+def test_a_refused_credential_stops_at_once_and_never_shows_the_secret() -> None:
+    with LocalSinkServer(es_api_key="right").start() as server:
+        with pytest.raises(SinkAuthError) as caught:
+            post_all(es_settings(server.url, api_key="wrong-secret"), records(10))
+        assert server.stats()["http"]["requests"] == 1
+    assert "401" in str(caught.value)
+    assert "wrong-secret" not in str(caught.value)
+
+
+def test_hec_posts_envelopes_and_a_bad_event_is_dead_lettered_while_the_rest_land(sink_server) -> None:
+    settings = SplunkHecSinkResource(sink_name="hec", url=sink_server.url, token=LOCAL_HEC_TOKEN).settings()
+    sink_server.set_faults({"reject_field": "event_id", "reject_values": ["e5"]})
+
+    outcome = post_all(settings, records(20))
+
+    assert outcome.accepted == 19
+    assert [orjson.loads(r.record.doc)["event_id"] for r in outcome.rejected] == ["e5"]
+    assert sink_server.hec_count("main") == 19
+    stored = sink_server.hec_events("main", limit=1)[0]
+    assert stored["sourcetype"] == "_json"
+    assert stored["time"] == 1_700_000_000.0
