@@ -17,6 +17,7 @@ from pipelines.exporter import (
     new_export_id,
     verify_export,
 )
+from pipelines.feeds import FeedSpec
 from resources.export_storage import ExportStorage
 from resources.lake import LakeResource
 
@@ -133,3 +134,17 @@ def build_export_check(dataset: str) -> dg.AssetChecksDefinition:
         )
 
     return _check
+
+
+def export_defs(feeds: list[FeedSpec]) -> dg.Definitions:
+    """Exports' share of the Definitions: per feed, the export asset, its check and an ``export_<feed>`` job."""
+    return dg.Definitions(
+        assets=[build_export_asset(feed.name, feed.table_name, dg.AssetKey(feed.name)) for feed in feeds],
+        asset_checks=[build_export_check(feed.name) for feed in feeds],
+        jobs=[
+            dg.define_asset_job(
+                f"export_{feed.name}", selection=dg.AssetSelection.assets(export_asset_key(feed.name))
+            )
+            for feed in feeds
+        ],
+    )

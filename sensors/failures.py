@@ -3,10 +3,11 @@
 import dagster as dg
 
 
-def build_failure_sensor(monitored_jobs: list) -> dg.SensorDefinition:
+def build_failure_sensor() -> dg.SensorDefinition:
+    """Watches every job of this code location."""
+
     @dg.run_failure_sensor(
         name="lakerelay_run_failure_sensor",
-        monitored_jobs=monitored_jobs,
         default_status=dg.DefaultSensorStatus.RUNNING,
         description="Logs every failed lakerelay run with its error.",
     )

@@ -1,5 +1,6 @@
 """Small builders shared by tests: a lake in a temp folder, a landing zone, Delta row counts."""
 
+import os
 from pathlib import Path
 
 import pyarrow as pa
@@ -25,3 +26,18 @@ def delta_table(lake: LakeResource, name: str = "events") -> pa.Table:
     return pa.table(
         DeltaTable(lake.table_uri(name), storage_options=lake.storage_options()).to_pyarrow_table()
     )
+
+
+def dagster_cli_env(home: Path, sink_url: str, **extra: str) -> dict[str, str]:
+    """Environment for Dagster CLI/daemon subprocesses: a persistent DAGSTER_HOME and lakerelay under ``home``."""
+    dagster_home = home / "dagster"
+    dagster_home.mkdir(exist_ok=True)
+    (dagster_home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    return {
+        **os.environ,
+        "DAGSTER_HOME": str(dagster_home),
+        "LAKERELAY_HOME": str(home),
+        "LAKERELAY_ES_URL": sink_url,
+        "LAKERELAY_HEC_URL": sink_url,
+        **extra,
+    }

@@ -3,7 +3,6 @@
 import gzip
 import hashlib
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +11,7 @@ import pytest
 from dagster import AssetKey, DagsterInstance, DagsterRunStatus
 from dagster._core.instance.ref import InstanceRef
 
-from helpers import delta_table, land_events, local_lake
+from helpers import dagster_cli_env, delta_table, land_events, local_lake
 
 pytestmark = pytest.mark.e2e
 DAGSTER = str(Path(sys.executable).parent / "dagster")
@@ -42,16 +41,8 @@ def test_definitions_validate_through_the_workspace_file() -> None:
 def test_ingest_post_and_export_through_the_dagster_cli(tmp_path: Path, sink_server) -> None:
     lake = local_lake(tmp_path)
     written = land_events(lake, files=6, records_per_file=400)
-    dagster_home = tmp_path / "dagster"
-    dagster_home.mkdir()
-    (dagster_home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
-    env = {
-        **os.environ,
-        "DAGSTER_HOME": str(dagster_home),
-        "LAKERELAY_HOME": str(tmp_path),
-        "LAKERELAY_ES_URL": sink_server.url,
-        "LAKERELAY_HEC_URL": sink_server.url,
-    }
+    env = dagster_cli_env(tmp_path, sink_server.url)
+    dagster_home = Path(env["DAGSTER_HOME"])
     defs = ["-m", "pipelines.definitions"]
 
     cli(["asset", "materialize", *defs, "--select", "events"], env)

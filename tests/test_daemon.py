@@ -11,7 +11,7 @@ import pytest
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 from dagster._core.instance.ref import InstanceRef
 
-from helpers import delta_table, land_events, local_lake
+from helpers import dagster_cli_env, delta_table, land_events, local_lake
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,18 +34,10 @@ def wait_for(condition, timeout: float, what: str) -> None:
 
 def test_sensors_on_the_daemon_move_new_files_to_both_sinks(tmp_path: Path, sink_server) -> None:
     lake = local_lake(tmp_path)
-    dagster_home = tmp_path / "dagster"
-    dagster_home.mkdir()
-    (dagster_home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
-    env = {
-        **os.environ,
-        "DAGSTER_HOME": str(dagster_home),
-        "LAKERELAY_HOME": str(tmp_path),
-        "LAKERELAY_ES_URL": sink_server.url,
-        "LAKERELAY_HEC_URL": sink_server.url,
-        "LAKERELAY_SENSORS_RUNNING": "1",
-        "LAKERELAY_SENSOR_INTERVAL_S": "2",
-    }
+    env = dagster_cli_env(
+        tmp_path, sink_server.url, LAKERELAY_SENSORS_RUNNING="1", LAKERELAY_SENSOR_INTERVAL_S="2"
+    )
+    dagster_home = Path(env["DAGSTER_HOME"])
     log = (tmp_path / "daemon.log").open("wb")
     daemon = subprocess.Popen(
         [str(Path(sys.executable).parent / "dagster-daemon"), "run", "-w", "workspace.yaml"],

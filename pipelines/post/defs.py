@@ -1,0 +1,33 @@
+"""Posting's share of the Definitions: per feed and sink, a Spark job, the sink's asset and a table sensor."""
+
+import dagster as dg
+
+from pipelines.feeds import FeedSpec
+from pipelines.post.job import build_post_job, sink_asset_spec
+from resources.sinks.resource import RestSinkResource
+from sensors.table import build_table_sensor
+
+
+def post_defs(
+    feeds: list[FeedSpec],
+    sinks: dict[str, RestSinkResource],
+    sensor_status: dg.DefaultSensorStatus,
+    sensor_interval_s: int,
+) -> dg.Definitions:
+    pairs = [(feed, key) for feed in feeds for key in sinks]
+    jobs = {(feed.name, key): build_post_job(key, feed) for feed, key in pairs}
+    return dg.Definitions(
+        assets=[sink_asset_spec(key, feed) for feed, key in pairs],
+        jobs=list(jobs.values()),
+        sensors=[
+            build_table_sensor(
+                feed,
+                key,
+                sinks[key].sink_name,
+                jobs[(feed.name, key)],
+                minimum_interval_seconds=sensor_interval_s,
+                default_status=sensor_status,
+            )
+            for feed, key in pairs
+        ],
+    )
