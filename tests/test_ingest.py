@@ -1,5 +1,6 @@
 """Ingestion into Delta: exactly once, replay after a crash, overwrites, unreadable files."""
 
+import dataclasses
 import logging
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
@@ -14,7 +15,7 @@ from pipelines.feeds import EVENTS_FEED, FeedSpec
 from pipelines.ingest.asset import build_ingest_asset
 from pipelines.ingest.discovery import list_landing_files
 from pipelines.ingest.ledger import FileLedger
-from pipelines.ingest.runner import IngestReport, _commit_batch, ingest_feed
+from pipelines.ingest.runner import IngestContext, IngestReport, _commit_batch, ingest_feed
 from resources.lake import LakeResource
 
 from helpers import delta_table, land_events, local_lake
@@ -47,9 +48,10 @@ def test_a_planned_but_uncommitted_batch_is_replayed_with_the_same_files(tmp_pat
     land_events(lake, files=2, records_per_file=100, start_seq=300)
     # The crash: batch 2 was planned in the ledger, then the process died before the Delta commit.
     fs, root = lake.resolve(EVENTS_FEED.landing_uri(lake.landing_uri))
-    ledger = FileLedger(lake.state_uri("ledger", "events"), {}, "events")
-    known = ledger.load().files
-    ledger.plan(2, [f for f in list_landing_files(fs, root) if f.path not in known])
+    ledger = FileLedger.for_feed(EVENTS_FEED, lake)
+    listed = list_landing_files(fs, root)
+    known = ledger.lookup([f.path for f in listed])
+    ledger.plan(2, [f for f in listed if f.path not in known])
 
     report = ingest_feed(EVENTS_FEED, lake)
 
@@ -67,16 +69,10 @@ def test_replaying_a_committed_batch_appends_nothing(tmp_path: Path) -> None:
     fs, root = lake.resolve(EVENTS_FEED.landing_uri(lake.landing_uri))
     version_before = DeltaTable(lake.table_uri("events")).version()
 
-    _commit_batch(
-        EVENTS_FEED,
-        lake.table_uri("events"),
-        {},
-        fs,
-        list_landing_files(fs, root),
-        1,
-        IngestReport(),
-        logging.getLogger(),
+    context = IngestContext(
+        EVENTS_FEED, lake, {}, lake.table_uri("events"), fs, IngestReport(), logging.getLogger()
     )
+    _commit_batch(context, list_landing_files(fs, root), 1)
 
     assert delta_table(lake).num_rows == 200
     assert DeltaTable(lake.table_uri("events")).version() == version_before
@@ -89,24 +85,34 @@ def test_a_file_changed_after_ingestion_is_skipped_and_reported(tmp_path: Path) 
     changed = sorted((Path(lake.landing_uri) / "events").glob("*.json"))[0]
     changed.write_bytes(changed.read_bytes() + changed.read_bytes())
 
-    report = ingest_feed(EVENTS_FEED, lake)
+    report = ingest_feed(EVENTS_FEED, lake, full_listing=True)
 
     assert report.overwritten_skipped == [str(changed)]
     assert delta_table(lake).num_rows == 100
 
 
-def test_an_unreadable_file_is_quarantined_and_the_rest_lands(tmp_path: Path) -> None:
+def test_an_unreadable_file_is_quarantined_and_malformed_lines_are_recorded(tmp_path: Path) -> None:
     lake = local_lake(tmp_path)
     land_events(lake, files=2, records_per_file=50)
-    bad = Path(lake.landing_uri) / "events" / "broken.json"
-    bad.write_bytes(b'{"event_id": "x", "ts": \n not json at all\n')
+    binary = Path(lake.landing_uri) / "events" / "binary.json"
+    binary.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR")
+    broken = Path(lake.landing_uri) / "events" / "broken.json"
+    broken.write_bytes(b'{"event_id": "x", "ts": \n not json at all\n{"event_id": "y"}\n')
 
     report = ingest_feed(EVENTS_FEED, lake)
 
-    assert [q.path for q in report.quarantined] == [str(bad)]
-    assert "JSON" in report.quarantined[0].error or "Invalid" in report.quarantined[0].error
-    assert delta_table(lake).num_rows == 100
-    assert ingest_feed(EVENTS_FEED, lake).batches == []  # accounted for, not retried forever
+    assert [q.path for q in report.quarantined] == [str(binary)]
+    assert "binary" in report.quarantined[0].error
+    assert report.bad_records == 2
+    assert delta_table(lake).num_rows == 101
+    quarantine = delta_table(lake, "_lakerelay/quarantine/events").sort_by("line")
+    assert quarantine.select(["source_file", "line", "kind"]).to_pylist() == [
+        {"source_file": str(broken), "line": 1, "kind": "bad_record"},
+        {"source_file": str(broken), "line": 2, "kind": "bad_record"},
+        {"source_file": str(binary), "line": None, "kind": "unreadable_file"},
+    ]
+    assert quarantine["raw_text"][1].as_py() == " not json at all"
+    assert ingest_feed(EVENTS_FEED, lake, full_listing=True).batches == []  # accounted for, not retried
 
 
 def test_a_bad_schema_hint_names_the_feed_and_the_allowed_types() -> None:
@@ -146,3 +152,18 @@ def test_two_concurrent_runs_of_one_feed_ingest_every_record_once(tmp_path: Path
     assert sum(rows_by_run) + leftover == written
     assert table.num_rows == written
     assert pc.count_distinct(table["event_id"]).as_py() == written
+
+
+def test_the_quarantine_rate_check_fails_above_the_feed_threshold(tmp_path: Path) -> None:
+    lake = local_lake(tmp_path)
+    land_events(lake, files=1, records_per_file=9)
+    (Path(lake.landing_uri) / "events" / "bad.json").write_bytes(b"{not json\n")
+    strict = dataclasses.replace(EVENTS_FEED, max_quarantine_rate=0.05)
+
+    result = dg.materialize([build_ingest_asset(strict)], resources={"lake": lake})
+
+    [check] = result.get_asset_check_evaluations()
+    assert not check.passed and check.severity == dg.AssetCheckSeverity.WARN
+    assert check.metadata["quarantine_rate"].value == pytest.approx(0.1)
+    metadata = result.asset_materializations_for_node("events")[0].metadata
+    assert (metadata["rows"].value, metadata["bad_records"].value) == (9, 1)

@@ -1,9 +1,12 @@
-"""Ingestion's share of the Definitions: an asset, a job and a landing sensor per feed."""
+"""Ingestion's share of the Definitions, per feed: the ingest asset, its job and landing sensor, and
+the maintenance asset with its job and daily schedule."""
 
 import dagster as dg
 
+from pipelines import deployment
 from pipelines.feeds import FeedSpec
 from pipelines.ingest.asset import build_ingest_asset
+from pipelines.ingest.maintenance import build_maintenance_asset
 from sensors.landing import build_landing_sensor
 
 
@@ -18,9 +21,23 @@ def ingest_defs(
         )
         for feed in feeds
     }
+    maintenance_jobs = [
+        dg.define_asset_job(
+            f"maintain_{feed.name}",
+            selection=dg.AssetSelection.assets(f"{feed.name}_maintenance"),
+            tags={"lakerelay/feed": feed.name},
+        )
+        for feed in feeds
+    ]
+    schedule_status = (
+        dg.DefaultScheduleStatus.RUNNING
+        if sensor_status == dg.DefaultSensorStatus.RUNNING
+        else dg.DefaultScheduleStatus.STOPPED
+    )
     return dg.Definitions(
-        assets=[build_ingest_asset(feed) for feed in feeds],
-        jobs=list(jobs.values()),
+        assets=[build_ingest_asset(feed) for feed in feeds]
+        + [build_maintenance_asset(feed) for feed in feeds],
+        jobs=list(jobs.values()) + maintenance_jobs,
         sensors=[
             build_landing_sensor(
                 feed,
@@ -29,5 +46,14 @@ def ingest_defs(
                 default_status=sensor_status,
             )
             for feed in feeds
+        ],
+        schedules=[
+            dg.ScheduleDefinition(
+                name=f"{job.name}_schedule",
+                job=job,
+                cron_schedule=deployment.maintenance_cron(),
+                default_status=schedule_status,
+            )
+            for job in maintenance_jobs
         ],
     )

@@ -2,20 +2,28 @@
 
 A batch's file list is written here *before* its data is appended (a write-ahead plan), so a run that
 dies between the two replays exactly the same files under the same batch number.
+
+Lookups are by ``key`` — the path relative to the feed's landing root — with a filter the Delta file
+statistics prune (min/max key per ledger file). Delta truncates string statistics to 64 characters,
+so a key without the long shared prefix keeps them useful: checking a handful of new names does not
+read the names of every file ever ingested.
 """
 
-from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import pyarrow as pa
+import pyarrow.dataset as ds
 from deltalake import DeltaTable
 from deltalake.exceptions import TableNotFoundError
 
-from pipelines.delta_once import append_once
+from pipelines.delta_once import append_once, transaction_version
+from pipelines.feeds import FeedSpec
 from pipelines.ingest.discovery import LandingFile
+from resources.lake import LakeResource
 
 LEDGER_SCHEMA = pa.schema(
     [
+        pa.field("key", pa.string(), nullable=False),
         pa.field("path", pa.string(), nullable=False),
         pa.field("size", pa.int64(), nullable=False),
         pa.field("mtime_ns", pa.int64(), nullable=False),
@@ -25,45 +33,76 @@ LEDGER_SCHEMA = pa.schema(
 )
 
 
-@dataclass
-class LedgerState:
-    """What the ledger knows: each path's identity and batch, and the highest planned batch."""
-
-    files: dict[str, LandingFile]
-    batch_of: dict[str, int]
-    last_batch: int
-
-    def files_of_batch(self, batch_id: int) -> list[LandingFile]:
-        return sorted(f for path, f in self.files.items() if self.batch_of[path] == batch_id)
-
-
 class FileLedger:
-    def __init__(self, uri: str, storage_options: dict[str, str], feed_name: str) -> None:
+    def __init__(
+        self, uri: str, storage_options: dict[str, str], feed_name: str, landing_root: str = ""
+    ) -> None:
         self.uri = uri
         self.storage_options = storage_options
+        self.landing_root = landing_root.rstrip("/") + "/" if landing_root else ""
         # Planning a batch number is itself an application transaction, so two runs of one feed
         # can never plan the same number with different files.
         self.app_id = f"lakerelay-ledger:{feed_name}"
 
-    def load(self) -> LedgerState:
+    @classmethod
+    def for_feed(cls, feed: FeedSpec, lake: LakeResource) -> "FileLedger":
+        root = lake.resolve(feed.landing_uri(lake.landing_uri))[1]
+        return cls(lake.state_uri("ledger", feed.name), lake.storage_options(), feed.name, root)
+
+    def key(self, path: str) -> str:
+        return path[len(self.landing_root) :] if path.startswith(self.landing_root) else path
+
+    def last_batch(self) -> int:
+        """The highest planned batch number (0 before the first plan); read from the log only."""
+        return transaction_version(self.uri, self.storage_options, self.app_id)
+
+    def _scan(self, condition: ds.Expression) -> pa.Table:
         try:
-            table = pa.table(DeltaTable(self.uri, storage_options=self.storage_options).to_pyarrow_table())
+            table = DeltaTable(self.uri, storage_options=self.storage_options)
         except TableNotFoundError:
-            return LedgerState({}, {}, 0)
-        files: dict[str, LandingFile] = {}
-        batch_of: dict[str, int] = {}
-        # A path planned twice (re-ingested overwrite) keeps its latest identity.
-        for row in table.sort_by("batch_id").to_pylist():
-            files[row["path"]] = LandingFile(row["path"], row["size"], row["mtime_ns"])
-            batch_of[row["path"]] = row["batch_id"]
-        last = max(batch_of.values(), default=0)
-        return LedgerState(files, batch_of, last)
+            return LEDGER_SCHEMA.empty_table()
+        return table.to_pyarrow_dataset().to_table(filter=condition)
+
+    def lookup(self, paths: list[str]) -> dict[str, LandingFile]:
+        """The latest recorded identity of each of ``paths`` that the ledger knows."""
+        if not paths:
+            return {}
+        keys = [self.key(p) for p in paths]
+        condition = (
+            (ds.field("key") >= min(keys))
+            & (ds.field("key") <= max(keys))
+            & ds.field("key").isin(pa.array(keys, pa.string()))
+        )
+        rows = self._scan(condition).sort_by("batch_id")
+        known: dict[str, LandingFile] = {}
+        # A path planned twice (a re-ingested overwrite) keeps its latest identity.
+        for path, size, mtime in zip(
+            rows["path"].to_pylist(), rows["size"].to_pylist(), rows["mtime_ns"].to_pylist(), strict=True
+        ):
+            known[path] = LandingFile(path, size, mtime)
+        return known
+
+    def files_of_batch(self, batch_id: int) -> list[LandingFile]:
+        rows = self._scan(ds.field("batch_id") == batch_id)
+        return sorted(
+            LandingFile(r["path"], r["size"], r["mtime_ns"])
+            for r in rows.select(["path", "size", "mtime_ns"]).to_pylist()
+        )
+
+    def count(self) -> int:
+        try:
+            return (
+                DeltaTable(self.uri, storage_options=self.storage_options).to_pyarrow_dataset().count_rows()
+            )
+        except TableNotFoundError:
+            return 0
 
     def plan(self, batch_id: int, files: list[LandingFile]) -> bool:
         """Record the files of ``batch_id``; False when another run planned that batch first."""
         now = datetime.now(UTC)
         table = pa.table(
             {
+                "key": [self.key(f.path) for f in files],
                 "path": [f.path for f in files],
                 "size": [f.size for f in files],
                 "mtime_ns": [f.mtime_ns for f in files],
@@ -72,4 +111,5 @@ class FileLedger:
             },
             schema=LEDGER_SCHEMA,
         )
-        return append_once(self.uri, self.storage_options, table, self.app_id, batch_id)
+        # Sorted rows give each ledger file a tight min/max key, which is what lookups prune on.
+        return append_once(self.uri, self.storage_options, table.sort_by("key"), self.app_id, batch_id)

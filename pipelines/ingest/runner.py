@@ -1,18 +1,39 @@
-"""One ingestion pass over a feed: replay an unfinished batch, then plan and commit new ones."""
+"""One ingestion pass over a feed ("available now"): replay an unfinished batch, then plan and commit new ones.
+
+Per batch, in this order: (1) plan — the file list goes to the ledger under batch number N;
+(2) quarantine entries of N are appended once; (3) the data is appended with application transaction
+(feed.app_id, N); (4) the listing cursor moves past the batch. A crash after any step is repaired by
+the next run: a planned batch that is not in the table is replayed with the same files.
+"""
 
 import logging
+import os
+import signal
+import time
 from dataclasses import dataclass, field
 
+import pyarrow as pa
 import pyarrow.fs as pafs
 from deltalake import DeltaTable
 from deltalake.exceptions import TableNotFoundError
 
 from pipelines.delta_once import append_once, transaction_version
 from pipelines.feeds import FeedSpec
-from pipelines.ingest.discovery import LandingFile, list_landing_files
+from pipelines.ingest.discovery import LandingFile, ListingFilter, list_landing_files
 from pipelines.ingest.ledger import FileLedger
-from pipelines.ingest.reader import Quarantined, read_batch
+from pipelines.ingest.quarantine import record_quarantine
+from pipelines.ingest.reader import Quarantined, data_schema, read_batch
+from pipelines.ingest.schema_history import record_schema
 from resources.lake import LakeResource
+
+# Test hook: kill this process with SIGKILL right after the named phase (planned, quarantined,
+# committed, cursor). Unset — the default — it does nothing.
+CRASH_AFTER_ENV = "LAKERELAY_TEST_CRASH_AFTER_PHASE"
+
+
+def _phase_done(phase: str) -> None:
+    if os.environ.get(CRASH_AFTER_ENV) == phase:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 @dataclass
@@ -21,103 +42,217 @@ class IngestReport:
     files: int = 0
     rows: int = 0
     bytes: int = 0
+    listed_files: int = 0
+    full_listing: bool = False
     overwritten_skipped: list[str] = field(default_factory=list)
+    overwritten_reingested: list[str] = field(default_factory=list)
     quarantined: list[Quarantined] = field(default_factory=list)
+    bad_records: int = 0
+    rescued_rows: int = 0
+    new_columns: list[str] = field(default_factory=list)
+    ignored_columns: list[str] = field(default_factory=list)
+    schema_versions: list[int] = field(default_factory=list)
     replayed_batches: int = 0
     delta_version: int | None = None
+
+    @property
+    def quarantine_rate(self) -> float:
+        """Bad records and unreadable files over everything read."""
+        bad = self.bad_records + len(self.quarantined)
+        return bad / max(1, self.rows + bad)
+
+
+@dataclass
+class IngestContext:
+    feed: FeedSpec
+    lake: LakeResource
+    options: dict[str, str]
+    table_uri: str
+    landing_fs: pafs.FileSystem
+    report: IngestReport
+    log: logging.Logger
 
 
 def ingest_feed(
     feed: FeedSpec,
     lake: LakeResource,
     *,
-    max_files_per_batch: int = 1000,
+    max_files_per_batch: int | None = None,
+    max_bytes_per_batch: int | None = None,
     max_batches: int = 100,
-    log: logging.Logger | None = None,
+    full_listing: bool | None = None,
+    log: logging.Logger | logging.LoggerAdapter | None = None,
 ) -> IngestReport:
-    """Drain the feed's backlog in at most ``max_batches`` commits ("available now"), exactly once."""
-    log = log or logging.getLogger(__name__)
-    options = lake.storage_options()
-    table_uri = lake.table_uri(feed.table_name)
-    ledger = FileLedger(lake.state_uri("ledger", feed.name), options, feed.name)
-    landing_fs, landing_root = lake.resolve(feed.landing_uri(lake.landing_uri))
-    report = IngestReport()
+    """Drain the feed's backlog in at most ``max_batches`` commits, exactly once.
 
-    state = ledger.load()
-    done = transaction_version(table_uri, options, feed.app_id)
-    # A batch planned but not committed (the last run died in between): same files, same number.
-    for batch_id in range(done + 1, state.last_batch + 1):
-        log.warning(
+    Batch limits default to the feed's own; ``full_listing`` forces (True) or forbids (False) a full
+    listing instead of the incremental one, else the feed's ``listing``/``backfill_interval`` decide.
+    """
+    options = lake.storage_options()
+    landing_fs = lake.resolve(feed.landing_uri(lake.landing_uri))[0]
+    ctx = IngestContext(
+        feed,
+        lake,
+        options,
+        lake.table_uri(feed.table_name),
+        landing_fs,
+        IngestReport(),
+        log or logging.getLogger(__name__),
+    )
+    ledger = FileLedger.for_feed(feed, lake)
+
+    # Read the last planned number before looking anything up, so that a concurrent run that plans
+    # in between makes our plan of the same number fail instead of planning its files twice.
+    last_planned = ledger.last_batch()
+    done = transaction_version(ctx.table_uri, options, feed.app_id)
+    for batch_id in range(done + 1, last_planned + 1):
+        ctx.log.warning(
             "replaying batch %s of feed %s, planned by an earlier run that did not commit",
             batch_id,
             feed.name,
         )
-        _commit_batch(
-            feed, table_uri, options, landing_fs, state.files_of_batch(batch_id), batch_id, report, log
-        )
-        report.replayed_batches += 1
+        _commit_batch(ctx, ledger.files_of_batch(batch_id), batch_id)
+        ctx.report.replayed_batches += 1
 
-    new_files = []
-    for landing_file in list_landing_files(landing_fs, landing_root):
-        known = state.files.get(landing_file.path)
-        if known is None:
-            new_files.append(landing_file)
-        elif known != landing_file:
-            report.overwritten_skipped.append(landing_file.path)
-    if report.overwritten_skipped:
-        log.warning(
-            "%d landing files changed after they were ingested and were skipped (ingest immutable files, "
-            "or give changed content a new name): %s",
-            len(report.overwritten_skipped),
-            report.overwritten_skipped[:5],
-        )
+    cursor = lake.read_state("listing", f"{feed.name}.json") or {}
+    now = time.time()
+    full, listed, new_files = discover_new_files(ctx, ledger, cursor, full_listing, now)
 
-    next_batch = max(state.last_batch, done)
-    for start in range(0, len(new_files), max_files_per_batch):
-        if len(report.batches) >= max_batches:
-            log.info(
-                "stopping after %d batches; %d files wait for the next run",
-                max_batches,
-                len(new_files) - start,
-            )
+    next_batch = max(last_planned, done)
+    planned_up_to = cursor.get("start_after") or ""
+    drained = False
+    for chunk in plan_batches(
+        new_files,
+        max_files_per_batch or feed.max_files_per_batch,
+        feed.max_bytes_per_batch if max_bytes_per_batch is None else max_bytes_per_batch,
+    ):
+        if len(ctx.report.batches) >= max_batches:
+            ctx.log.info("stopping after %d batches; the rest waits for the next run", max_batches)
             break
         next_batch += 1
-        chunk = new_files[start : start + max_files_per_batch]
         if not ledger.plan(next_batch, chunk):
-            log.warning(
+            ctx.log.warning(
                 "another run planned batch %s of feed %s first; stopping, its files are in its hands",
                 next_batch,
                 feed.name,
             )
             break
-        _commit_batch(feed, table_uri, options, landing_fs, chunk, next_batch, report, log)
+        _phase_done("planned")
+        _commit_batch(ctx, chunk, next_batch)
+        planned_up_to = max(planned_up_to, chunk[-1].path)
+    else:
+        # Everything listed is planned (or known): the cursor may pass all of it.
+        planned_up_to = max([planned_up_to, *(f.path for f in listed)])
+        drained = True
+    state = {
+        "start_after": planned_up_to,
+        # A full listing whose finds are not all planned yet (max_batches) does not count as done:
+        # out-of-order names among the rest would otherwise wait for the next backfill.
+        "last_full_listing_at": now if full and drained else cursor.get("last_full_listing_at", 0),
+    }
+    if state != cursor:
+        lake.write_state(state, "listing", f"{feed.name}.json")
+    _phase_done("cursor")
 
     try:
-        report.delta_version = DeltaTable(table_uri, storage_options=options).version()
+        ctx.report.delta_version = DeltaTable(ctx.table_uri, storage_options=options).version()
     except TableNotFoundError:
-        report.delta_version = None
-    return report
+        ctx.report.delta_version = None
+    return ctx.report
 
 
-def _commit_batch(
-    feed: FeedSpec,
-    table_uri: str,
-    options: dict[str, str],
-    landing_fs: pafs.FileSystem,
-    files: list[LandingFile],
-    batch_id: int,
-    report: IngestReport,
-    log: logging.Logger,
-) -> None:
-    if transaction_version(table_uri, options, feed.app_id) >= batch_id:
+def discover_new_files(
+    ctx: IngestContext, ledger: FileLedger, cursor: dict, full_listing: bool | None, now: float
+) -> tuple[bool, list[LandingFile], list[LandingFile]]:
+    """(full listing?, files listed, files to ingest): incremental after the cursor unless a full
+    listing is forced, configured, or due by ``backfill_interval``."""
+    feed = ctx.feed
+    full = full_listing
+    if full is None:
+        due = now - cursor.get("last_full_listing_at", 0) >= feed.backfill_interval_s()
+        full = feed.listing == "full" or not cursor.get("start_after") or due
+    ctx.report.full_listing = full
+    root = ctx.lake.resolve(feed.landing_uri(ctx.lake.landing_uri))[1]
+    listed = list_landing_files(
+        ctx.landing_fs,
+        root,
+        start_after=None if full else cursor.get("start_after"),
+        keep=ListingFilter(feed.recursive, feed.path_glob, feed.modified_after_ns()),
+        lake=ctx.lake,
+    )
+    ctx.report.listed_files = len(listed)
+    return full, listed, _new_files(ctx, listed, ledger.lookup([f.path for f in listed]))
+
+
+def _new_files(
+    ctx: IngestContext, listed: list[LandingFile], known: dict[str, LandingFile]
+) -> list[LandingFile]:
+    new_files = []
+    for landing_file in listed:
+        previous = known.get(landing_file.path)
+        if previous is None:
+            new_files.append(landing_file)
+        elif previous != landing_file:
+            if ctx.feed.allow_overwrites:
+                ctx.report.overwritten_reingested.append(landing_file.path)
+                new_files.append(landing_file)
+            else:
+                ctx.report.overwritten_skipped.append(landing_file.path)
+    if ctx.report.overwritten_skipped:
+        ctx.log.warning(
+            "%d landing files changed after they were ingested and were skipped (ingest immutable files, "
+            "give changed content a new name, or set allow_overwrites): %s",
+            len(ctx.report.overwritten_skipped),
+            ctx.report.overwritten_skipped[:5],
+        )
+    return new_files
+
+
+def plan_batches(files: list[LandingFile], max_files: int, max_bytes: int) -> list[list[LandingFile]]:
+    """Consecutive chunks within both limits (a single file larger than max_bytes is its own batch)."""
+    chunks: list[list[LandingFile]] = []
+    current: list[LandingFile] = []
+    size = 0
+    for landing_file in files:
+        if current and (len(current) >= max_files or (max_bytes and size + landing_file.size > max_bytes)):
+            chunks.append(current)
+            current, size = [], 0
+        current.append(landing_file)
+        size += landing_file.size
+    if current:
+        chunks.append(current)
+    return chunks
+
+
+def _table_schema(ctx: IngestContext) -> pa.Schema | None:
+    try:
+        return pa.schema(DeltaTable(ctx.table_uri, storage_options=ctx.options).schema().to_arrow())
+    except TableNotFoundError:
+        return None
+
+
+def _commit_batch(ctx: IngestContext, files: list[LandingFile], batch_id: int) -> None:
+    feed, report, log = ctx.feed, ctx.report, ctx.log
+    if transaction_version(ctx.table_uri, ctx.options, feed.app_id) >= batch_id:
         log.info("batch %s of feed %s is already in the table; not appending it again", batch_id, feed.name)
         return
-    result = read_batch(landing_fs, feed, files, batch_id)
+    result = read_batch(
+        ctx.landing_fs, feed, files, batch_id, data_schema(_table_schema(ctx), feed.hint_schema())
+    )
     for bad in result.quarantined:
         log.error("quarantined %s (left in the landing zone, not ingested): %s", bad.path, bad.error)
+    if result.bad_record_count:
+        log.warning(
+            "batch %s of feed %s: %d bad records recorded in the quarantine table (file, line, raw text)",
+            batch_id,
+            feed.name,
+            result.bad_record_count,
+        )
+    record_quarantine(ctx.lake.state_uri("quarantine", feed.name), ctx.options, feed.name, result, batch_id)
+    _phase_done("quarantined")
     appended = append_once(
-        table_uri,
-        options,
+        ctx.table_uri,
+        ctx.options,
         result.table,
         feed.app_id,
         batch_id,
@@ -125,11 +260,20 @@ def _commit_batch(
         schema_mode="merge",
         configuration={"delta.enableChangeDataFeed": "true"},
     )
+    _phase_done("committed")
     if not appended:
         log.warning("batch %s of feed %s was committed by a concurrent run", batch_id, feed.name)
         return
+    if result.schema is not None:
+        version = record_schema(ctx.lake, feed.name, result.schema, batch_id, result.new_columns)
+        if version is not None:
+            report.schema_versions.append(version)
     report.batches.append(batch_id)
     report.quarantined.extend(result.quarantined)
+    report.bad_records += result.bad_record_count
+    report.rescued_rows += result.rescued_rows
+    report.new_columns.extend(c for c in result.new_columns if c not in report.new_columns)
+    report.ignored_columns.extend(c for c in result.ignored_columns if c not in report.ignored_columns)
     report.files += len(result.rows_per_file)
     report.bytes += sum(f.size for f in files if f.path in result.rows_per_file)
     report.rows += result.table.num_rows
