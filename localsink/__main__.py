@@ -41,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="largest accepted request body in bytes, after decompression (default: 100 MiB, as ES)",
     )
     net.add_argument("--verbose", action="store_true", help="log every request to stderr")
+    net.add_argument("--tls-cert", help="serve HTTPS with this PEM certificate (and key, unless --tls-key)")
+    net.add_argument("--tls-key", help="PEM private key of --tls-cert")
+    net.add_argument("--tls-client-ca", help="require client certificates signed by this PEM CA (mutual TLS)")
 
     auth = parser.add_argument_group("authentication")
     auth.add_argument("--es-api-key", help="require this ES API key (the encoded value, or 'id:key')")
@@ -83,6 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="reject documents/events whose field equals this value (repeatable; JSON, else a string)",
     )
     faults.add_argument("--latency-ms", type=float, default=0.0, help="delay added to every ingest request")
+    faults.add_argument(
+        "--connection-reset-rate",
+        type=float,
+        default=0.0,
+        help="fraction of ingest requests whose connection is reset (half before, half after applying them)",
+    )
     return parser
 
 
@@ -111,6 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             reject_field=args.reject_field,
             reject_values=tuple(args.reject_values),
             latency_ms=args.latency_ms,
+            connection_reset_rate=args.connection_reset_rate,
         )
     except ValueError as exc:
         print(f"localsink: {exc}", file=sys.stderr)
@@ -127,6 +137,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         hec_indexes=args.hec_indexes,
         max_content_length=args.max_content_length,
         verbose=args.verbose,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        tls_client_ca=args.tls_client_ca,
     )
     stop = threading.Event()
 

@@ -54,6 +54,9 @@ class AdminApi:
                     raise ValueError("fault settings must be a JSON object")
                 self.faults.configure(FaultConfig.from_dict(settings))
                 return json_reply(200, self.faults.config.to_dict())
+        if len(parts) == 2 and parts[0] == "generic" and method == "GET":
+            records = self.store.generic_list(parts[1])
+            return json_reply(200, {"collection": parts[1], "count": len(records), "records": records})
         if len(parts) == 3 and parts[0] == "es" and method == "GET":
             return self._es(parts[1], parts[2], req)
         if len(parts) == 3 and parts[0] == "hec" and parts[2] == "events" and method == "GET":

@@ -26,9 +26,10 @@ class FaultConfig:
     reject_field: str | None = None
     reject_values: tuple[Any, ...] = ()
     latency_ms: float = 0.0
+    connection_reset_rate: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("request_429_rate", "request_503_rate", "item_429_rate"):
+        for name in ("request_429_rate", "request_503_rate", "item_429_rate", "connection_reset_rate"):
             rate = getattr(self, name)
             if not isinstance(rate, int | float) or not 0.0 <= rate <= 1.0:
                 raise ValueError(f"{name} must be a number between 0 and 1, got {rate!r}")
@@ -54,7 +55,13 @@ class FaultConfig:
             if not isinstance(raw, list | tuple):
                 raise ValueError("reject_values must be a list")
             values["reject_values"] = tuple(raw)
-        for name in ("request_429_rate", "request_503_rate", "item_429_rate", "latency_ms"):
+        for name in (
+            "request_429_rate",
+            "request_503_rate",
+            "item_429_rate",
+            "latency_ms",
+            "connection_reset_rate",
+        ):
             if values.get(name) is None:
                 values.pop(name, None)
         if values.get("seed") is None:
@@ -118,6 +125,22 @@ class FaultInjector:
                 self._counts["request_503"] += 1
                 return 503
         return None
+
+    def connection_reset(self) -> str | None:
+        """For one ingest request: None, or when to reset the connection, "before" or "after" applying it.
+
+        "after" is the case that makes duplicates: the sink committed the request but the client never
+        hears so and resends it.
+        """
+        rate = self._config.connection_reset_rate
+        if not rate:
+            return None
+        with self._lock:
+            if self._rng.random() >= rate:
+                return None
+            when = "after" if self._rng.random() < 0.5 else "before"
+            self._counts[f"connection_reset_{when}"] += 1
+            return when
 
     def item_429_mask(self, n: int) -> list[bool] | None:
         """One draw per bulk item, taken together so a request's draws are contiguous. None = no faults."""

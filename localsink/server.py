@@ -8,6 +8,8 @@ headers-then-body pair of small writes stalls keep-alive clients on delayed ACKs
 import contextlib
 import socket
 import socketserver
+import ssl
+import struct
 import sys
 import threading
 import traceback
@@ -22,11 +24,20 @@ from localsink.admin import AdminApi, build_stats
 from localsink.auth import EsAuth
 from localsink.elasticsearch import ElasticsearchApi
 from localsink.faults import FaultConfig, FaultInjector
+from localsink.generic import PREFIX as GENERIC_PREFIX
+from localsink.generic import GenericApi
 from localsink.splunk import DEFAULT_HEC_INDEX, DEFAULT_HEC_TOKEN, HecApi
 from localsink.store import SinkStore
 from localsink.wire import DEFAULT_MAX_CONTENT_LENGTH, BodyError, Reply, Request, json_reply
 
 _HEC_PREFIX = "/services/collector"
+_HEC_INGEST = ("/services/collector", "/services/collector/event", "/services/collector/raw")
+
+
+def is_ingest(path: str) -> bool:
+    """Paths that write data: the only ones connection-reset faults hit."""
+    trimmed = path.rstrip("/").removesuffix("/1.0")
+    return trimmed.endswith("/_bulk") or trimmed in _HEC_INGEST or path.startswith(GENERIC_PREFIX + "/")
 
 
 class SinkApp:
@@ -38,11 +49,16 @@ class SinkApp:
         self.es = es
         self.hec = hec
         self.admin = AdminApi(store, faults)
+        self.generic = GenericApi(store, faults, es.auth)
 
     def handle(self, req: Request) -> Reply:
         path = req.path
+        if path == "/health":
+            return json_reply(200, {"status": "ok"})
         if path == ADMIN_PREFIX or path.startswith(ADMIN_PREFIX + "/"):
             return self.admin.handle(req)
+        if path.startswith(GENERIC_PREFIX + "/"):
+            return self.generic.handle(req)
         if path == _HEC_PREFIX or path.startswith(_HEC_PREFIX + "/"):
             return self.hec.handle(req)
         return self.es.handle(req)
@@ -55,6 +71,14 @@ class _Handler(BaseHTTPRequestHandler):
     disable_nagle_algorithm = True
     timeout = 300  # idle keep-alive connections are dropped after this many seconds
     server: "_SinkHTTPServer"
+
+    def setup(self) -> None:
+        # TLS handshakes happen here, on the connection's own thread, not in the accept loop.
+        if isinstance(self.request, ssl.SSLSocket):
+            self.request.settimeout(10)
+            self.request.do_handshake()
+            self.request.settimeout(None)
+        super().setup()
 
     def do_GET(self) -> None:
         self._serve()
@@ -73,13 +97,27 @@ class _Handler(BaseHTTPRequestHandler):
         )
         if not self._read_body(req):
             return
+        reset = server.app.faults.connection_reset() if is_ingest(req.path) else None
+        if reset == "before":
+            self._reset_connection()
+            return
         try:
             reply = server.app.handle(req)
         except Exception:
             traceback.print_exc(file=sys.stderr)
             reply = json_reply(500, {"error": "internal error in localsink; see its stderr"})
         server.app.store.record_http(len(req.raw_body), req.decoded_size, reply.status)
+        if reset == "after":
+            self._reset_connection()
+            return
         self._write(reply)
+
+    def _reset_connection(self) -> None:
+        """Drop the connection with a TCP RST and no answer, as a crashed proxy or node would."""
+        self.close_connection = True
+        with contextlib.suppress(OSError):
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.connection.close()
 
     def _read_body(self, req: Request) -> bool:
         """Fill `req.raw_body`; False when the connection is unusable and was answered or dropped."""
@@ -158,7 +196,12 @@ class _SinkHTTPServer(ThreadingHTTPServer):
     request_queue_size = 128
 
     def __init__(
-        self, address: tuple[str, int], app: SinkApp, max_content_length: int, verbose: bool
+        self,
+        address: tuple[str, int],
+        app: SinkApp,
+        max_content_length: int,
+        verbose: bool,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
@@ -168,6 +211,8 @@ class _SinkHTTPServer(ThreadingHTTPServer):
         self._connections: set[socket.socket] = set()
         self._connections_lock = threading.Lock()
         super().__init__(address, _Handler)
+        if tls is not None:
+            self.socket = tls.wrap_socket(self.socket, server_side=True, do_handshake_on_connect=False)
 
     def server_bind(self) -> None:
         # HTTPServer.server_bind resolves the host's FQDN, a reverse DNS lookup that can stall startup.
@@ -195,8 +240,8 @@ class _SinkHTTPServer(ThreadingHTTPServer):
                 conn.shutdown(socket.SHUT_RDWR)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
-        if isinstance(sys.exc_info()[1], ConnectionError | TimeoutError):
-            return  # clients dropping connections is normal, not worth a traceback
+        if isinstance(sys.exc_info()[1], ConnectionError | TimeoutError | ssl.SSLError | OSError):
+            return  # clients dropping connections (or refusing our certificate) is normal
         super().handle_error(request, client_address)
 
 
@@ -222,7 +267,19 @@ class LocalSinkServer:
         hec_default_index: str = DEFAULT_HEC_INDEX,
         max_content_length: int = DEFAULT_MAX_CONTENT_LENGTH,
         verbose: bool = False,
+        tls_cert: str | None = None,
+        tls_key: str | None = None,
+        tls_client_ca: str | None = None,
     ) -> None:
+        """``tls_cert`` (PEM, with the key unless ``tls_key`` is given) switches the server to HTTPS;
+        ``tls_client_ca`` then requires clients to present a certificate signed by that CA (mutual TLS)."""
+        self.tls: ssl.SSLContext | None = None
+        if tls_cert:
+            self.tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            self.tls.load_cert_chain(tls_cert, tls_key)
+            if tls_client_ca:
+                self.tls.verify_mode = ssl.CERT_REQUIRED
+                self.tls.load_verify_locations(tls_client_ca)
         self.host = host
         self.requested_port = port
         self.max_content_length = max_content_length
@@ -239,7 +296,7 @@ class LocalSinkServer:
         if self._httpd is not None:
             return self
         httpd = _SinkHTTPServer(
-            (self.host, self.requested_port), self.app, self.max_content_length, self.verbose
+            (self.host, self.requested_port), self.app, self.max_content_length, self.verbose, self.tls
         )
         self._httpd = httpd
         self._thread = threading.Thread(
@@ -275,7 +332,7 @@ class LocalSinkServer:
     @property
     def url(self) -> str:
         host = self.host if ":" not in self.host else f"[{self.host}]"
-        return f"http://{host}:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{host}:{self.port}"
 
     def __enter__(self) -> "LocalSinkServer":
         return self.start()
@@ -294,6 +351,9 @@ class LocalSinkServer:
 
     def hec_count(self, index: str = DEFAULT_HEC_INDEX) -> int:
         return self.store.hec_count(index)
+
+    def generic_records(self, collection: str) -> list[Any]:
+        return self.store.generic_list(collection)
 
     def hec_events(self, index: str = DEFAULT_HEC_INDEX, limit: int | None = None) -> list[dict[str, Any]]:
         return self.store.hec_list(index, limit) or []

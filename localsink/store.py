@@ -82,6 +82,7 @@ class SinkStore:
             self.items_by_op: Counter[str] = Counter()
             self.hec_requests = 0
             self.hec_responses_by_code: Counter[int] = Counter()
+            self.generic_records: dict[str, list[Any]] = {}
 
     # --- Elasticsearch -------------------------------------------------------------------------
 
@@ -131,6 +132,14 @@ class SinkStore:
                 if bucket is None:
                     bucket = self.hec_events[index] = []
                 bucket.append(event)
+
+    def generic_add(self, collection: str, records: list[Any]) -> None:
+        with self.lock:
+            self.generic_records.setdefault(collection, []).extend(records)
+
+    def generic_list(self, collection: str) -> list[Any]:
+        with self.lock:
+            return list(self.generic_records.get(collection, ()))
 
     def hec_count(self, index: str) -> int:
         with self.lock:
@@ -191,6 +200,7 @@ class SinkStore:
                     "requests": self.hec_requests,
                     "responses_by_code": {str(k): v for k, v in sorted(self.hec_responses_by_code.items())},
                 },
+                "generic": {name: len(records) for name, records in sorted(self.generic_records.items())},
                 "http": {
                     "requests": self.http_requests,
                     "bytes_received": self.bytes_received,

@@ -510,3 +510,29 @@ def test_cli_port_file_flags_and_sigterm(tmp_path: Path) -> None:
         for stream in (proc.stdout, proc.stderr):
             if stream is not None:
                 stream.close()
+
+
+def test_health_generic_collector_and_its_admin_view(
+    sink_server: LocalSinkServer, http: requests.Session
+) -> None:
+    assert http.get(f"{sink_server.url}/health").json() == {"status": "ok"}
+    array = http.post(f"{sink_server.url}/_generic/things", json=[{"n": 1}, {"n": 2}])
+    lines = http.post(f"{sink_server.url}/_generic/things", data=ndjson({"n": 3}), headers=NDJSON)
+    assert (array.json(), lines.json()) == ({"accepted": 2}, {"accepted": 1})
+    assert http.post(f"{sink_server.url}/_generic/things", data=b"{not json").status_code == 400
+    view = http.get(f"{sink_server.url}/_localsink/generic/things").json()
+    assert view["count"] == 3 and sink_server.generic_records("things")[2] == {"n": 3}
+
+
+def test_connection_reset_fault_drops_the_connection_without_an_answer(
+    sink_server: LocalSinkServer, http: requests.Session
+) -> None:
+    sink_server.set_faults({"seed": 1, "connection_reset_rate": 1.0})
+    with pytest.raises(requests.ConnectionError):
+        http.post(f"{sink_server.url}/_bulk", data=index_actions("r", range(3)), headers=NDJSON)
+    # Reads never fail: only ingest paths are hit.
+    assert http.get(f"{sink_server.url}/_localsink/stats").ok
+    injected = sink_server.stats()["faults"]["injected"]
+    assert sum(v for k, v in injected.items() if k.startswith("connection_reset_")) == 1
+    with pytest.raises(ValueError, match="connection_reset_rate"):
+        FaultConfig(connection_reset_rate=2.0)

@@ -3,7 +3,8 @@
 import dagster as dg
 
 from pipelines.feeds import FeedSpec
-from pipelines.post.job import build_post_job, sink_asset_spec
+from pipelines.post.checks import build_dead_letter_check
+from pipelines.post.job import build_post_job, sink_asset_key, sink_asset_spec
 from resources.sinks.resource import RestSinkResource
 from sensors.table import build_table_sensor
 
@@ -18,6 +19,7 @@ def post_defs(
     jobs = {(feed.name, key): build_post_job(key, feed) for feed, key in pairs}
     return dg.Definitions(
         assets=[sink_asset_spec(key, feed) for feed, key in pairs],
+        asset_checks=[build_dead_letter_check(sink_asset_key(key, feed)) for feed, key in pairs],
         jobs=list(jobs.values()),
         sensors=[
             build_table_sensor(

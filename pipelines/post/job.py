@@ -8,10 +8,12 @@ import pyarrow.compute as pc
 from pydantic import Field
 
 from pipelines.feeds import FeedSpec
+from pipelines.post.capacity import plan_capacity
+from pipelines.post.checks import DEAD_LETTER_CHECK, dead_letter_evaluation
 from pipelines.post.dead_letters import DEAD_LETTER_TABLE, append_dead_letters
 from pipelines.post.enrich import EVENTS_ENRICHMENT, enrich, to_sink_records
 from pipelines.post.plan import plan_post
-from pipelines.post.post_stage import RESULT_DDL, make_poster
+from pipelines.post.post_stage import RESULT_DDL, make_poster, per_task_settings
 from pipelines.post.progress import read_progress, write_progress
 from pipelines.post.read_stage import read_planned_rows
 from resources.lake import LakeResource
@@ -20,7 +22,24 @@ from resources.sinks.resource import RestSinkResource
 
 class PostConfig(dg.Config):
     max_tasks: int = Field(
-        default=8, gt=0, description="Spark tasks posting in parallel (at most one per data file)."
+        default=8,
+        gt=0,
+        description="Spark tasks posting in parallel; data files are split into row ranges to feed them.",
+    )
+    target_records_per_s: float = Field(
+        default=50_000, gt=0, description="Throughput the capacity planner sizes tasks and cores for."
+    )
+    api_time_fraction: float = Field(
+        default=0.75,
+        gt=0,
+        le=1,
+        description="Capacity planner's line G: share of a core's time spent calling the API.",
+    )
+    dead_letter_max_rate: float = Field(
+        default=0.01,
+        ge=0,
+        le=1,
+        description="The dead_letter_rate asset check fails when dead-lettered / records exceeds this.",
     )
     enrich_expressions: list[str] = Field(
         default=EVENTS_ENRICHMENT,
@@ -105,8 +124,8 @@ def run_post(
         return
     sink.check_connection()
 
-    settings = sink.settings()
-    frame = read_planned_rows(spark, plan, lake.filesystem_settings(), config.max_tasks)
+    frame, tasks = read_planned_rows(spark, plan, lake.filesystem_settings(), config.max_tasks)
+    settings = per_task_settings(sink.settings(), tasks)
     records = to_sink_records(
         enrich(frame, config.enrich_expressions), sink.id_expression(), getattr(sink, "time_field", None)
     )
@@ -119,7 +138,7 @@ def run_post(
     rejected = results.filter(pc.equal(results["kind"], "dead_letter"))
     total = {
         name: int(pc.sum(stats[name]).as_py() or 0)
-        for name in ("records_in", "accepted", "retried", "requests", "bytes")
+        for name in ("records_in", "accepted", "retried", "requests", "attempts", "records_sent", "bytes")
     }
     dead = rejected.num_rows
     if total["accepted"] + dead != total["records_in"]:
@@ -129,27 +148,40 @@ def run_post(
                 f"dead-lettered; progress not advanced, the next run re-posts this batch (ids make it idempotent)."
             )
         )
-    written = append_dead_letters(
-        lake.table_uri(DEAD_LETTER_TABLE),
-        options,
-        sink.sink_name,
-        feed.table_name,
-        plan.delta_version,
-        plan.batch_to,
-        rejected,
+    # No rows, no commit: an empty Delta commit per clean run would only slow runs and the log down.
+    written = (
+        append_dead_letters(
+            lake.table_uri(DEAD_LETTER_TABLE),
+            options,
+            sink.sink_name,
+            feed.table_name,
+            plan.delta_version,
+            plan.batch_to,
+            rejected,
+        )
+        if dead
+        else 0
     )
     write_progress(lake, sink.sink_name, feed.table_name, plan.delta_version, plan.batch_to)
 
     elapsed = time.perf_counter() - started
     latencies = pa.array([v for row in stats["latencies_ms"].to_pylist() for v in (row or [])], pa.float64())
+    dead_letter_rate = dead / total["records_in"] if total["records_in"] else 0.0
     metadata = {
         "records": total["records_in"],
         "accepted": total["accepted"],
         "dead_lettered": dead,
+        "dead_letter_rate": round(dead_letter_rate, 6),
+        "dead_letter_max_rate": config.dead_letter_max_rate,
         "dead_letter_rows_written": written,
         "retried_records": total["retried"],
         "requests": total["requests"],
+        "attempts": total["attempts"],
+        "ack_timeouts": int(pc.sum(stats["ack_timeouts"]).as_py() or 0),
         "bytes_sent": total["bytes"],
+        "tasks": stats.num_rows,
+        "concurrency_peak": int(pc.max(stats["concurrency_peak"]).as_py() or 0),
+        "concurrency_decreases": int(pc.sum(stats["concurrency_decreases"]).as_py() or 0),
         "duration_s": round(elapsed, 3),
         "records_per_s": round(total["records_in"] / elapsed, 1) if elapsed else 0.0,
         "delta_version": plan.delta_version,
@@ -160,7 +192,28 @@ def run_post(
     if len(latencies):
         for q in (0.5, 0.95, 0.99):
             metadata[f"latency_p{int(q * 100)}_ms"] = round(float(pc.quantile(latencies, q=q)[0].as_py()), 2)
+        capacity = plan_capacity(
+            config.target_records_per_s,
+            total["requests"],
+            total["records_sent"],
+            float(pc.mean(latencies).as_py()) / 1000,
+            total["records_in"],
+            float(pc.sum(stats["elapsed_s"]).as_py() or 0.0),
+            config.api_time_fraction,
+        )
+        if capacity is not None:
+            metadata.update(capacity.metadata())
+            metadata["capacity_plan"] = dg.MetadataValue.md(capacity.markdown())
     context.log_event(dg.AssetMaterialization(asset_key=asset_key, metadata=metadata))
+    context.log_event(
+        dead_letter_evaluation(asset_key, dead, total["records_in"], config.dead_letter_max_rate)
+    )
+    if dead_letter_rate > config.dead_letter_max_rate:
+        context.log.warning(
+            f"sink {sink.sink_name}: {dead} of {total['records_in']} records dead-lettered "
+            f"({dead_letter_rate:.2%} > {config.dead_letter_max_rate:.2%}); see table {DEAD_LETTER_TABLE} "
+            f"(asset check {DEAD_LETTER_CHECK})"
+        )
     context.log.info(
         f"sink {sink.sink_name}: {total['accepted']} accepted, {dead} dead-lettered of {total['records_in']} records "
         f"in {elapsed:.1f}s; progress now batch {plan.batch_to} (version {plan.delta_version})"
@@ -169,7 +222,7 @@ def run_post(
 
 def _explain_spark_failure(exc: Exception, sink: RestSinkResource) -> str:
     text = str(exc)
-    for marker in ("SinkAuthError: ", "SinkTlsError: "):
+    for marker in ("SinkAuthError: ", "SinkTlsError: ", "SinkConfigError: "):
         if marker in text:
             line = text[text.index(marker) + len(marker) :].splitlines()[0]
             return f"{line} Nothing was marked as posted; fix the configuration and re-run."

@@ -21,10 +21,46 @@ class PostPlan:
     batch_to: int  # inclusive
     files: tuple[str, ...]
     schema: pa.Schema
+    file_rows: tuple[int | None, ...] = ()  # rows per file from the Delta log (None = unknown)
 
     @property
     def empty(self) -> bool:
         return self.batch_to <= self.batch_from or not self.files
+
+
+@dataclass(frozen=True)
+class ReadUnit:
+    """A slice of one data file, ``[row_start, row_stop)``; one Spark task reads one or more units."""
+
+    file_index: int
+    row_start: int
+    row_stop: int | None  # None = to the end of the file
+
+
+def split_units(
+    file_rows: tuple[int | None, ...], max_tasks: int, min_rows_per_unit: int = 5_000
+) -> list[ReadUnit]:
+    """Cut files into row ranges so up to ``max_tasks`` tasks share the work, without a shuffle.
+
+    An ingest batch is usually one file: reading it as a whole would post from a single task. Each
+    unit holds about ``total / max_tasks`` rows (never fewer than ``min_rows_per_unit``, where the
+    per-task start-up would cost more than it saves).
+    """
+    known = [n for n in file_rows if n is not None]
+    total = sum(known)
+    unit_rows = max(min_rows_per_unit, -(-total // max(1, max_tasks))) if total else 0
+    units = []
+    for index, rows in enumerate(file_rows):
+        if rows is None or unit_rows == 0 or rows <= unit_rows:
+            units.append(ReadUnit(index, 0, None))
+            continue
+        pieces = -(-rows // unit_rows)
+        step = -(-rows // pieces)
+        units.extend(
+            ReadUnit(index, start, None if start + step >= rows else start + step)
+            for start in range(0, rows, step)
+        )
+    return units
 
 
 def plan_post(table_uri: str, storage_options: dict[str, str], app_id: str, settled_batch: int) -> PostPlan:
@@ -41,6 +77,9 @@ def plan_post(table_uri: str, storage_options: dict[str, str], app_id: str, sett
         low = pc.fill_null(pc.less_equal(actions["min._batch_id"], last_batch), True)
         high = pc.fill_null(pc.greater(actions["max._batch_id"], settled_batch), True)
         keep = pc.and_(low, high)
-    paths = actions.filter(keep)["path"].to_pylist() if actions.num_rows else []
+    kept = actions.filter(keep) if actions.num_rows else actions
+    paths = kept["path"].to_pylist() if kept.num_rows else []
+    rows = kept["num_records"].to_pylist() if kept.num_rows and "num_records" in kept.column_names else []
     files = tuple(p if "://" in p or p.startswith("/") else f"{table_uri.rstrip('/')}/{p}" for p in paths)
-    return PostPlan(table_uri, version, settled_batch, last_batch, files, schema)
+    file_rows = tuple(rows) if len(rows) == len(files) else (None,) * len(files)
+    return PostPlan(table_uri, version, settled_batch, last_batch, files, schema, file_rows)

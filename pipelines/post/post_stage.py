@@ -1,10 +1,11 @@
 """Posting inside Spark tasks: each task streams its records through one SinkWriter."""
 
+import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 
 import pyarrow as pa
 
-from resources.sinks.protocols import Record
 from resources.sinks.settings import SinkSettings
 from resources.sinks.writer import PostOutcome, SinkWriter
 
@@ -20,34 +21,53 @@ RESULT_SCHEMA = pa.schema(
         ("accepted", pa.int64()),
         ("retried", pa.int64()),
         ("requests", pa.int64()),
+        ("attempts", pa.int64()),
+        ("records_sent", pa.int64()),
+        ("ack_timeouts", pa.int64()),
         ("bytes", pa.int64()),
+        ("elapsed_s", pa.float64()),
+        ("concurrency_peak", pa.int64()),
+        ("concurrency_decreases", pa.int64()),
         ("latencies_ms", pa.list_(pa.float64())),
     ]
 )
 RESULT_DDL = (
     "kind string, record_id string, record binary, status int, error_type string, reason string, "
-    "records_in bigint, accepted bigint, retried bigint, requests bigint, bytes bigint, latencies_ms array<double>"
+    "records_in bigint, accepted bigint, retried bigint, requests bigint, attempts bigint, "
+    "records_sent bigint, ack_timeouts bigint, bytes bigint, elapsed_s double, concurrency_peak bigint, "
+    "concurrency_decreases bigint, latencies_ms array<double>"
 )
+
+
+def per_task_settings(settings: SinkSettings, tasks: int) -> SinkSettings:
+    """Rate limits are configured for the whole run; each of ``tasks`` writers gets its share."""
+    share = max(1, tasks)
+    return replace(
+        settings,
+        rate_limit_requests_per_s=settings.rate_limit_requests_per_s / share
+        if settings.rate_limit_requests_per_s
+        else None,
+        rate_limit_records_per_s=settings.rate_limit_records_per_s / share
+        if settings.rate_limit_records_per_s
+        else None,
+    )
 
 
 def make_poster(settings: SinkSettings) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
     def post(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         records_in = 0
+        started = time.perf_counter()
         with SinkWriter(settings) as writer:
             for batch in batches:
-                ids = batch.column("_id").to_pylist()
-                docs = batch.column("_doc").to_pylist()
-                times = batch.column("_time").to_pylist()
-                for record_id, doc, when in zip(ids, docs, times, strict=True):
-                    writer.add(Record(record_id or "", doc, when))
+                writer.add_arrow(batch.column("_id"), batch.column("_doc"), batch.column("_time"))
                 records_in += batch.num_rows
             outcome = writer.close()
-        yield from _result_batches(outcome, records_in)
+        yield from _result_batches(outcome, records_in, time.perf_counter() - started)
 
     return post
 
 
-def _result_batches(outcome: PostOutcome, records_in: int) -> Iterator[pa.RecordBatch]:
+def _result_batches(outcome: PostOutcome, records_in: int, elapsed_s: float) -> Iterator[pa.RecordBatch]:
     stats = {name: [None] for name in RESULT_SCHEMA.names}
     stats.update(
         kind=["stats"],
@@ -55,6 +75,12 @@ def _result_batches(outcome: PostOutcome, records_in: int) -> Iterator[pa.Record
         accepted=[outcome.accepted],
         retried=[outcome.retried],
         requests=[outcome.requests],
+        attempts=[outcome.attempts],
+        records_sent=[outcome.records_sent],
+        ack_timeouts=[outcome.ack_timeouts],
+        elapsed_s=[elapsed_s],
+        concurrency_peak=[outcome.concurrency_peak],
+        concurrency_decreases=[outcome.concurrency_decreases],
         bytes=[outcome.bytes_sent],
         latencies_ms=[outcome.latencies_ms],
     )

@@ -12,28 +12,36 @@ import pyarrow.parquet as pq
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.pandas.types import from_arrow_schema
 
-from pipelines.post.plan import PostPlan
+from pipelines.post.plan import PostPlan, ReadUnit, split_units
 from resources.lake import FileSystemSettings
 
 
 def read_planned_rows(
     spark: SparkSession, plan: PostPlan, fs: FileSystemSettings, max_tasks: int
-) -> DataFrame:
-    tasks = max(1, min(len(plan.files), max_tasks))
+) -> tuple[DataFrame, int]:
+    """The planned rows as a DataFrame of up to ``max_tasks`` partitions, and that partition count."""
+    units = split_units(plan.file_rows or (None,) * len(plan.files), max_tasks)
+    tasks = max(1, min(len(units), max_tasks))
     spark_schema = from_arrow_schema(plan.schema, prefer_timestamp_ntz=False)
-    reader = _file_reader(plan.files, plan.schema, fs, plan.batch_from, plan.batch_to)
-    return spark.range(0, len(plan.files), 1, numPartitions=tasks).mapInArrow(reader, spark_schema)
+    reader = _unit_reader(plan.files, units, plan.schema, fs, plan.batch_from, plan.batch_to)
+    return spark.range(0, len(units), 1, numPartitions=tasks).mapInArrow(reader, spark_schema), tasks
 
 
-def _file_reader(
-    files: tuple[str, ...], schema: pa.Schema, fs_settings: FileSystemSettings, batch_from: int, batch_to: int
+def _unit_reader(
+    files: tuple[str, ...],
+    units: list[ReadUnit],
+    schema: pa.Schema,
+    fs_settings: FileSystemSettings,
+    batch_from: int,
+    batch_to: int,
 ) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
     def read(index_batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for index_batch in index_batches:
             for index in index_batch.column(0).to_pylist():
-                filesystem, path = fs_settings.resolve(files[index])
+                unit = units[index]
+                filesystem, path = fs_settings.resolve(files[unit.file_index])
                 parquet = pq.ParquetFile(filesystem.open_input_file(path))
-                for batch in parquet.iter_batches(batch_size=8192):
+                for batch in _batches_in_range(parquet, unit.row_start, unit.row_stop):
                     in_range = pc.and_(
                         pc.greater(batch.column("_batch_id"), batch_from),
                         pc.less_equal(batch.column("_batch_id"), batch_to),
@@ -43,6 +51,21 @@ def _file_reader(
                         yield _conform(selected, schema)
 
     return read
+
+
+def _batches_in_range(parquet: pq.ParquetFile, start: int, stop: int | None) -> Iterator[pa.RecordBatch]:
+    """Rows ``[start, stop)`` of a file, decoding only the row groups that overlap the range."""
+    metadata = parquet.metadata
+    stop = metadata.num_rows if stop is None else min(stop, metadata.num_rows)
+    group_start = 0
+    for group in range(metadata.num_row_groups):
+        group_rows = metadata.row_group(group).num_rows
+        group_stop = group_start + group_rows
+        if group_stop > start and group_start < stop:
+            table = parquet.read_row_group(group)
+            lo, hi = max(start, group_start) - group_start, min(stop, group_stop) - group_start
+            yield from table.slice(lo, hi - lo).to_batches(max_chunksize=8192)
+        group_start = group_stop
 
 
 def _conform(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:

@@ -11,6 +11,16 @@ from resources.sinks.settings import SinkSettings
 from resources.sinks.writer import auth_error_message
 
 
+def authorization(bearer_token: str | None, username: str | None, password: str | None) -> dict[str, str]:
+    """The Authorization header for bearer or basic auth (bearer wins), or none."""
+    if bearer_token:
+        return {"Authorization": f"Bearer {bearer_token}"}
+    if username:
+        token = base64.b64encode(f"{username}:{password or ''}".encode()).decode()
+        return {"Authorization": f"Basic {token}"}
+    return {}
+
+
 class RestSinkResource(dg.ConfigurableResource):
     """Settings every REST sink shares: endpoint, batching, concurrency, retries, TLS."""
 
@@ -24,7 +34,24 @@ class RestSinkResource(dg.ConfigurableResource):
         gt=0,
         description="Uncompressed bytes per request at most (Elasticsearch advises a few MB).",
     )
-    max_in_flight: int = Field(default=4, gt=0, description="Requests in flight per Spark task.")
+    max_in_flight: int = Field(
+        default=4, gt=0, description="Requests in flight per Spark task (the ceiling when adaptive)."
+    )
+    adaptive_concurrency: bool = Field(
+        default=False,
+        description="Adapt requests in flight per task (AIMD on 429/503/rising latency, like Vector's ARC), "
+        "from 1 up to max_in_flight.",
+    )
+    rate_limit_requests_per_s: float | None = Field(
+        default=None,
+        gt=0,
+        description="Requests per second at most, for the whole post run (split over tasks).",
+    )
+    rate_limit_records_per_s: float | None = Field(
+        default=None,
+        gt=0,
+        description="Records per second at most, for the whole post run (split over tasks).",
+    )
     gzip_level: int = Field(default=0, ge=0, le=9, description="Gzip request bodies at this level (0 = off).")
     max_attempts: int = Field(default=6, gt=0, description="Attempts per request, the first included.")
     backoff_initial_s: float = Field(default=0.5, ge=0)
@@ -36,6 +63,15 @@ class RestSinkResource(dg.ConfigurableResource):
     )
     ca_bundle: str | None = Field(
         default=None, description="PEM file of the CA that signed the server certificate."
+    )
+    client_cert: str | None = Field(
+        default=None,
+        description="PEM client certificate for mutual TLS (with the key, unless client_key is set).",
+    )
+    client_key: str | None = Field(default=None, description="PEM private key of client_cert.")
+    extra_headers: dict[str, str] = Field(
+        default={},
+        description="Headers added to every request (e.g. a gateway's API key; use EnvVar for secrets).",
     )
 
     def settings(self) -> SinkSettings:
@@ -63,7 +99,15 @@ class RestSinkResource(dg.ConfigurableResource):
             "read_timeout_s": self.read_timeout_s,
             "verify_tls": self.verify_tls,
             "ca_bundle": self.ca_bundle,
+            "client_cert": self.client_cert,
+            "client_key": self.client_key,
+            "adaptive_concurrency": self.adaptive_concurrency,
+            "rate_limit_requests_per_s": self.rate_limit_requests_per_s,
+            "rate_limit_records_per_s": self.rate_limit_records_per_s,
         }
+
+    def _headers(self, auth: dict[str, str]) -> dict[str, str]:
+        return {**self.extra_headers, **auth}
 
     def _probe(self, method: str, path: str, settings: SinkSettings, **kwargs) -> requests.Response:
         try:
@@ -73,6 +117,7 @@ class RestSinkResource(dg.ConfigurableResource):
                 headers=settings.headers,
                 timeout=(self.connect_timeout_s, self.read_timeout_s),
                 verify=settings.verify,
+                cert=settings.cert,
                 **kwargs,
             )
         except requests.exceptions.SSLError as exc:
@@ -99,9 +144,14 @@ class ElasticsearchSinkResource(RestSinkResource):
         description="'index' overwrites by id; 'create' (required for data streams) keeps the first.",
     )
     pipeline: str | None = Field(default=None, description="Ingest pipeline to run on each document.")
+    id_field: str | None = Field(
+        default=None,
+        description="Column whose value is the document id as is (e.g. an event id). Overrides id_fields.",
+    )
     id_fields: list[str] = Field(
         default=["_source_file", "_source_row"],
-        description="Columns whose values make the document id (hashed); empty = a hash of the whole document.",
+        description="Columns whose values make the document id (SHA-1 of them); empty = a hash of the whole "
+        "document (content hash).",
     )
     api_key: str | None = Field(
         default=None, description="Encoded API key (Authorization: ApiKey ...). Use EnvVar."
@@ -111,17 +161,14 @@ class ElasticsearchSinkResource(RestSinkResource):
     bearer_token: str | None = Field(default=None, description="Bearer token. Use EnvVar.")
 
     def settings(self) -> SinkSettings:
-        headers = {}
-        if self.api_key:
-            headers["Authorization"] = f"ApiKey {self.api_key}"
-        elif self.bearer_token:
-            headers["Authorization"] = f"Bearer {self.bearer_token}"
-        elif self.username:
-            token = base64.b64encode(f"{self.username}:{self.password or ''}".encode()).decode()
-            headers["Authorization"] = f"Basic {token}"
+        auth = (
+            {"Authorization": f"ApiKey {self.api_key}"}
+            if self.api_key
+            else authorization(self.bearer_token, self.username, self.password)
+        )
         return SinkSettings(
             kind="elasticsearch",
-            headers=headers,
+            headers=self._headers(auth),
             index=self.index,
             op_type=self.op_type,
             pipeline=self.pipeline,
@@ -129,6 +176,8 @@ class ElasticsearchSinkResource(RestSinkResource):
         )
 
     def id_expression(self) -> str:
+        if self.id_field:
+            return f"cast(`{self.id_field}` as string)"
         if not self.id_fields:
             return "sha1(_doc)"
         parts = ", ".join(f"coalesce(cast(`{f}` as string), '')" for f in self.id_fields)
@@ -147,11 +196,21 @@ class SplunkHecSinkResource(RestSinkResource):
     sourcetype: str | None = "_json"
     host: str | None = None
     time_field: str | None = Field(default="ts", description="Timestamp column sent as the event time.")
+    ack: bool = Field(
+        default=False,
+        description="Use indexer acknowledgement: a record counts as delivered only once /ack reports it "
+        "indexed; unacknowledged requests are resent after ack_timeout_s (Splunk Enterprise).",
+    )
+    ack_timeout_s: float = Field(default=300.0, gt=0, description="Resend a request not acked within this.")
+    ack_poll_interval_s: float = Field(default=1.0, gt=0, description="Seconds between /ack polls.")
 
     def settings(self) -> SinkSettings:
         return SinkSettings(
             kind="splunk_hec",
-            headers={"Authorization": f"Splunk {self.token}"},
+            headers=self._headers({"Authorization": f"Splunk {self.token}"}),
+            hec_ack=self.ack,
+            hec_ack_timeout_s=self.ack_timeout_s,
+            hec_ack_poll_interval_s=self.ack_poll_interval_s,
             index=self.index,
             hec_source=self.source,
             hec_sourcetype=self.sourcetype,
@@ -162,3 +221,42 @@ class SplunkHecSinkResource(RestSinkResource):
     def check_connection(self) -> None:
         # An empty POST is answered "No data" (400, code 5) with a valid token and 401/403 without one.
         self._probe("POST", "/services/collector/event", self.settings(), data=b"")
+
+
+class GenericRestSinkResource(RestSinkResource):
+    """Any REST API that takes many records per call, as a JSON array or NDJSON; success is the HTTP status.
+
+    There is no per-item answer, so a call is all-or-nothing: a success status accepts every record,
+    429/5xx/408 resend the call, 413 splits it, and any other status dead-letters its records.
+    """
+
+    path: str = Field(default="", description="Path appended to url, e.g. /v1/events.")
+    method: Literal["POST", "PUT"] = "POST"
+    body_format: Literal["json_array", "ndjson"] = Field(
+        default="json_array", description="'json_array': [doc, doc, ...]; 'ndjson': one document per line."
+    )
+    success_statuses: list[int] = Field(
+        default=[200, 201, 202, 204], description="Statuses that mean every record of the call was accepted."
+    )
+    bearer_token: str | None = Field(default=None, description="Bearer token. Use EnvVar.")
+    username: str | None = None
+    password: str | None = Field(default=None, description="Basic-auth password. Use EnvVar.")
+    health_path: str | None = Field(
+        default=None, description="GET this path before posting to check reachability and credentials."
+    )
+
+    def settings(self) -> SinkSettings:
+        auth = authorization(self.bearer_token, self.username, self.password)
+        return SinkSettings(
+            kind="generic",
+            headers=self._headers(auth),
+            generic_path=self.path,
+            generic_method=self.method,
+            generic_format=self.body_format,
+            generic_success_statuses=tuple(self.success_statuses),
+            **self._common(),
+        )
+
+    def check_connection(self) -> None:
+        if self.health_path is not None:
+            self._probe("GET", self.health_path, self.settings())

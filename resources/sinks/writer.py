@@ -4,19 +4,31 @@ import gzip
 import random
 import threading
 import time
+import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
 import requests
 
-from resources.sinks.protocols import Record, Rejection, Settlement, SplunkHec, protocol_for
+from resources.sinks.flow import AdaptiveConcurrency, RateLimits
+from resources.sinks.protocols import GenericRest, Rejection, Settlement, SplunkHec, protocol_for
+from resources.sinks.records import ArrowRecords, Record, call_boundaries
 from resources.sinks.settings import SinkSettings
 
 RETRYABLE_STATUS = {408, 429, 500, 502, 503, 504}
+BACKPRESSURE_STATUS = {429, 503}
+HEC_ACK_PATH = "/services/collector/ack"
 
 
 class SinkAuthError(RuntimeError):
     """The sink refused our credentials: retrying cannot help, so the run stops at once."""
+
+
+class SinkConfigError(RuntimeError):
+    """The sink answers in a way the configuration does not expect (e.g. no HEC ack id): fix the config."""
 
 
 class SinkTlsError(RuntimeError):
@@ -25,20 +37,35 @@ class SinkTlsError(RuntimeError):
 
 @dataclass
 class PostOutcome:
+    """Totals of one writer. ``requests`` are answered calls, ``attempts`` every try incl. network errors."""
+
     accepted: int = 0
     retried: int = 0
     requests: int = 0
+    attempts: int = 0
     bytes_sent: int = 0
+    records_sent: int = 0  # records in answered calls (resends included): records per call = this / requests
+    ack_timeouts: int = 0
     rejected: list[Rejection] = field(default_factory=list)
     latencies_ms: list[float] = field(default_factory=list)
+    concurrency_limit: int = 0  # the limit at the end (adaptive) or the fixed one
+    concurrency_peak: int = 0
+    concurrency_decreases: int = 0
 
     def merge(self, other: "PostOutcome") -> None:
         self.accepted += other.accepted
         self.retried += other.retried
         self.requests += other.requests
+        self.attempts += other.attempts
         self.bytes_sent += other.bytes_sent
+        self.records_sent += other.records_sent
+        self.ack_timeouts += other.ack_timeouts
         self.rejected.extend(other.rejected)
         self.latencies_ms.extend(other.latencies_ms)
+
+    @property
+    def dead_lettered(self) -> int:
+        return len(self.rejected)
 
 
 def auth_error_message(settings: SinkSettings, status: int, body: bytes) -> str:
@@ -54,16 +81,22 @@ class SinkWriter:
 
     One writer per Spark task: it owns a small thread pool whose threads each keep one keep-alive
     ``requests.Session``. Memory stays bounded: at most ``2 * max_in_flight`` requests are pending.
+    Requests in flight are gated by an AIMD limit (adaptive mode) or a fixed one, and by rate limits.
     """
 
     def __init__(self, settings: SinkSettings) -> None:
         self.settings = settings
         self.protocol = protocol_for(settings)
+        self.concurrency = AdaptiveConcurrency(settings.max_in_flight, settings.adaptive_concurrency)
+        self.rate_limits = RateLimits(settings.rate_limit_requests_per_s, settings.rate_limit_records_per_s)
+        # One HEC channel per writer: acks are tracked per channel, so all its requests share it.
+        self.hec_channel = str(uuid.uuid4())
         self._pool = ThreadPoolExecutor(max_workers=max(1, settings.max_in_flight), thread_name_prefix="sink")
         self._local = threading.local()
         self._pending: list[Future] = []
         self._buffer: list[Record] = []
         self._buffer_bytes = 0
+        self._tail: ArrowRecords | None = None  # the last, not yet full call of add_arrow
         self.outcome = PostOutcome()
         self._rng = random.Random()
 
@@ -78,15 +111,50 @@ class SinkWriter:
         self._buffer.append(record)
         self._buffer_bytes += size
 
+    def add_arrow(self, ids: pa.Array, docs: pa.Array, times: pa.Array) -> None:
+        """Add a column slice of records: cut into calls and encoded by Arrow, not record by record."""
+        if self._buffer:
+            self._flush()
+        chunk = ArrowRecords(ids, docs, times)
+        if self._tail is not None:
+            tail, self._tail = self._tail, None
+            chunk = ArrowRecords(
+                pa.concat_arrays([tail.ids, ids.cast(tail.ids.type)]),
+                pa.concat_arrays([tail.docs, docs.cast(tail.docs.type)]),
+                pa.concat_arrays([tail.times, times.cast(tail.times.type)]),
+            )
+        if not len(chunk):
+            return
+        s = self.settings
+        sizes = pc.binary_length(chunk.docs).to_numpy(zero_copy_only=False) + self.protocol.overhead(chunk)
+        cuts = call_boundaries(sizes, s.max_records_per_call, s.max_bytes_per_call)
+        for start, stop in cuts[:-1]:
+            self._submit(chunk[start:stop])
+        start, stop = cuts[-1]
+        last = chunk[start:stop]
+        if (
+            stop - start >= s.max_records_per_call
+            or int(sizes[start:stop].sum()) >= 0.9 * s.max_bytes_per_call
+        ):
+            self._submit(last)
+        else:
+            self._tail = last
+
     def close(self) -> PostOutcome:
         """Post what is buffered, wait for every request, and return the totals."""
         try:
+            if self._tail is not None:
+                tail, self._tail = self._tail, None
+                self._submit(tail)
             if self._buffer:
                 self._flush()
             while self._pending:
                 self._collect(self._pending.pop(0))
         finally:
             self._pool.shutdown(wait=True, cancel_futures=True)
+        self.outcome.concurrency_limit = self.concurrency.limit
+        self.outcome.concurrency_peak = self.concurrency.peak
+        self.outcome.concurrency_decreases = self.concurrency.decreases
         return self.outcome
 
     def __enter__(self) -> "SinkWriter":
@@ -96,7 +164,13 @@ class SinkWriter:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
     def _flush(self) -> None:
+        if self._tail is not None:
+            tail, self._tail = self._tail, None
+            self._submit(tail)
         chunk, self._buffer, self._buffer_bytes = self._buffer, [], 0
+        self._submit(chunk)
+
+    def _submit(self, chunk: list[Record] | ArrowRecords) -> None:
         while len(self._pending) >= 2 * self.settings.max_in_flight:
             self._collect(self._pending.pop(0))
         self._pending.append(self._pool.submit(self._deliver, chunk))
@@ -113,32 +187,46 @@ class SinkWriter:
             session.headers["Content-Type"] = self.protocol.content_type
             if self.settings.gzip_level > 0:
                 session.headers["Content-Encoding"] = "gzip"
+            if self.settings.kind == "splunk_hec":
+                session.headers["X-Splunk-Request-Channel"] = self.hec_channel
+            session.cert = self.settings.cert
+            session.verify = self.settings.verify
             self._local.session = session
         return session
 
-    def _deliver(self, records: list[Record]) -> PostOutcome:
+    def _deliver(self, records: list[Record] | ArrowRecords) -> PostOutcome:
         outcome = PostOutcome()
         queue = [records]
         while queue:
             self._deliver_request(queue.pop(), outcome, queue)
         return outcome
 
-    def _deliver_request(self, records: list[Record], outcome: PostOutcome, queue: list) -> None:
+    def _deliver_request(
+        self, records: list[Record] | ArrowRecords, outcome: PostOutcome, queue: list
+    ) -> None:
         s = self.settings
         pending = records
         last_problem = ""
+        url = s.url.rstrip("/") + self.protocol.path
         for attempt in range(1, s.max_attempts + 1):
             body = self.protocol.encode(pending)
             payload = gzip.compress(body, s.gzip_level) if s.gzip_level > 0 else body
-            started = time.perf_counter()
             retry_after = None
+            self.rate_limits.wait(len(pending))
+            self.concurrency.acquire()
+            rtt, backpressure = None, False
+            started = time.perf_counter()
+            outcome.attempts += 1
             try:
-                response = self._session().post(
-                    s.url.rstrip("/") + self.protocol.path,
+                response = self._session().request(
+                    s.generic_method if isinstance(self.protocol, GenericRest) else "POST",
+                    url,
                     data=payload,
                     timeout=(s.connect_timeout_s, s.read_timeout_s),
-                    verify=s.verify,
+                    verify=s.verify,  # per request too: REQUESTS_CA_BUNDLE would override the session's
                 )
+                rtt = time.perf_counter() - started
+                backpressure = response.status_code in BACKPRESSURE_STATUS
             except requests.exceptions.SSLError as exc:
                 raise SinkTlsError(
                     f"sink {s.name!r}: TLS verification of {s.url} failed ({exc}). If the server uses a "
@@ -149,15 +237,21 @@ class SinkWriter:
                 # The server may have committed before the connection dropped: deterministic ids make
                 # the resend an overwrite in Elasticsearch; HEC is at-least-once by nature.
                 last_problem = f"{type(exc).__name__}: {exc}"
-            else:
+                backpressure = isinstance(exc, requests.Timeout)
+            finally:
+                self.concurrency.release(rtt, backpressure)
+            if rtt is not None:
                 outcome.requests += 1
                 outcome.bytes_sent += len(payload)
-                outcome.latencies_ms.append((time.perf_counter() - started) * 1000)
+                outcome.records_sent += len(pending)
+                outcome.latencies_ms.append(rtt * 1000)
                 status = response.status_code
                 if status in (401, 403):
                     raise SinkAuthError(auth_error_message(s, status, response.content))
-                if 200 <= status < 300:
+                if self._is_success(status):
                     settled = self.protocol.settle(pending, response.content)
+                    if s.hec_ack and isinstance(self.protocol, SplunkHec):
+                        settled = self._await_hec_ack(pending, response.content, outcome)
                 elif status == 413 and len(pending) > 1:
                     half = len(pending) // 2
                     queue.extend([pending[:half], pending[half:]])
@@ -189,6 +283,48 @@ class SinkWriter:
             )
             for r in pending
         )
+
+    def _is_success(self, status: int) -> bool:
+        if isinstance(self.protocol, GenericRest):
+            return status in self.protocol.success
+        return 200 <= status < 300
+
+    def _await_hec_ack(self, records: list[Record], body: bytes, outcome: PostOutcome) -> Settlement:
+        """Poll ``/services/collector/ack`` until Splunk says the request is indexed; resend on timeout.
+
+        A 200 without ack only means "parsed": with acknowledgement on, records count as accepted
+        when their ack id is reported true. Until then (or when the ack is lost) they are resent.
+        """
+        s = self.settings
+        try:
+            ack_id = orjson.loads(body).get("ackId")
+        except (orjson.JSONDecodeError, AttributeError):
+            ack_id = None
+        if not isinstance(ack_id, int):
+            raise SinkConfigError(
+                f"sink {s.name!r}: hec_ack is on but {s.url} answered without an ackId. Enable indexer "
+                f"acknowledgement on the HEC token, or set hec_ack to false."
+            )
+        deadline = time.monotonic() + s.hec_ack_timeout_s
+        url = s.url.rstrip("/") + HEC_ACK_PATH
+        while True:
+            try:
+                answer = self._session().post(
+                    url,
+                    data=orjson.dumps({"acks": [ack_id]}),
+                    timeout=(s.connect_timeout_s, s.read_timeout_s),
+                    verify=s.verify,
+                )
+                if answer.status_code == 200 and answer.json().get("acks", {}).get(str(ack_id)):
+                    return Settlement(accepted=len(records))
+            except (requests.ConnectionError, requests.Timeout, ValueError):
+                pass  # polling again is harmless; the deadline bounds it
+            if time.monotonic() >= deadline:
+                outcome.ack_timeouts += 1
+                return Settlement(
+                    retry=records, retry_reasons=[f"no HEC ack {ack_id} within {s.hec_ack_timeout_s}s"]
+                )
+            time.sleep(s.hec_ack_poll_interval_s)
 
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
         s = self.settings
