@@ -1,43 +1,61 @@
-"""Bulk export of one pinned Delta version to gzip NDJSON parts plus a manifest written last.
+"""Bulk export of one pinned Delta version to parts plus a ``manifest.json`` written last.
 
-Pure logic (no Dagster): ``export_table`` streams record batches in bounded memory, encodes them to
-NDJSON, gzips them into parts of bounded size and publishes ``manifest.json`` only after every part is
-complete, so an export is either whole or invisible. ``verify_export`` re-reads what was stored.
+Pure logic (no Dagster). ``export_table`` runs a pipeline of bounded stages on separate threads:
+
+    read (DataFusion) -> cut into parts + encode -> compress -> upload (this thread, sha256 as it goes)
+
+so reading, encoding, compressing and uploading overlap while memory stays bounded by the queues and
+one multipart chunk, whatever the table size. The manifest is created only after every part is
+complete (create-only), so an export is either whole or invisible. ``verify_export`` re-reads it all.
 """
 
-import base64
 import datetime as dt
-import decimal
 import hashlib
-import re
+import os
 import time
 import zlib
-from bisect import bisect_right
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from itertools import accumulate
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 import pyarrow as pa
-import pyarrow.compute as pc
-from deltalake import DeltaTable, QueryBuilder
+from deltalake import DeltaTable
 
+from pipelines.export_check import inspect_part, manifest_problems
+from pipelines.export_cursor import Cursor, decode_cursor
+from pipelines.export_encode import block_codec, content_type, encoder_factory
+from pipelines.export_pipeline import staged
+from pipelines.export_read import check_append_only_since, plan_read, read_batches
+from pipelines.export_spec import (
+    DEFAULT_BATCH_ROWS,
+    DEFAULT_PART_MAX_BYTES,
+    DEFAULT_PART_MAX_ROWS,
+    ExportSpec,
+)
 from resources.export_storage import ExportStorage, PartWriter
 
+__all__ = [
+    "DEFAULT_BATCH_ROWS",
+    "DEFAULT_PART_MAX_BYTES",
+    "DEFAULT_PART_MAX_ROWS",
+    "MANIFEST_NAME",
+    "ExportResult",
+    "export_prefix",
+    "export_table",
+    "latest_manifest_key",
+    "new_export_id",
+    "verify_export",
+]
+
 MANIFEST_NAME = "manifest.json"
-MANIFEST_VERSION = 1
-PART_CONTENT_TYPE = "application/gzip"  # and no Content-Encoding: see resources/export_storage.py
-
-DEFAULT_PART_MAX_BYTES = 256 * 1024 * 1024  # uncompressed NDJSON per part
-DEFAULT_PART_MAX_ROWS = 1_000_000
-DEFAULT_BATCH_ROWS = 65_536
-DEFAULT_GZIP_LEVEL = 6
-ENCODE_GROUP_ROWS = 4096
-
-_SEGMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._=-]*")
-_READ_CHUNK = 1024 * 1024
+MANIFEST_VERSION = 2
+QUEUE_SIZE = 4
+PROBE_ROWS = 64
+COMPRESS_WORKERS = max(1, min(4, os.cpu_count() or 1))
 
 
 @dataclass(frozen=True)
@@ -51,10 +69,15 @@ class ExportResult:
     bytes: int
     parts: int
     duration_s: float
+    aborted_uploads: int = 0
 
     @property
     def rows_per_s(self) -> float:
         return self.rows / self.duration_s if self.duration_s > 0 else 0.0
+
+    @property
+    def next_cursor(self) -> str | None:
+        return self.manifest.get("next_cursor")
 
 
 # -- layout ------------------------------------------------------------------------------------------
@@ -62,19 +85,16 @@ class ExportResult:
 
 def new_export_id(run_id: str, now: dt.datetime | None = None) -> str:
     """UTC timestamp first so export ids sort by time; the run id keeps concurrent runs apart."""
-    now = now or dt.datetime.now(dt.UTC)
-    return f"{now.astimezone(dt.UTC):%Y%m%dT%H%M%SZ}-{run_id.replace('-', '')[:8]}"
+    now = (now or dt.datetime.now(dt.UTC)).astimezone(dt.UTC)
+    # Milliseconds too: two exports in one second must still sort in the order they started.
+    return f"{now:%Y%m%dT%H%M%S}{now.microsecond // 1000:03d}Z-{run_id.replace('-', '')[:8]}"
 
 
 def export_prefix(dataset: str, export_id: str) -> str:
-    for name, value in (("dataset", dataset), ("export_id", export_id)):
-        if not _SEGMENT.fullmatch(value):
-            raise ValueError(f"{name} {value!r} must be one path segment of letters, digits, '._=-'")
+    ExportSpec(dataset=dataset, table="-")  # validates the dataset name
+    if not export_id or "/" in export_id or export_id.startswith("."):
+        raise ValueError(f"export_id {export_id!r} must be one path segment of letters, digits, '._=-'")
     return f"{dataset}/{export_id}"
-
-
-def part_key(dataset: str, export_id: str, index: int) -> str:
-    return f"{export_prefix(dataset, export_id)}/part-{index:05d}.ndjson.gz"
 
 
 def manifest_key(dataset: str, export_id: str) -> str:
@@ -89,135 +109,6 @@ def latest_manifest_key(storage: ExportStorage, dataset: str) -> str | None:
     return max(keys, default=None)
 
 
-# -- NDJSON encoding ---------------------------------------------------------------------------------
-
-
-def _json_default(value: Any) -> Any:
-    """Types orjson does not know; only reached for values nested inside lists, structs and maps."""
-    if isinstance(value, bytes | bytearray | memoryview):
-        return base64.b64encode(value).decode("ascii")
-    if isinstance(value, decimal.Decimal):
-        return str(value)  # a string keeps every digit; a JSON float would not
-    raise TypeError(f"cannot export a value of type {type(value).__name__} as JSON")
-
-
-def _timestamp_encoder(t: pa.TimestampType) -> Callable[[pa.Array], list[Any]]:
-    """RFC 3339 strings: ``2024-01-02T03:04:05.000006Z`` (UTC) or without ``Z`` for timestamp_ntz.
-
-    Arrow stores zoned timestamps as UTC instants, so formatting them as zone-less values yields UTC
-    wall time; that path is ~10x faster than Arrow's zone-aware formatting or ``strftime``.
-    """
-    naive = pa.timestamp(t.unit)
-
-    def encode(col: pa.Array) -> list[Any]:
-        text = pc.replace_substring(col.view(naive).cast(pa.string()), " ", "T", max_replacements=1)
-        if t.tz is not None:
-            text = pc.binary_join_element_wise(text, "Z", "")  # a null stays null
-        return text.to_pylist()
-
-    return encode
-
-
-def _column_encoder(field: pa.Field) -> Callable[[pa.Array], list[Any]]:
-    """Arrow column -> JSON-ready Python values, converting in Arrow where a kernel exists.
-
-    Arrow builds ISO strings for timestamps far faster than Python builds datetime objects
-    (the main cost of ``to_pylist``); decimals become exact strings; binaries become base64.
-    """
-    t = field.type
-    if pa.types.is_timestamp(t):
-        return _timestamp_encoder(t)
-    if pa.types.is_date(t) or pa.types.is_time(t) or pa.types.is_decimal(t):
-        return lambda col: col.cast(pa.string()).to_pylist()
-    if (
-        pa.types.is_binary(t)
-        or pa.types.is_large_binary(t)
-        or pa.types.is_fixed_size_binary(t)
-        or pa.types.is_binary_view(t)
-    ):
-        return lambda col: [
-            None if v is None else base64.b64encode(v).decode("ascii") for v in col.to_pylist()
-        ]
-    if pa.types.is_map(t):  # to_pylist gives [(key, value)] pairs; a JSON object is what readers expect
-        return lambda col: [None if v is None else dict(v) for v in col.to_pylist()]
-    return lambda col: col.to_pylist()
-
-
-Encoded = tuple[bytes, list[int]]  # NDJSON text of some rows, and the byte offset where each row ends
-
-
-def ndjson_encoder(
-    schema: pa.Schema, group_rows: int = ENCODE_GROUP_ROWS
-) -> Callable[[pa.RecordBatch], Iterator[Encoded]]:
-    """A function turning a record batch into NDJSON, ``group_rows`` rows at a time.
-
-    Small groups keep memory flat: orjson returns each line in a ~4 KiB allocation, so a whole
-    64k-row batch of separate lines would hold ~270 MB; a group is joined and freed at once.
-    """
-    names = schema.names
-    encoders = [_column_encoder(f) for f in schema]
-    option = orjson.OPT_APPEND_NEWLINE | orjson.OPT_UTC_Z
-    if any(pa.types.is_map(f.type) for f in schema):
-        option |= orjson.OPT_NON_STR_KEYS  # map keys may be numbers
-    dumps = orjson.dumps
-
-    def encode(batch: pa.RecordBatch) -> Iterator[Encoded]:
-        for offset in range(0, batch.num_rows, group_rows):
-            group = batch.slice(offset, group_rows)
-            columns = [enc(col) for enc, col in zip(encoders, group.columns, strict=True)]
-            lines = [
-                dumps(dict(zip(names, row, strict=True)), default=_json_default, option=option)
-                for row in zip(*columns, strict=True)
-            ]
-            yield b"".join(lines), list(accumulate(map(len, lines)))
-
-    return encode
-
-
-# -- parts -------------------------------------------------------------------------------------------
-
-
-class _GzipPart:
-    """One part being written: gzip stream, sha256 and counters over the bytes actually stored."""
-
-    def __init__(self, storage: ExportStorage, key: str, level: int) -> None:
-        self.key = key
-        self.rows = 0
-        self.raw_bytes = 0
-        self.stored_bytes = 0
-        self._sha = hashlib.sha256()
-        self._gzip = zlib.compressobj(level, zlib.DEFLATED, 31)  # wbits 31 = gzip container
-        self._writer: PartWriter = storage.open_part(key, content_type=PART_CONTENT_TYPE)
-
-    def write(self, data: bytes | memoryview, rows: int) -> None:
-        self.rows += rows
-        self.raw_bytes += len(data)
-        self._store(self._gzip.compress(data))
-
-    def _store(self, data: bytes) -> None:
-        if data:
-            self._sha.update(data)
-            self.stored_bytes += len(data)
-            self._writer.write(data)
-
-    def finish(self) -> dict[str, Any]:
-        self._store(self._gzip.flush())
-        self._writer.close()
-        return {
-            "key": self.key,
-            "rows": self.rows,
-            "bytes": self.stored_bytes,
-            "uncompressed_bytes": self.raw_bytes,
-            "sha256": self._sha.hexdigest(),
-        }
-
-    def abort(self) -> None:
-        self._writer.abort()
-
-
-# -- export ------------------------------------------------------------------------------------------
-
-
 def _redact_uri(uri: str) -> str:
     """A table URI without user info or query string, where credentials or SAS tokens could hide."""
     parts = urlsplit(uri)
@@ -226,14 +117,186 @@ def _redact_uri(uri: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc.rsplit("@", 1)[-1], parts.path, "", ""))
 
 
-def _read_batches(table: DeltaTable, batch_rows: int) -> pa.RecordBatchReader:
-    """Stream the pinned snapshot; DataFusion keeps memory flat and honours deletion vectors."""
-    builder = QueryBuilder({"datafusion.execution.batch_size": str(batch_rows)})
-    return pa.RecordBatchReader.from_stream(builder.register("t", table).execute("SELECT * FROM t"))
+def _utc(moment: dt.datetime) -> str:
+    return moment.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
 
 
-def _schema_doc(schema: pa.Schema) -> list[dict[str, Any]]:
-    return [{"name": f.name, "type": str(f.type), "nullable": f.nullable} for f in schema]
+# -- the pipeline stages -------------------------------------------------------------------------------
+
+
+@dataclass
+class _Piece:
+    """Bytes of one part on their way to storage; ``last`` closes the part."""
+
+    part: int
+    data: bytes
+    rows: int = 0
+    raw_bytes: int = 0
+    first_key: Any = None
+    last_key: Any = None
+    last: bool = False
+
+
+def _cut_and_encode(
+    spec: ExportSpec, schema: pa.Schema
+) -> Callable[[Iterator[pa.RecordBatch]], Iterator[_Piece]]:
+    """Stage: slice batches into parts and encode them.
+
+    Rows per part are exact. Bytes per part are exact for NDJSON and CSV (a group that would overflow
+    is re-encoded smaller; a single row larger than the limit gets a part of its own) and approximate
+    for Parquet (whose row groups cannot be taken back once written).
+    """
+    new_encoder = encoder_factory(spec, schema)
+    exact_bytes = spec.format != "parquet"
+    group_rows = min(new_encoder().group_rows, spec.batch_rows)
+    key_index = schema.get_field_index(spec.order_by) if spec.order_by else -1
+    max_bytes = spec.part_max_bytes
+
+    def stage(batches: Iterator[pa.RecordBatch]) -> Iterator[_Piece]:
+        index, encoder, rows, size = -1, None, 0, 0
+        total_rows = total_size = 0
+        for batch in batches:
+            offset = 0
+            while offset < batch.num_rows:
+                if encoder is None:
+                    index, encoder, rows, size = index + 1, new_encoder(), 0, 0
+                    header = encoder.begin()
+                    size += len(header)
+                    yield _Piece(index, header, raw_bytes=len(header))
+                row_size = total_size / total_rows if total_rows else 0
+                n = min(batch.num_rows - offset, spec.part_max_rows - rows, group_rows)
+                # Learn the row size on a few rows first, then take what should fill the part.
+                n = min(n, max(1, int((max_bytes - size) / row_size))) if row_size else min(n, PROBE_ROWS)
+                data = encoder.encode(batch.slice(offset, n))
+                while exact_bytes and size + len(data) > max_bytes and n > 1:
+                    n = max(1, n * max(max_bytes - size, 0) // len(data))
+                    data = encoder.encode(batch.slice(offset, n))
+                if exact_bytes and rows and size + len(data) > max_bytes:
+                    full = True  # not even one more row fits: it opens the next part
+                else:
+                    keys = batch.column(key_index).slice(offset, n) if key_index >= 0 else None
+                    offset += n
+                    rows, size = rows + n, size + len(data)
+                    total_rows, total_size = total_rows + n, total_size + len(data)
+                    yield _Piece(
+                        index,
+                        data,
+                        rows=n,
+                        raw_bytes=len(data),
+                        first_key=None if keys is None else keys[0].as_py(),
+                        last_key=None if keys is None else keys[-1].as_py(),
+                    )
+                    full = rows >= spec.part_max_rows or size + total_size / total_rows > max_bytes
+                if full:
+                    tail = encoder.end()
+                    yield _Piece(index, tail, raw_bytes=len(tail), last=True)
+                    encoder = None
+        if encoder is not None:
+            tail = encoder.end()
+            yield _Piece(index, tail, raw_bytes=len(tail), last=True)
+
+    return stage
+
+
+def _compress(spec: ExportSpec) -> Callable[[Iterator[_Piece]], Iterator[_Piece]]:
+    """Stage: compress pieces on a small thread pool (zlib and zstd release the GIL), in order.
+
+    Each part is one stream (a gzip member, zstd frames, or as is) made of independently compressed
+    blocks; at most ``2 x COMPRESS_WORKERS`` pieces are in flight.
+    """
+    codec = block_codec(spec)
+    window = 32 * 1024
+
+    def stage(pieces: Iterator[_Piece]) -> Iterator[_Piece]:
+        pending: deque[tuple[_Piece, Future[bytes], bytes, bool, int, int]] = deque()
+        opened, crc, size, tail = -1, 0, 0, b""
+
+        def finish(item: tuple[_Piece, Future[bytes], bytes, bool, int, int]) -> _Piece:
+            piece, future, head, last, part_crc, part_size = item
+            piece.data = head + future.result() + (codec.trailer(part_crc, part_size) if last else b"")
+            return piece
+
+        with ThreadPoolExecutor(COMPRESS_WORKERS, thread_name_prefix="export-compress") as pool:
+            for piece in pieces:
+                head = b""
+                if piece.part != opened:
+                    opened, crc, size, tail, head = piece.part, 0, 0, b"", codec.header()
+                data = piece.data
+                crc, size = zlib.crc32(data, crc), size + len(data)
+                pending.append(
+                    (piece, pool.submit(codec.block, data, tail, piece.last), head, piece.last, crc, size)
+                )
+                tail = data[-window:] if len(data) >= window else (tail + data)[-window:]
+                while len(pending) > 2 * COMPRESS_WORKERS:
+                    yield finish(pending.popleft())
+            while pending:
+                yield finish(pending.popleft())
+
+    return stage
+
+
+class _PartUpload:
+    """One part being stored: the storage writer plus sha256, counters and first/last key."""
+
+    def __init__(self, storage: ExportStorage, key: str, content_type: str) -> None:
+        self.key = key
+        self.rows = self.raw_bytes = self.stored_bytes = 0
+        self.first_key: Any = None
+        self.last_key: Any = None
+        self._sha = hashlib.sha256()
+        self._writer: PartWriter = storage.open_part(key, content_type=content_type)
+
+    def add(self, piece: _Piece) -> None:
+        if piece.rows and self.rows == 0:
+            self.first_key = piece.first_key
+        if piece.rows:
+            self.last_key = piece.last_key
+        self.rows += piece.rows
+        self.raw_bytes += piece.raw_bytes
+        if piece.data:
+            self._sha.update(piece.data)
+            self.stored_bytes += len(piece.data)
+            self._writer.write(piece.data)
+
+    def finish(self) -> dict[str, Any]:
+        self._writer.close()
+        return {
+            "key": self.key,
+            "rows": self.rows,
+            "bytes": self.stored_bytes,
+            "uncompressed_bytes": self.raw_bytes,
+            "sha256": self._sha.hexdigest(),
+            "first_key": self.first_key,
+            "last_key": self.last_key,
+        }
+
+    def abort(self) -> None:
+        self._writer.abort()
+
+
+def _store_parts(
+    pieces: Iterator[_Piece], storage: ExportStorage, prefix: str, spec: ExportSpec
+) -> list[dict[str, Any]]:
+    parts: list[dict[str, Any]] = []
+    current: _PartUpload | None = None
+    try:
+        for piece in pieces:
+            if current is None:
+                current = _PartUpload(
+                    storage, f"{prefix}/part-{piece.part:05d}.{spec.extension}", content_type(spec)
+                )
+            current.add(piece)
+            if piece.last:
+                parts.append(current.finish())
+                current = None
+    except BaseException:
+        if current is not None:
+            current.abort()  # no half-written part (nor a pending multipart upload) survives
+        raise
+    return parts
+
+
+# -- export ------------------------------------------------------------------------------------------
 
 
 def export_table(
@@ -243,54 +306,78 @@ def export_table(
     dataset: str,
     export_id: str,
     *,
-    part_max_bytes: int = DEFAULT_PART_MAX_BYTES,
-    part_max_rows: int = DEFAULT_PART_MAX_ROWS,
-    batch_rows: int = DEFAULT_BATCH_ROWS,
-    gzip_level: int = DEFAULT_GZIP_LEVEL,
+    spec: ExportSpec | None = None,
+    since: str | None = None,
+    **options: Any,
 ) -> ExportResult:
-    """Export the current version of a Delta table as gzip NDJSON parts under ``<dataset>/<export_id>/``.
+    """Export the current version of a Delta table under ``<dataset>/<export_id>/``.
 
-    A part closes before it would exceed ``part_max_rows`` rows or ``part_max_bytes`` uncompressed bytes
-    (a single larger row gets a part of its own). The manifest is written last and create-only.
+    ``spec`` says what and how (defaults: every column, gzip NDJSON); keyword ``options`` override its
+    fields (``format="csv"``, ``part_max_rows=...``). ``since`` is a previous manifest's
+    ``next_cursor``: only rows with a greater ordering key are exported.
     """
-    if part_max_bytes < 1 or part_max_rows < 1 or batch_rows < 1:
-        raise ValueError("part_max_bytes, part_max_rows and batch_rows must be positive")
-    if not 0 <= gzip_level <= 9:
-        raise ValueError(f"gzip_level must be 0..9, not {gzip_level}")
+    if "gzip_level" in options:  # the older name of `level`
+        options["level"] = options.pop("gzip_level")
+    spec = (spec or ExportSpec(dataset=dataset, table=table_uri)).replace(dataset=dataset, **options)
     started = time.perf_counter()
     created_at = dt.datetime.now(dt.UTC)
     prefix = export_prefix(dataset, export_id)
     if storage.list_keys(prefix + "/"):
         raise FileExistsError(f"export {storage.uri_for(prefix)} already has objects; use a new export_id")
+    # Exports of one dataset run one at a time: anything still pending under it is from a crashed run.
+    aborted = storage.abort_incomplete(f"{dataset}/")
 
     table = DeltaTable(table_uri, storage_options=storage_options or None)
-    version = table.version()  # every batch below reads this one snapshot
-    schema = pa.schema(table.schema().to_arrow())
-    parts = _write_parts(
-        _read_batches(table, batch_rows),
-        storage,
-        dataset,
-        export_id,
-        part_max_bytes,
-        part_max_rows,
-        gzip_level,
+    version = table.version()  # every query below reads this one snapshot
+    cursor = None
+    if since:
+        if not spec.order_by:
+            raise ValueError(f"export {dataset!r} has no order_by: a 'since' cursor needs an ordering key")
+        cursor = decode_cursor(since, dataset, spec.order_by)
+        if cursor.delta_version > version:
+            raise ValueError(
+                f"cursor is at Delta version {cursor.delta_version}, the table only at {version}"
+            )
+        if cursor.last_key is not None:
+            check_append_only_since(
+                table, storage_options, spec.order_by, cursor.delta_version, cursor.last_key
+            )
+    since_key = cursor.last_key if cursor else None
+    plan = plan_read(table, spec, since_key)
+
+    pieces = staged(
+        read_batches(table, plan, spec.batch_rows),
+        _cut_and_encode(spec, plan.schema),
+        _compress(spec),
+        maxsize=QUEUE_SIZE,
     )
+    try:
+        parts = _store_parts(pieces, storage, prefix, spec)
+    finally:
+        pieces.close()  # stops and joins the stage threads, also on error
 
     total_rows = sum(p["rows"] for p in parts)
-    total_bytes = sum(p["bytes"] for p in parts)
+    last_key = parts[-1]["last_key"] if parts else since_key
+    next_cursor = Cursor(dataset, spec.order_by, version, last_key).encode() if spec.order_by else None
     manifest = {
         "manifest_version": MANIFEST_VERSION,
-        "format": "ndjson",
-        "compression": "gzip",
+        "format": spec.format,
+        "compression": spec.compression,
         "dataset": dataset,
         "export_id": export_id,
         "table_uri": _redact_uri(table_uri),
         "delta_version": version,
-        "schema": _schema_doc(schema),
+        "columns": plan.schema.names,
+        "where": spec.where or None,
+        "order_by": spec.order_by or None,
+        "schema": [{"name": f.name, "type": str(f.type), "nullable": f.nullable} for f in plan.schema],
+        "since": since,
+        "next_cursor": next_cursor,
         "total_rows": total_rows,
-        "total_bytes": total_bytes,
+        "total_bytes": sum(p["bytes"] for p in parts),
         "parts": parts,
-        "created_at": created_at.isoformat().replace("+00:00", "Z"),
+        "created_at": _utc(created_at),
+        "expires_at": _utc(created_at + dt.timedelta(days=spec.ttl_days)) if spec.ttl_days else None,
     }
     key = manifest_key(dataset, export_id)
     storage.put_manifest(key, orjson.dumps(manifest, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE))
@@ -299,100 +386,14 @@ def export_table(
         manifest_key=key,
         manifest_uri=storage.uri_for(key),
         rows=total_rows,
-        bytes=total_bytes,
+        bytes=manifest["total_bytes"],
         parts=len(parts),
         duration_s=time.perf_counter() - started,
+        aborted_uploads=aborted,
     )
 
 
-def _write_parts(
-    batches: Iterator[pa.RecordBatch] | pa.RecordBatchReader,
-    storage: ExportStorage,
-    dataset: str,
-    export_id: str,
-    part_max_bytes: int,
-    part_max_rows: int,
-    gzip_level: int,
-) -> list[dict[str, Any]]:
-    encode: Callable[[pa.RecordBatch], Iterator[Encoded]] | None = None
-    parts: list[dict[str, Any]] = []
-    current: _GzipPart | None = None
-    try:
-        for batch in batches:
-            if batch.num_rows == 0:
-                continue
-            encode = encode or ndjson_encoder(batch.schema)
-            for data, ends in encode(batch):
-                view = memoryview(data)
-                i = 0
-                while i < len(ends):
-                    if current is None:
-                        current = _GzipPart(storage, part_key(dataset, export_id, len(parts)), gzip_level)
-                    start = ends[i - 1] if i else 0
-                    # Cut where the part's row or byte budget runs out, by bisecting the row offsets.
-                    hi = min(len(ends), i + part_max_rows - current.rows)
-                    j = bisect_right(ends, start + part_max_bytes - current.raw_bytes, i, hi)
-                    if j == i:
-                        if current.rows:  # the next row does not fit: start a new part
-                            parts.append(current.finish())
-                            current = None
-                            continue
-                        j = i + 1  # one row larger than part_max_bytes gets a part of its own
-                    current.write(view[start : ends[j - 1]], rows=j - i)
-                    i = j
-                    if current.rows >= part_max_rows or current.raw_bytes >= part_max_bytes:
-                        parts.append(current.finish())
-                        current = None
-        if current is not None:
-            parts.append(current.finish())
-            current = None
-    except BaseException:
-        if current is not None:
-            current.abort()  # no half-written part (nor a pending multipart upload) survives
-        raise
-    return parts
-
-
 # -- verification ------------------------------------------------------------------------------------
-
-
-def _check_part(storage: ExportStorage, part: dict[str, Any]) -> list[str]:
-    key = part["key"]
-    problems: list[str] = []
-    sha = hashlib.sha256()
-    size = lines = 0
-    last = b"\n"
-    gunzip: Any = zlib.decompressobj(31)
-    try:
-        with storage.open_read(key) as stream:
-            while chunk := stream.read(_READ_CHUNK):
-                sha.update(chunk)
-                size += len(chunk)
-                if gunzip is None or gunzip.eof:
-                    continue  # keep hashing: a checksum mismatch is the clearer report
-                try:
-                    text = gunzip.decompress(chunk)
-                except zlib.error as exc:
-                    problems.append(f"{key}: not valid gzip ({exc})")
-                    gunzip = None
-                    continue
-                lines += text.count(b"\n")
-                last = text[-1:] or last
-    except FileNotFoundError:
-        return [f"{key}: missing"]
-    if sha.hexdigest() != part["sha256"]:
-        problems.insert(0, f"{key}: sha256 {sha.hexdigest()} != manifest {part['sha256']}")
-    if size != part["bytes"]:
-        problems.append(f"{key}: {size} bytes stored != manifest {part['bytes']}")
-    if gunzip is None:
-        return problems  # line counts of a broken stream say nothing more
-    if not gunzip.eof or gunzip.unused_data:
-        problems.append(f"{key}: gzip stream is truncated or has trailing data")
-    if last != b"\n":
-        problems.append(f"{key}: last line is not terminated")
-    if lines != part["rows"]:
-        problems.append(f"{key}: {lines} NDJSON lines != manifest {part['rows']} rows")
-    return problems
 
 
 def verify_export(storage: ExportStorage, manifest_key: str) -> list[str]:
@@ -404,11 +405,11 @@ def verify_export(storage: ExportStorage, manifest_key: str) -> list[str]:
     except orjson.JSONDecodeError as exc:
         return [f"manifest {manifest_key} is not valid JSON ({exc})"]
     problems: list[str] = []
-    parts = manifest.get("parts", [])
-    for part in parts:
-        problems.extend(_check_part(storage, part))
-    if sum(p["rows"] for p in parts) != manifest.get("total_rows"):
-        problems.append("total_rows does not equal the sum of the parts' rows")
-    if sum(p["bytes"] for p in parts) != manifest.get("total_bytes"):
-        problems.append("total_bytes does not equal the sum of the parts' bytes")
-    return problems
+    fmt, compression = manifest.get("format", "ndjson"), manifest.get("compression", "gzip")
+    for part in manifest.get("parts", []):
+        try:
+            with storage.open_read(part["key"]) as stream:
+                problems.extend(inspect_part(stream, part, fmt, compression))
+        except FileNotFoundError:
+            problems.append(f"{part['key']}: missing")
+    return problems + manifest_problems(manifest)

@@ -5,6 +5,7 @@ A part becomes visible under its key only when it is complete (rename locally, C
 on S3); the manifest is written create-only, so a finished export can never be overwritten.
 """
 
+import contextlib
 import logging
 import os
 import uuid
@@ -12,7 +13,9 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import boto3
 import dagster as dg
+from botocore.config import Config as BotoConfig
 from botocore.exceptions import BotoCoreError, ClientError
 from dagster_aws.s3 import S3Resource
 from pydantic import Field, PrivateAttr
@@ -79,6 +82,18 @@ class ExportStorage(dg.ConfigurableResource, ABC):
     @abstractmethod
     def uri_for(self, key: str) -> str:
         """Where a user or a tool finds the object (an absolute path or an ``s3://`` URI)."""
+
+    @abstractmethod
+    def abort_incomplete(self, prefix: str) -> int:
+        """Discard unfinished writes under ``prefix`` (a crashed run's uploads); returns how many."""
+
+    @abstractmethod
+    def delete(self, keys: list[str]) -> None:
+        """Remove complete objects (retention); missing keys are ignored."""
+
+    @abstractmethod
+    def presign(self, key: str, expires_s: int) -> str:
+        """A URL that lets anyone GET ``key`` for ``expires_s`` seconds (a ``file://`` URL locally)."""
 
     def read_bytes(self, key: str) -> bytes:
         """Whole object; for small objects such as manifests."""
@@ -171,6 +186,25 @@ class LocalExportStorage(ExportStorage):
     def uri_for(self, key: str) -> str:
         return str(self._path(key))
 
+    def abort_incomplete(self, prefix: str) -> int:
+        start = Path(os.path.abspath(self.root), *[s for s in prefix.split("/") if s])
+        if not start.is_dir():
+            return 0
+        leftovers = [p for p in start.rglob(".*.tmp") if p.is_file()]  # temp files of unfinished writes
+        for path in leftovers:
+            path.unlink(missing_ok=True)
+        return len(leftovers)
+
+    def delete(self, keys: list[str]) -> None:
+        for key in keys:
+            path = self._path(key)
+            path.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # drop the export's folder once it is empty
+                path.parent.rmdir()
+
+    def presign(self, key: str, expires_s: int) -> str:
+        return self._path(key).as_uri()  # a local file needs no signature
+
 
 # -- S3 ----------------------------------------------------------------------------------------------
 
@@ -257,11 +291,29 @@ class S3ExportStorage(ExportStorage):
     )
 
     _client: Any = PrivateAttr(default=None)
+    _presign_client: Any = PrivateAttr(default=None)
 
     def _s3(self) -> Any:
         if self._client is None:  # boto3 clients are costly to build and thread-safe to share
             self._client = self.s3.get_client()
         return self._client
+
+    def _signer(self) -> Any:
+        """A client that presigns with SigV4 (botocore may pick SigV2 query auth for custom endpoints)."""
+        if self._presign_client is None:
+            session = boto3.session.Session(
+                aws_access_key_id=self.s3.aws_access_key_id,
+                aws_secret_access_key=self.s3.aws_secret_access_key,
+                aws_session_token=self.s3.aws_session_token,
+                profile_name=self.s3.profile_name,
+            )
+            self._presign_client = session.client(
+                "s3",
+                endpoint_url=self.s3.endpoint_url,
+                region_name=self.s3.region_name or "us-east-1",
+                config=BotoConfig(signature_version="s3v4"),
+            )
+        return self._presign_client
 
     def _object_key(self, key: str) -> str:
         return f"{self.prefix.strip('/')}/{key}" if self.prefix.strip("/") else key
@@ -306,3 +358,35 @@ class S3ExportStorage(ExportStorage):
 
     def uri_for(self, key: str) -> str:
         return f"s3://{self.bucket}/{self._object_key(key)}"
+
+    def abort_incomplete(self, prefix: str) -> int:
+        client, count = self._s3(), 0
+        pages = client.get_paginator("list_multipart_uploads").paginate(
+            Bucket=self.bucket, Prefix=self._object_key(check_key(prefix.rstrip("/"))) + "/"
+        )
+        for page in pages:
+            for upload in page.get("Uploads", []):
+                client.abort_multipart_upload(
+                    Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+                )
+                count += 1
+        return count
+
+    def delete(self, keys: list[str]) -> None:
+        for start in range(0, len(keys), 1000):  # DeleteObjects takes at most 1000 keys
+            batch = [{"Key": self._object_key(check_key(k))} for k in keys[start : start + 1000]]
+            self._s3().delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
+
+    def presign(self, key: str, expires_s: int) -> str:
+        if not 1 <= expires_s <= 7 * 24 * 3600:
+            raise ValueError(f"presigned URLs last 1 s to 7 days (604800 s), not {expires_s}")
+        name = key.rsplit("/", 1)[-1]
+        return self._signer().generate_presigned_url(
+            "get_object",
+            Params={
+                "Bucket": self.bucket,
+                "Key": self._object_key(check_key(key)),
+                "ResponseContentDisposition": f'attachment; filename="{name}"',
+            },
+            ExpiresIn=expires_s,
+        )
