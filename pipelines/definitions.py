@@ -18,7 +18,7 @@ from sensors.failures import build_failure_sensor
 # Dagster's own sensor factory passes a beta parameter; the warning says nothing about this project.
 warnings.filterwarnings("ignore", message="Parameter `owners`", category=dg.BetaWarning)
 
-FEEDS = [EVENTS_FEED]
+FEEDS = deployment.feeds(default=[EVENTS_FEED])
 SINK_KEYS = ["elasticsearch", "splunk"]
 
 

@@ -82,24 +82,56 @@ def lake_resource() -> LakeResource:
 
 
 def sink_resources() -> dict[str, dg.ConfigurableResource]:
+    shared = _sink_tuning()
     return {
         "elasticsearch": ElasticsearchSinkResource(
             sink_name="elasticsearch",
             url=_env("LAKERELAY_ES_URL", "http://127.0.0.1:9200"),
             index=_env("LAKERELAY_ES_INDEX", "events"),
+            op_type=_env("LAKERELAY_ES_OP_TYPE", "index"),
+            pipeline=_env("LAKERELAY_ES_PIPELINE"),
+            id_field=_env("LAKERELAY_ES_ID_FIELD"),
             api_key=_secret("LAKERELAY_ES_API_KEY"),
             username=_env("LAKERELAY_ES_USERNAME"),
             password=_secret("LAKERELAY_ES_PASSWORD"),
+            bearer_token=_secret("LAKERELAY_ES_BEARER_TOKEN"),
             ca_bundle=_env("LAKERELAY_ES_CA_BUNDLE"),
+            client_cert=_env("LAKERELAY_ES_CLIENT_CERT"),
+            client_key=_env("LAKERELAY_ES_CLIENT_KEY"),
+            **shared,
         ),
         "splunk": SplunkHecSinkResource(
             sink_name="splunk",
             url=_env("LAKERELAY_HEC_URL", "http://127.0.0.1:8088"),
             token=_secret("LAKERELAY_HEC_TOKEN") or LOCAL_HEC_TOKEN,
             index=_env("LAKERELAY_HEC_INDEX"),
+            ack=_env("LAKERELAY_HEC_ACK", "false").lower() in ("1", "true", "yes"),
             ca_bundle=_env("LAKERELAY_HEC_CA_BUNDLE"),
+            client_cert=_env("LAKERELAY_HEC_CLIENT_CERT"),
+            client_key=_env("LAKERELAY_HEC_CLIENT_KEY"),
+            **shared,
         ),
     }
+
+
+def _sink_tuning() -> dict:
+    """Batching and flow-control settings shared by the sinks, from ``LAKERELAY_SINK_*`` when set."""
+    numbers = {
+        "max_records_per_call": ("LAKERELAY_SINK_MAX_RECORDS_PER_CALL", int),
+        "max_bytes_per_call": ("LAKERELAY_SINK_MAX_BYTES_PER_CALL", int),
+        "max_in_flight": ("LAKERELAY_SINK_MAX_IN_FLIGHT", int),
+        "gzip_level": ("LAKERELAY_SINK_GZIP_LEVEL", int),
+        "rate_limit_requests_per_s": ("LAKERELAY_SINK_RATE_LIMIT_REQUESTS_PER_S", float),
+        "rate_limit_records_per_s": ("LAKERELAY_SINK_RATE_LIMIT_RECORDS_PER_S", float),
+    }
+    tuning: dict = {key: kind(_env(name)) for key, (name, kind) in numbers.items() if _env(name)}
+    if _env("LAKERELAY_SINK_ADAPTIVE_CONCURRENCY"):
+        tuning["adaptive_concurrency"] = _env("LAKERELAY_SINK_ADAPTIVE_CONCURRENCY", "").lower() in (
+            "1",
+            "true",
+            "yes",
+        )
+    return tuning
 
 
 def export_storage_resource() -> ExportStorage:
@@ -119,6 +151,16 @@ def export_storage_resource() -> ExportStorage:
     )
 
 
+def exports_file() -> str | None:
+    """YAML/JSON file listing the exports (``LAKERELAY_EXPORTS_FILE``); unset: one export per feed."""
+    return _env("LAKERELAY_EXPORTS_FILE")
+
+
+def export_cleanup_cron() -> str:
+    """When the export retention job runs (``LAKERELAY_EXPORT_CLEANUP_CRON``, default daily 03:00 UTC)."""
+    return _env("LAKERELAY_EXPORT_CLEANUP_CRON", "0 3 * * *")
+
+
 def spark_resource() -> PySparkResource:
     return PySparkResource(spark_config=spark_config())
 
@@ -130,3 +172,15 @@ def sensors_default_status() -> dg.DefaultSensorStatus:
 
 def sensor_interval_seconds() -> int:
     return int(_env("LAKERELAY_SENSOR_INTERVAL_S", "30"))
+
+
+def maintenance_cron() -> str:
+    """When each feed's table, ledger and quarantine table are compacted and vacuumed (daily by default)."""
+    return _env("LAKERELAY_MAINTENANCE_CRON", "30 3 * * *")
+
+
+def feeds(default: list) -> list:
+    """The feeds in ``$LAKERELAY_FEEDS_FILE`` (YAML or JSON), or ``default`` when it is unset."""
+    from pipelines.feeds import load_feeds  # here, so that importing deployment stays light
+
+    return load_feeds(_env("LAKERELAY_FEEDS_FILE"), default)
