@@ -167,3 +167,20 @@ def test_the_quarantine_rate_check_fails_above_the_feed_threshold(tmp_path: Path
     assert check.metadata["quarantine_rate"].value == pytest.approx(0.1)
     metadata = result.asset_materializations_for_node("events")[0].metadata
     assert (metadata["rows"].value, metadata["bad_records"].value) == (9, 1)
+
+
+def test_the_ledger_compacts_itself_so_lookups_do_not_slow_down_between_maintenance_runs(
+    tmp_path: Path,
+) -> None:
+    lake = local_lake(tmp_path)
+    land_events(lake, files=30, records_per_file=1)
+    report = ingest_feed(EVENTS_FEED, lake, max_files_per_batch=1)  # 30 batches: one tidy at batch 25
+    ledger = FileLedger.for_feed(EVENTS_FEED, lake)
+    ledger_files = DeltaTable(ledger.uri).file_uris()
+
+    assert report.batches == list(range(1, 31))
+    assert len(ledger_files) <= 6  # 1 compacted file + the 5 batches planned after it
+    fs, root = lake.resolve(EVENTS_FEED.landing_uri(lake.landing_uri))
+    paths = [f.path for f in list_landing_files(fs, root)]
+    assert set(ledger.lookup(paths)) == set(paths)
+    assert ingest_feed(EVENTS_FEED, lake).batches == []

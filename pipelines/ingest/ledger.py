@@ -9,6 +9,7 @@ so a key without the long shared prefix keeps them useful: checking a handful of
 read the names of every file ever ingested.
 """
 
+import logging
 from datetime import UTC, datetime
 
 import pyarrow as pa
@@ -20,6 +21,9 @@ from pipelines.delta_once import append_once, transaction_version
 from pipelines.feeds import FeedSpec
 from pipelines.ingest.discovery import LandingFile
 from resources.lake import LakeResource
+
+# Planned batches between two automatic compactions of the ledger.
+TIDY_EVERY_BATCHES = 25
 
 LEDGER_SCHEMA = pa.schema(
     [
@@ -112,4 +116,20 @@ class FileLedger:
             schema=LEDGER_SCHEMA,
         )
         # Sorted rows give each ledger file a tight min/max key, which is what lookups prune on.
-        return append_once(self.uri, self.storage_options, table.sort_by("key"), self.app_id, batch_id)
+        planned = append_once(self.uri, self.storage_options, table.sort_by("key"), self.app_id, batch_id)
+        if planned and batch_id % TIDY_EVERY_BATCHES == 0:
+            self._tidy()
+        return planned
+
+    def _tidy(self) -> None:
+        """Compact and checkpoint the ledger, so lookups stay as cheap at 100,000 files as at 1,000.
+
+        Between runs of the maintenance schedule the ledger otherwise gains one small file and one
+        log entry per batch. Best effort: a failure here costs speed, never correctness.
+        """
+        try:
+            table = DeltaTable(self.uri, storage_options=self.storage_options)
+            table.optimize.compact()
+            table.create_checkpoint()
+        except Exception as exc:  # the plan is already durable; tidying can wait
+            logging.getLogger(__name__).warning("could not compact the file ledger %s: %s", self.uri, exc)
