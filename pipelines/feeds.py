@@ -57,7 +57,7 @@ class FeedSpec:
     """A landing source and the Delta table it feeds.
 
     ``source`` is a path relative to the lake's landing root, or a full ``s3://bucket/prefix`` or
-    absolute folder; ``table`` a table name under the lake root. See docs/ingest.md for every option.
+    absolute folder; ``table`` a table name under the lake root. README.md, "Ingestion", lists every option.
     """
 
     name: str
