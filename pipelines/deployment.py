@@ -30,6 +30,31 @@ def _env(name: str, default: str | None = None) -> str | None:
     return value if value not in (None, "") else default
 
 
+def _env_number(name: str, kind: type[int] | type[float], default: float | None = None) -> float | None:
+    """A numeric setting; a value that is not a number stops the code location with a clear message."""
+    raw = _env(name)
+    if raw is None:
+        return default
+    try:
+        return kind(raw)
+    except ValueError:
+        what = "a whole number" if kind is int else "a number"
+        raise ValueError(f"environment variable {name}={raw!r} must be {what}; fix or unset it") from None
+
+
+def _env_flag(name: str, default: bool = False) -> bool:
+    raw = _env(name)
+    if raw is None:
+        return default
+    if raw.lower() in ("1", "true", "yes", "on"):
+        return True
+    if raw.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(
+        f"environment variable {name}={raw!r} must be true or false (1/0, yes/no); fix or unset it"
+    )
+
+
 def _secret(name: str) -> dg.EnvVar | None:
     return dg.EnvVar(name) if _env(name) else None
 
@@ -105,7 +130,7 @@ def sink_resources() -> dict[str, dg.ConfigurableResource]:
             url=_env("LAKERELAY_HEC_URL", "http://127.0.0.1:8088"),
             token=_secret("LAKERELAY_HEC_TOKEN") or LOCAL_HEC_TOKEN,
             index=_env("LAKERELAY_HEC_INDEX"),
-            ack=_env("LAKERELAY_HEC_ACK", "false").lower() in ("1", "true", "yes"),
+            ack=_env_flag("LAKERELAY_HEC_ACK"),
             ca_bundle=_env("LAKERELAY_HEC_CA_BUNDLE"),
             client_cert=_env("LAKERELAY_HEC_CLIENT_CERT"),
             client_key=_env("LAKERELAY_HEC_CLIENT_KEY"),
@@ -124,13 +149,9 @@ def _sink_tuning() -> dict:
         "rate_limit_requests_per_s": ("LAKERELAY_SINK_RATE_LIMIT_REQUESTS_PER_S", float),
         "rate_limit_records_per_s": ("LAKERELAY_SINK_RATE_LIMIT_RECORDS_PER_S", float),
     }
-    tuning: dict = {key: kind(_env(name)) for key, (name, kind) in numbers.items() if _env(name)}
+    tuning: dict = {key: _env_number(name, kind) for key, (name, kind) in numbers.items() if _env(name)}
     if _env("LAKERELAY_SINK_ADAPTIVE_CONCURRENCY"):
-        tuning["adaptive_concurrency"] = _env("LAKERELAY_SINK_ADAPTIVE_CONCURRENCY", "").lower() in (
-            "1",
-            "true",
-            "yes",
-        )
+        tuning["adaptive_concurrency"] = _env_flag("LAKERELAY_SINK_ADAPTIVE_CONCURRENCY")
     return tuning
 
 
@@ -166,12 +187,12 @@ def spark_resource() -> PySparkResource:
 
 
 def sensors_default_status() -> dg.DefaultSensorStatus:
-    running = _env("LAKERELAY_SENSORS_RUNNING", "0").lower() in ("1", "true", "yes")
+    running = _env_flag("LAKERELAY_SENSORS_RUNNING")
     return dg.DefaultSensorStatus.RUNNING if running else dg.DefaultSensorStatus.STOPPED
 
 
 def sensor_interval_seconds() -> int:
-    return int(_env("LAKERELAY_SENSOR_INTERVAL_S", "30"))
+    return int(_env_number("LAKERELAY_SENSOR_INTERVAL_S", int, 30))
 
 
 def maintenance_cron() -> str:
