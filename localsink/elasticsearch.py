@@ -12,7 +12,15 @@ from urllib.parse import unquote
 import orjson
 
 from localsink.auth import WWW_AUTHENTICATE, EsAuth
-from localsink.es_bulk import SHARDS, EsError, bulk, error_payload, index_not_found, invalid_index_name
+from localsink.es_bulk import (
+    SHARDS,
+    BulkResponse,
+    EsError,
+    bulk,
+    error_payload,
+    index_not_found,
+    invalid_index_name,
+)
 from localsink.faults import FaultInjector
 from localsink.filter_path import apply_filter_path
 from localsink.store import EsIndex, SinkStore
@@ -67,9 +75,14 @@ class ElasticsearchApi:
             status, payload, extra = exc.status, error_payload(exc.status, etype, exc.reason), []
         filter_path = req.query.get("filter_path")
         if filter_path and payload is not None:
+            if isinstance(payload, BulkResponse):
+                payload = payload.payload()
             payload = apply_filter_path(payload, filter_path)
         headers = [PRODUCT_HEADER, ("Content-Type", _content_type(req)), *extra]
-        body = b"" if payload is None else orjson.dumps(payload)
+        if isinstance(payload, BulkResponse):
+            body = payload.encode()
+        else:
+            body = b"" if payload is None else orjson.dumps(payload)
         return Reply(status, body, headers)
 
     def _check_auth(self, req: Request) -> None:
@@ -226,7 +239,8 @@ class ElasticsearchApi:
 
     def _single(self, ndjson: bytes, op: str) -> tuple[int, dict[str, Any]]:
         # Single-document APIs are a one-item bulk whose item error becomes the HTTP error.
-        status, payload = bulk(ndjson, None, self.store, self.faults)
+        status, response = bulk(ndjson, None, self.store, self.faults)
+        payload = response.payload() if isinstance(response, BulkResponse) else response
         if "items" not in payload:
             return status, payload
         result = payload["items"][0][op]

@@ -48,20 +48,18 @@ class HecError(Exception):
 def decode_events(body: bytes) -> tuple[list[Any], int | None]:
     """Decode concatenated JSON values. Returns (values decoded, index of the first undecodable one or None)."""
     values: list[Any] = []
+    append = values.append
     loads = orjson.loads
-    start = 0
-    end_of_body = len(body)
+    start = 0  # offset of `line` in body, for handing over to the slow path
     # Fast path: clients almost always put one envelope per line, which orjson parses line by line.
-    while start < end_of_body:
-        end = body.find(b"\n", start)
-        if end == -1:
-            end = end_of_body
+    # One C-level split beats a find-and-slice per line.
+    for line in body.split(b"\n"):
         try:
-            values.append(loads(body[start:end]))
+            append(loads(line))
         except orjson.JSONDecodeError:
-            if body[start:end].strip():
+            if line.strip():
                 return _decode_slow(body, start, values)
-        start = end + 1
+        start += len(line) + 1
     return values, None
 
 
@@ -236,13 +234,16 @@ class HecApi:
     def _json_events(self, body: bytes) -> tuple[list[tuple[str, dict[str, Any]]], HecError | None]:
         values, bad_at = decode_events(body)
         accepted: list[tuple[str, dict[str, Any]]] = []
+        append = accepted.append
         default_index = self.default_index
+        allowed_indexes = self.allowed_indexes
+        faults = self.faults
         for n, value in enumerate(values):
-            error = check_envelope(value, self.allowed_indexes, self.faults)
+            error = check_envelope(value, allowed_indexes, faults)
             if error is not None:
                 error.extra["invalid-event-number"] = n
                 return accepted, error
-            accepted.append((value.get("index") or default_index, value))
+            append((value.get("index") or default_index, value))
         if bad_at is not None:
             return accepted, HecError(400, 6, "Invalid data format", **{"invalid-event-number": bad_at})
         return accepted, None

@@ -36,9 +36,11 @@ class EsIndex:
 
     def put(self, doc_id: str, source: bytes) -> tuple[bool, StoredDoc]:
         """Index (add or replace). Returns (created, stored document)."""
-        old = self.docs.get(doc_id)
-        doc = StoredDoc(source, 1 if old is None else old.version + 1, self.take_seq_no())
-        self.docs[doc_id] = doc
+        docs = self.docs
+        old = docs.get(doc_id)
+        seq_no = self.next_seq_no  # take_seq_no() inlined: this runs once per indexed document
+        self.next_seq_no = seq_no + 1
+        doc = docs[doc_id] = StoredDoc(source, 1 if old is None else old.version + 1, seq_no)
         return old is None, doc
 
     def create(self, doc_id: str, source: bytes) -> StoredDoc | None:
@@ -127,10 +129,15 @@ class SinkStore:
 
     def hec_add(self, events: list[tuple[str, dict[str, Any]]]) -> None:
         with self.lock:
+            hec_events = self.hec_events
+            last_index: str | None = None
+            bucket: list[dict[str, Any]] = []
             for index, event in events:
-                bucket = self.hec_events.get(index)
-                if bucket is None:
-                    bucket = self.hec_events[index] = []
+                if index != last_index:  # batches usually go to one index: look it up once
+                    bucket = hec_events.get(index)
+                    if bucket is None:
+                        bucket = hec_events[index] = []
+                    last_index = index
                 bucket.append(event)
 
     def generic_add(self, collection: str, records: list[Any]) -> None:

@@ -536,3 +536,55 @@ def test_connection_reset_fault_drops_the_connection_without_an_answer(
     assert sum(v for k, v in injected.items() if k.startswith("connection_reset_")) == 1
     with pytest.raises(ValueError, match="connection_reset_rate"):
         FaultConfig(connection_reset_rate=2.0)
+
+
+def test_bulk_items_encoded_from_templates_match_the_full_document() -> None:
+    """The pre-encoded item fast path must give exactly the JSON the dict-building path gave."""
+    from localsink.es_bulk import SHARDS, BulkResponse, bulk
+    from localsink.faults import FaultInjector
+    from localsink.store import SinkStore
+
+    store = SinkStore()
+    body = ndjson(
+        {"index": {"_index": "enc", "_id": 'q"\\ü'}},
+        {"n": 1},
+        {"index": {"_index": "enc", "_id": 'q"\\ü'}},
+        {"n": 2},
+        {"create": {"_index": "enc", "_id": "c"}},
+        {"n": 3},
+        {"create": {"_index": "enc", "_id": "c"}},
+        {"n": 4},
+        {"delete": {"_index": "enc", "_id": "absent"}},
+    )
+    status, response = bulk(body, None, store, FaultInjector())
+    assert status == 200 and isinstance(response, BulkResponse)
+    payload = orjson.loads(response.encode())
+    assert payload == response.payload()
+    assert list(payload) == ["took", "errors", "items"]
+    assert payload["errors"] is True
+    ok = {"_index": "enc", "_shards": SHARDS, "_primary_term": 1}
+    items = payload["items"]
+    assert items[0] == {
+        "index": {**ok, "_id": 'q"\\ü', "_version": 1, "result": "created", "_seq_no": 0, "status": 201}
+    }
+    assert list(items[0]["index"]) == [
+        "_index", "_id", "_version", "result", "_shards", "_seq_no", "_primary_term", "status"
+    ]  # fmt: skip
+    assert items[1]["index"]["result"] == "updated" and items[1]["index"]["_version"] == 2
+    assert items[2]["create"]["status"] == 201
+    assert items[3]["create"]["status"] == 409
+    assert items[3]["create"]["error"]["type"] == "version_conflict_engine_exception"
+    assert items[4] == {
+        "delete": {**ok, "_id": "absent", "_version": 1, "result": "not_found", "_seq_no": 3, "status": 404}
+    }
+    assert store.es_sources("enc") == [('q"\\ü', b'{"n":2}'), ("c", b'{"n":3}')]
+
+    # A 404 for a missing document is not an error: `errors` stays false.
+    _, only_ok = bulk(ndjson({"delete": {"_index": "enc", "_id": "gone"}}), None, store, FaultInjector())
+    assert isinstance(only_ok, BulkResponse) and only_ok.payload()["errors"] is False
+
+
+def test_decode_events_hands_the_right_offset_to_the_slow_path() -> None:
+    body = b'{"a":1}\r\n\n{"b":\n2}\n{"c":3}\n'
+    assert decode_events(body) == ([{"a": 1}, {"b": 2}, {"c": 3}], None)
+    assert decode_events(b'{"a":1}\n\n{"b":2}{"c":\n3}\n{') == ([{"a": 1}, {"b": 2}, {"c": 3}], 3)
