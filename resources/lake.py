@@ -3,8 +3,10 @@
 import json
 import os
 import uuid
+from typing import Any
 from urllib.parse import urlparse
 
+import boto3
 import dagster as dg
 import pyarrow.fs as pafs
 from pydantic import Field
@@ -72,6 +74,16 @@ class LakeResource(dg.ConfigurableResource):
             region=self.aws_region,
             access_key=self.aws_access_key_id,
             secret_key=self.aws_secret_access_key,
+        )
+
+    def s3_client(self) -> Any:
+        """A boto3 S3 client with these settings, for calls pyarrow's filesystem lacks (StartAfter)."""
+        return boto3.client(
+            "s3",
+            endpoint_url=self.aws_endpoint_url,
+            region_name=self.aws_region,
+            aws_access_key_id=self.aws_access_key_id,
+            aws_secret_access_key=self.aws_secret_access_key,
         )
 
     def resolve(self, uri: str) -> tuple[pafs.FileSystem, str]:

@@ -10,7 +10,6 @@ import fnmatch
 import os
 from dataclasses import dataclass
 
-import boto3
 import pyarrow.fs as pafs
 
 from resources.lake import LakeResource
@@ -95,16 +94,6 @@ def _list_local(root: str, start_after: str | None, keep: ListingFilter) -> list
     return found
 
 
-def s3_client(lake: LakeResource):
-    return boto3.client(
-        "s3",
-        endpoint_url=lake.aws_endpoint_url,
-        region_name=lake.aws_region,
-        aws_access_key_id=lake.aws_access_key_id,
-        aws_secret_access_key=lake.aws_secret_access_key,
-    )
-
-
 def _list_s3(
     lake: LakeResource, root: str, start_after: str | None, keep: ListingFilter
 ) -> list[LandingFile]:
@@ -114,7 +103,7 @@ def _list_s3(
     if start_after and start_after.startswith(f"{bucket}/"):
         arguments["StartAfter"] = start_after[len(bucket) + 1 :]
     found = []
-    for page in s3_client(lake).get_paginator("list_objects_v2").paginate(**arguments):
+    for page in lake.s3_client().get_paginator("list_objects_v2").paginate(**arguments):
         for obj in page.get("Contents", []):
             relative = obj["Key"][len(prefix) :]
             mtime_ns = int(obj["LastModified"].timestamp() * 1e9)

@@ -93,14 +93,21 @@ def _json_options(target: pa.Schema | None, size: int) -> tuple[pj.ReadOptions, 
     return pj.ReadOptions(use_threads=False, block_size=block), parse_options
 
 
-def _parse_json_lines(text: bytes, target: pa.Schema | None) -> ParsedFile:
-    read_options, parse_options = _json_options(target, len(text))
+def _read_with_arrow(lines: bytes, target: pa.Schema | None) -> ParsedFile | None:
+    """Arrow's fast reader for JSON lines; None when the text needs the record-by-record path."""
+    read_options, parse_options = _json_options(target, len(lines))
     try:
         return ParsedFile(
-            pj.read_json(pa.BufferReader(text), read_options=read_options, parse_options=parse_options)
+            pj.read_json(pa.BufferReader(lines), read_options=read_options, parse_options=parse_options)
         )
     except pa.ArrowInvalid:
-        pass
+        return None
+
+
+def _parse_json_lines(text: bytes, target: pa.Schema | None) -> ParsedFile:
+    parsed = _read_with_arrow(text, target)
+    if parsed is not None:
+        return parsed
     records, bad = [], []
     for number, line in enumerate(text.split(b"\n"), start=1):
         if not line.strip():
@@ -132,14 +139,9 @@ def _parse_json_array(text: bytes, target: pa.Schema | None) -> ParsedFile:
                 BadRecord(number, f"array element is a JSON {type(element).__name__}", orjson.dumps(element))
             )
     if not bad:
-        lines = b"\n".join(orjson.dumps(r) for r in records)
-        read_options, parse_options = _json_options(target, len(lines))
-        try:
-            return ParsedFile(
-                pj.read_json(pa.BufferReader(lines), read_options=read_options, parse_options=parse_options)
-            )
-        except pa.ArrowInvalid:
-            pass
+        parsed = _read_with_arrow(b"\n".join(orjson.dumps(r) for r in records), target)
+        if parsed is not None:
+            return parsed
     return _from_records(records, target, bad)
 
 
