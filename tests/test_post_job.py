@@ -129,6 +129,21 @@ def test_generic_rest_api_receives_every_enriched_record_once_despite_429s(
     assert {"severity_level", "bytes_total"} <= set(records[0])
 
 
+def test_tasks_default_to_the_task_slots_spark_has(tmp_path: Path, sink_server, spark_resource) -> None:
+    lake = local_lake(tmp_path)
+    write_feed_batch(lake, 1, 30_000)  # enough rows for several row-range units
+    sink = ElasticsearchSinkResource(sink_name="es", url=sink_server.url, index="slots")
+
+    result = run_post("elasticsearch", sink, lake, spark_resource)
+
+    from pyspark.sql import SparkSession
+
+    slots = SparkSession.builder.getOrCreate().sparkContext.defaultParallelism  # the session the op used
+    meta = materialization_metadata(result, "elasticsearch")
+    assert meta["tasks"] == slots
+    assert meta["accepted"] == 30_000 and sink_server.es_count("slots") == 30_000
+
+
 def test_wrong_credentials_fail_fast_with_a_clear_message(tmp_path: Path, spark_resource) -> None:
     from localsink.server import LocalSinkServer
 

@@ -21,10 +21,14 @@ from resources.sinks.resource import RestSinkResource
 
 
 class PostConfig(dg.Config):
-    max_tasks: int = Field(
-        default=8,
+    max_tasks: int | None = Field(
+        default=None,
         gt=0,
-        description="Spark tasks posting in parallel; data files are split into row ranges to feed them.",
+        description=(
+            "Spark tasks posting in parallel; data files are split into row ranges to feed them. "
+            "Default: Spark's default parallelism (local[N]: N; a cluster: its executor cores). Each "
+            "task already keeps max_in_flight requests open, so more tasks than cores only add contention."
+        ),
     )
     target_records_per_s: float = Field(
         default=50_000, gt=0, description="Throughput the capacity planner sizes tasks and cores for."
@@ -124,7 +128,9 @@ def run_post(
         return
     sink.check_connection()
 
-    frame, tasks = read_planned_rows(spark, plan, lake.filesystem_settings(), config.max_tasks)
+    frame, tasks = read_planned_rows(
+        spark, plan, lake.filesystem_settings(), config.max_tasks or default_parallelism(spark)
+    )
     settings = per_task_settings(sink.settings(), tasks)
     records = to_sink_records(
         enrich(frame, config.enrich_expressions), sink.id_expression(), getattr(sink, "time_field", None)
@@ -218,6 +224,15 @@ def run_post(
         f"sink {sink.sink_name}: {total['accepted']} accepted, {dead} dead-lettered of {total['records_in']} records "
         f"in {elapsed:.1f}s; progress now batch {plan.batch_to} (version {plan.delta_version})"
     )
+
+
+def default_parallelism(spark) -> int:
+    """The task slots Spark reports: ``local[N]`` gives N, a cluster its executor cores."""
+    try:
+        return max(1, int(spark.sparkContext.defaultParallelism))
+    except Exception:  # Spark Connect has no SparkContext; the server's setting, if any, says it
+        value = spark.conf.get("spark.default.parallelism", None)
+        return max(1, int(value)) if value else 2
 
 
 def _explain_spark_failure(exc: Exception, sink: RestSinkResource) -> str:
