@@ -151,7 +151,9 @@ def test_kill_9_mid_export_leaves_no_manifest_and_a_rerun_completes(
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:  # wait until one part is complete and the next one is open
             keys = [o["Key"] for o in client.list_objects_v2(Bucket=s3_settings.bucket).get("Contents", [])]
-            if "exports/events/killed/part-00001.ndjson.gz" in keys:
+            if "exports/events/killed/part-00001.ndjson.gz" in keys and client.list_multipart_uploads(
+                Bucket=s3_settings.bucket
+            ).get("Uploads"):
                 break
             assert proc.poll() is None, "the export ended before it could be killed"
             time.sleep(0.02)
