@@ -13,6 +13,7 @@ from deltalake import DeltaTable
 from deltalake.exceptions import TableNotFoundError
 from pydantic import Field
 
+from pipelines.delta_once import writer_properties
 from pipelines.feeds import FeedSpec
 from resources.lake import LakeResource
 
@@ -35,7 +36,7 @@ def maintain_table(
         table = DeltaTable(uri, storage_options=storage_options)
     except TableNotFoundError:
         return MaintenanceResult(uri, exists=False)
-    metrics = table.optimize.compact(target_size=target_size)
+    metrics = table.optimize.compact(target_size=target_size, writer_properties=writer_properties())
     vacuumed = table.vacuum(
         retention_hours=int(retention_hours),
         dry_run=False,

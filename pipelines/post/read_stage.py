@@ -15,6 +15,8 @@ from pyspark.sql.pandas.types import from_arrow_schema
 from pipelines.post.plan import PostPlan, ReadUnit, split_units
 from resources.lake import FileSystemSettings
 
+_BATCH_ROWS = 8192  # rows per Arrow batch handed to Spark: small enough to start posting early
+
 
 def read_planned_rows(
     spark: SparkSession, plan: PostPlan, fs: FileSystemSettings, max_tasks: int
@@ -54,17 +56,25 @@ def _unit_reader(
 
 
 def _batches_in_range(parquet: pq.ParquetFile, start: int, stop: int | None) -> Iterator[pa.RecordBatch]:
-    """Rows ``[start, stop)`` of a file, decoding only the row groups that overlap the range."""
+    """Rows ``[start, stop)`` of a file, decoding only the row groups that overlap the range.
+
+    Groups are decoded batch by batch (``iter_batches``), so the first records reach the posting
+    stage while the rest of a group is still being read.
+    """
     metadata = parquet.metadata
     stop = metadata.num_rows if stop is None else min(stop, metadata.num_rows)
     group_start = 0
     for group in range(metadata.num_row_groups):
-        group_rows = metadata.row_group(group).num_rows
-        group_stop = group_start + group_rows
+        group_stop = group_start + metadata.row_group(group).num_rows
         if group_stop > start and group_start < stop:
-            table = parquet.read_row_group(group)
-            lo, hi = max(start, group_start) - group_start, min(stop, group_stop) - group_start
-            yield from table.slice(lo, hi - lo).to_batches(max_chunksize=8192)
+            position = group_start
+            for batch in parquet.iter_batches(batch_size=_BATCH_ROWS, row_groups=[group]):
+                lo, hi = max(start, position), min(stop, position + batch.num_rows)
+                if hi > lo:
+                    yield batch.slice(lo - position, hi - lo)
+                position += batch.num_rows
+                if position >= stop:
+                    break
         group_start = group_stop
 
 
