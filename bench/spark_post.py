@@ -16,10 +16,11 @@ lakerelay as the whole Dagster job (run start to run end), Exhibit 1 from planni
 its handler. Exhibit 1's micro-batch is cached before its handler counts it, which spares it the
 second read of the source the seed's code makes; that favours the baseline.
 
-CPU seconds per process (bench/cpu.py) are printed for both: on 2 cores they show where the work went
+Both comparisons (loopback and network) take the best of ``--repeat`` runs (default 3) for both alike. CPU seconds per
+process (bench/cpu.py) are printed for both: on 2 cores they show where the work went
 and the most any contender could reach here.
 
-With ``--network-latencies`` (ms, default 1,5,20,50) both run again with the sink adding that much to
+With ``--network-latencies`` (ms, default 1,20,50) both run again with the sink adding that much to
 every call, a model of an API across a network. It only delays replies, so it does not charge
 Exhibit 1 for the extra round trips of its new connection per call: it favours the baseline too.
 
@@ -166,8 +167,11 @@ def main() -> None:
         "--exhibit1-records", type=int, default=0, help="run Exhibit 1 on this many records (0 = all)"
     )
     parser.add_argument(
+        "--repeat", type=int, default=3, help="runs per loopback setting; the best counts, for both"
+    )
+    parser.add_argument(
         "--network-latencies",
-        default="1,5,20,50",
+        default="1,20,50",
         help="comma-separated ms added to every call for the network comparison ('' to skip it)",
     )
     args = parser.parse_args()
@@ -199,12 +203,18 @@ def main() -> None:
         # run at each task count does not pay for starting workers.
         run_lakerelay(lake, spark_resource, sink.url, "warmup", 8)
 
+        # Best of --repeat runs per setting, for both contenders alike: single runs on 2 shared
+        # cores vary by ±20 %.
         scaling = []
         for tasks in (1, 2, 4, 8):
-            with CpuMeter() as cpu:
-                elapsed, meta = run_lakerelay(lake, spark_resource, sink.url, f"lakerelay-{tasks}", tasks)
-            assert meta["accepted"] == n and count(f"lakerelay-{tasks}") == n, meta
-            scaling.append((tasks, meta["tasks"], n / elapsed, meta.get("latency_p50_ms"), elapsed, cpu))
+            runs = []
+            for attempt in range(args.repeat):
+                index = f"lakerelay-{tasks}-{attempt}"
+                with CpuMeter() as cpu:
+                    elapsed, meta = run_lakerelay(lake, spark_resource, sink.url, index, tasks)
+                assert meta["accepted"] == n and count(index) == n, meta
+                runs.append((tasks, meta["tasks"], n / elapsed, meta.get("latency_p50_ms"), elapsed, cpu))
+            scaling.append(max(runs, key=lambda row: row[2]))
         best_row = max(scaling, key=lambda row: row[2])
         best = best_row[2]
 
@@ -226,11 +236,14 @@ def main() -> None:
             remote.append((tasks, meta["tasks"], n / elapsed, meta.get("latency_p50_ms")))
         faults()
 
-        with CpuMeter() as ex_cpu:
-            ex_elapsed, ex_records = run_exhibit1(
-                spark, lake, sink.url, "exhibit1", args.exhibit1_records or None
-            )
-        assert count("exhibit1") == ex_records
+        exhibit1_runs = []
+        for attempt in range(args.repeat):
+            index = f"exhibit1-{attempt}"
+            with CpuMeter() as cpu:
+                elapsed, records = run_exhibit1(spark, lake, sink.url, index, args.exhibit1_records or None)
+            assert count(index) == records
+            exhibit1_runs.append((elapsed, records, cpu))
+        ex_elapsed, ex_records, ex_cpu = min(exhibit1_runs, key=lambda run: run[0] / run[1])
         exhibit1_rate = ex_records / ex_elapsed
 
         # An API across a network: the same latency on every call for both; lakerelay with the sink
@@ -238,14 +251,18 @@ def main() -> None:
         network = []
         for latency in network_latencies:
             faults(latency_ms=latency)
-            tag = f"{latency:g}ms"
-            elapsed, meta = run_lakerelay(lake, spark_resource, sink.url, f"lakerelay-net-{tag}", cores)
-            assert meta["accepted"] == n and count(f"lakerelay-net-{tag}") == n, meta
-            net_ex_elapsed, net_ex_records = run_exhibit1(
-                spark, lake, sink.url, f"exhibit1-net-{tag}", args.exhibit1_records or None
-            )
-            assert count(f"exhibit1-net-{tag}") == net_ex_records
-            network.append((latency, n / elapsed, net_ex_records / net_ex_elapsed))
+            ours, theirs = 0.0, 0.0
+            for attempt in range(args.repeat):
+                tag = f"{latency:g}ms-{attempt}"
+                elapsed, meta = run_lakerelay(lake, spark_resource, sink.url, f"lakerelay-net-{tag}", cores)
+                assert meta["accepted"] == n and count(f"lakerelay-net-{tag}") == n, meta
+                ours = max(ours, n / elapsed)
+                ex_net_elapsed, ex_net_records = run_exhibit1(
+                    spark, lake, sink.url, f"exhibit1-net-{tag}", args.exhibit1_records or None
+                )
+                assert count(f"exhibit1-net-{tag}") == ex_net_records
+                theirs = max(theirs, ex_net_records / ex_net_elapsed)
+            network.append((latency, ours, theirs))
         faults()
 
         faults(seed=7, item_429_rate=0.05)
@@ -263,7 +280,9 @@ def main() -> None:
         "| max_tasks | Spark tasks | records/s (job wall time) | p50 call latency ms |",
         "|---|---|---|---|",
     ]
-    lines.append("Local sink, no added latency (1000 records/call, 4 in flight per task):")
+    lines.append(
+        f"Local sink, no added latency (1000 records/call, 4 in flight per task), best of {args.repeat}:"
+    )
     lines += header + [f"| {t} | {real} | {rate:,.0f} | {p50} |" for t, real, rate, p50, _, _ in scaling]
     lines.append("CPU seconds of each run above (all processes on this machine that the run used):")
     lines += [
@@ -275,7 +294,7 @@ def main() -> None:
     )
     lines += header + [f"| {t} | {real} | {rate:,.0f} | {p50} |" for t, real, rate, p50 in remote]
     lines.append(
-        f"Exhibit 1 (10/call, new Session per call, repartition(8)): {ex_records} records, {exhibit1_rate:,.0f} records/s, "
+        f"Exhibit 1 (10/call, new Session per call, repartition(8)), best of {args.repeat}: {ex_records} records, {exhibit1_rate:,.0f} records/s, "
         f"{ex_elapsed:.2f} s wall, {ex_cpu.summary()}"
     )
     # The most any implementation could reach here if it spent no CPU of its own: the sink's and
@@ -290,7 +309,7 @@ def main() -> None:
     )
     if network:
         lines.append(
-            f"An API across a network (the sink delays every reply; lakerelay with {cores} tasks, sink defaults):"
+            f"An API across a network (the sink delays every reply; lakerelay with {cores} tasks, sink defaults), best of {args.repeat}:"
         )
         lines += [
             "| added latency ms | lakerelay records/s | Exhibit 1 records/s | ratio |",
