@@ -11,6 +11,7 @@ import orjson
 import pyarrow as pa
 import pytest
 from deltalake import DeltaTable
+from pyspark.sql import SparkSession
 
 from pipelines.delta_once import append_once
 from pipelines.feeds import EVENTS_FEED
@@ -135,8 +136,6 @@ def test_tasks_default_to_the_task_slots_spark_has(tmp_path: Path, sink_server, 
     sink = ElasticsearchSinkResource(sink_name="es", url=sink_server.url, index="slots")
 
     result = run_post("elasticsearch", sink, lake, spark_resource)
-
-    from pyspark.sql import SparkSession
 
     slots = SparkSession.builder.getOrCreate().sparkContext.defaultParallelism  # the session the op used
     meta = materialization_metadata(result, "elasticsearch")
