@@ -199,6 +199,20 @@ def main() -> None:
         def faults(**settings) -> None:
             requests.post(f"{sink.url}/_localsink/faults", json=settings, timeout=10).raise_for_status()
 
+        def lakerelay_run(index: str, tasks: int) -> tuple[float, dict, CpuMeter]:
+            """One lakerelay job into ``index``, checked against the sink's own count: (seconds, metadata, CPU)."""
+            with CpuMeter() as cpu:
+                elapsed, meta = run_lakerelay(lake, spark_resource, sink.url, index, tasks)
+            assert meta["accepted"] == n and count(index) == n, meta
+            return elapsed, meta, cpu
+
+        def exhibit1_run(index: str) -> tuple[float, int, CpuMeter]:
+            """One Exhibit 1 micro-batch into ``index``, checked against the sink's count: (seconds, records, CPU)."""
+            with CpuMeter() as cpu:
+                elapsed, records = run_exhibit1(spark, lake, sink.url, index, args.exhibit1_records or None)
+            assert count(index) == records
+            return elapsed, records, cpu
+
         # Warm-up, not measured: the JVM, and eight Python workers (Spark reuses them), so the first
         # run at each task count does not pay for starting workers.
         run_lakerelay(lake, spark_resource, sink.url, "warmup", 8)
@@ -209,10 +223,7 @@ def main() -> None:
         for tasks in (1, 2, 4, 8):
             runs = []
             for attempt in range(args.repeat):
-                index = f"lakerelay-{tasks}-{attempt}"
-                with CpuMeter() as cpu:
-                    elapsed, meta = run_lakerelay(lake, spark_resource, sink.url, index, tasks)
-                assert meta["accepted"] == n and count(index) == n, meta
+                elapsed, meta, cpu = lakerelay_run(f"lakerelay-{tasks}-{attempt}", tasks)
                 runs.append((tasks, meta["tasks"], n / elapsed, meta.get("latency_p50_ms"), elapsed, cpu))
             scaling.append(max(runs, key=lambda row: row[2]))
         best_row = max(scaling, key=lambda row: row[2])
@@ -236,13 +247,7 @@ def main() -> None:
             remote.append((tasks, meta["tasks"], n / elapsed, meta.get("latency_p50_ms")))
         faults()
 
-        exhibit1_runs = []
-        for attempt in range(args.repeat):
-            index = f"exhibit1-{attempt}"
-            with CpuMeter() as cpu:
-                elapsed, records = run_exhibit1(spark, lake, sink.url, index, args.exhibit1_records or None)
-            assert count(index) == records
-            exhibit1_runs.append((elapsed, records, cpu))
+        exhibit1_runs = [exhibit1_run(f"exhibit1-{attempt}") for attempt in range(args.repeat)]
         ex_elapsed, ex_records, ex_cpu = min(exhibit1_runs, key=lambda run: run[0] / run[1])
         exhibit1_rate = ex_records / ex_elapsed
 
@@ -254,14 +259,10 @@ def main() -> None:
             ours, theirs = 0.0, 0.0
             for attempt in range(args.repeat):
                 tag = f"{latency:g}ms-{attempt}"
-                elapsed, meta = run_lakerelay(lake, spark_resource, sink.url, f"lakerelay-net-{tag}", cores)
-                assert meta["accepted"] == n and count(f"lakerelay-net-{tag}") == n, meta
+                elapsed, _, _ = lakerelay_run(f"lakerelay-net-{tag}", cores)
                 ours = max(ours, n / elapsed)
-                ex_net_elapsed, ex_net_records = run_exhibit1(
-                    spark, lake, sink.url, f"exhibit1-net-{tag}", args.exhibit1_records or None
-                )
-                assert count(f"exhibit1-net-{tag}") == ex_net_records
-                theirs = max(theirs, ex_net_records / ex_net_elapsed)
+                ex_elapsed_net, ex_records_net, _ = exhibit1_run(f"exhibit1-net-{tag}")
+                theirs = max(theirs, ex_records_net / ex_elapsed_net)
             network.append((latency, ours, theirs))
         faults()
 
