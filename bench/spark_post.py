@@ -40,7 +40,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import requests
-from dagster_pyspark import PySparkResource
+from dagster_pyspark import LazyPySparkResource
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.window import Window
@@ -184,8 +184,8 @@ def main() -> None:
     builder = SparkSession.builder
     for key, value in config.items():
         builder = builder.config(key, value)
-    spark = builder.getOrCreate()  # the op's PySparkResource picks this session up (getOrCreate)
-    spark_resource = PySparkResource(spark_config=config)
+    spark = builder.getOrCreate()  # the op's LazyPySparkResource picks this session up (getOrCreate)
+    spark_resource = LazyPySparkResource(spark_config=config)
     spark.sparkContext.setLogLevel("ERROR")
     cores = os.cpu_count() or 1
     lines = []

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import dagster as dg
 from dagster_aws.s3 import S3Resource
-from dagster_pyspark import PySparkResource
+from dagster_pyspark import LazyPySparkResource
 
 from resources.export_storage import ExportStorage, LocalExportStorage, S3ExportStorage
 from resources.lake import LakeResource
@@ -146,6 +146,7 @@ def _sink_tuning() -> dict:
         "max_bytes_per_call": ("LAKERELAY_SINK_MAX_BYTES_PER_CALL", int),
         "max_in_flight": ("LAKERELAY_SINK_MAX_IN_FLIGHT", int),
         "gzip_level": ("LAKERELAY_SINK_GZIP_LEVEL", int),
+        "delivery_timeout_s": ("LAKERELAY_SINK_DELIVERY_TIMEOUT_S", float),
         "rate_limit_requests_per_s": ("LAKERELAY_SINK_RATE_LIMIT_REQUESTS_PER_S", float),
         "rate_limit_records_per_s": ("LAKERELAY_SINK_RATE_LIMIT_RECORDS_PER_S", float),
     }
@@ -182,8 +183,9 @@ def export_cleanup_cron() -> str:
     return _env("LAKERELAY_EXPORT_CLEANUP_CRON", "0 3 * * *")
 
 
-def spark_resource() -> PySparkResource:
-    return PySparkResource(spark_config=spark_config())
+def spark_resource() -> LazyPySparkResource:
+    """Spark starts when a post op first needs it: after planning and the sink check, never for an empty run."""
+    return LazyPySparkResource(spark_config=spark_config())
 
 
 def sensors_default_status() -> dg.DefaultSensorStatus:

@@ -78,6 +78,9 @@ class FeedSpec:
     max_bytes_per_batch: int = 0
     allow_overwrites: bool = False
     max_quarantine_rate: float = 0.0
+    # Spark SQL select expressions added before posting; None = the default enrichment, each
+    # expression only where the table has its columns; () = post records as they are.
+    enrich: tuple[str, ...] | None = None
     description: str = ""
     extra_metadata: dict = field(default_factory=dict)
 
@@ -94,6 +97,11 @@ class FeedSpec:
         if self.max_files_per_batch <= 0 or self.max_bytes_per_batch < 0:
             raise ValueError(f"feed {self.name!r}: max_files_per_batch must be > 0, max_bytes_per_batch >= 0")
         parse_duration_s(self.backfill_interval)
+        if self.enrich is not None and not all(isinstance(e, str) and e.strip() for e in self.enrich):
+            raise ValueError(
+                f"feed {self.name!r}: enrich must be a list of Spark SQL select expressions, "
+                f'e.g. ["upper(host) AS host_upper"], got {list(self.enrich)!r}'
+            )
         self.modified_after_ns()
         "".encode(self.encoding)  # raises LookupError for an unknown codec name
 
@@ -158,6 +166,13 @@ def feed_from_mapping(entry: dict) -> FeedSpec:
     values = dict(entry)
     if isinstance(values.get("csv"), dict):
         values["csv"] = CsvOptions(**values["csv"])
+    if "enrich" in values and values["enrich"] is not None:
+        if isinstance(values["enrich"], str) or not isinstance(values["enrich"], list | tuple):
+            raise ValueError(
+                f"feed {entry['name']!r}: enrich must be a list of Spark SQL select expressions, "
+                f"got {values['enrich']!r}"
+            )
+        values["enrich"] = tuple(values["enrich"])
     if values.get("schema_hints") and isinstance(values["schema_hints"], dict):
         values["schema_hints"] = ", ".join(f"{k} {v}" for k, v in values["schema_hints"].items())
     return FeedSpec(**values)

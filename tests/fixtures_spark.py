@@ -1,13 +1,13 @@
-"""One local SparkSession for the whole test session: Dagster's PySparkResource picks it up via getOrCreate."""
+"""One local SparkSession for the whole test session: Dagster's LazyPySparkResource picks it up via getOrCreate."""
 
 import pytest
-from dagster_pyspark import PySparkResource
+from dagster_pyspark import LazyPySparkResource
 
 from pipelines.deployment import spark_config
 
 
 @pytest.fixture(scope="session")
-def spark_resource() -> PySparkResource:
+def spark_resource() -> LazyPySparkResource:
     from pyspark.sql import SparkSession
 
     config = spark_config()
@@ -15,5 +15,5 @@ def spark_resource() -> PySparkResource:
     for key, value in config.items():
         builder = builder.config(key, value)
     session = builder.getOrCreate()
-    yield PySparkResource(spark_config=config)
+    yield LazyPySparkResource(spark_config=config)
     session.stop()

@@ -1,5 +1,8 @@
 """SinkWriter against the local sink server: batching, per-item policy, retries, auth, HEC codes."""
 
+import threading
+import time
+
 import orjson
 import pytest
 
@@ -72,14 +75,44 @@ def test_documents_the_sink_rejects_are_reported_with_status_and_reason(sink_ser
     assert all(r.error_type and r.reason for r in outcome.rejected)
 
 
-def test_retries_that_never_succeed_end_in_dead_letters_not_in_silence(sink_server) -> None:
+def test_retries_that_never_succeed_leave_records_pending_never_dead_lettered(sink_server) -> None:
     sink_server.set_faults({"request_503_rate": 1.0})
+    settings = es_settings(
+        sink_server.url, delivery_timeout_s=0.5, backoff_max_s=0.1, max_records_per_call=10, max_in_flight=2
+    )
 
-    outcome = post_all(es_settings(sink_server.url, max_attempts=3, max_records_per_call=10), records(30))
+    started = time.monotonic()
+    outcome = post_all(settings, records(300))
 
-    assert outcome.accepted == 0
-    assert len(outcome.rejected) == 30
-    assert {r.error_type for r in outcome.rejected} == {"retries_exhausted"}
+    # A sink that is down is not a sink that rejects: nothing may become a dead letter.
+    assert (outcome.accepted, outcome.rejected, outcome.pending) == (0, [], 300)
+    assert "HTTP 503" in outcome.pending_reason and "delivery_timeout_s" in outcome.pending_reason
+    # Once one request runs out of time the writer stops: the other 29 calls are not each waited out.
+    assert time.monotonic() - started < 5
+    assert outcome.attempts < 40
+
+
+def test_an_outage_shorter_than_the_delivery_timeout_delivers_everything(sink_server) -> None:
+    sink_server.set_faults({"connection_reset_rate": 1.0})
+    healer = threading.Timer(1.5, lambda: sink_server.set_faults({}))
+    healer.start()
+    settings = es_settings(sink_server.url, delivery_timeout_s=30, backoff_max_s=0.2, max_records_per_call=50)
+
+    outcome = post_all(settings, records(500))
+
+    healer.join()
+    assert (outcome.accepted, outcome.rejected, outcome.pending) == (500, [], 0)
+    assert outcome.attempts > outcome.requests  # the dropped connections were retried
+    ids = sink_server.es_ids("events")
+    assert len(ids) == len(set(ids)) == 500
+
+
+def test_a_request_refused_as_a_whole_is_a_configuration_error_not_dead_letters(sink_server) -> None:
+    from resources.sinks.writer import SinkRequestError
+
+    settings = es_settings(sink_server.url + "/not/a/bulk/endpoint")  # answered 400, no handler
+    with pytest.raises(SinkRequestError, match=r"HTTP 4\d\d .*nothing was dead-lettered"):
+        post_all(settings, records(10))
 
 
 def test_a_refused_credential_stops_at_once_and_never_shows_the_secret() -> None:

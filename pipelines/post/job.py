@@ -1,17 +1,20 @@
 """The post job: a Spark op that reads a feed's unsettled records, enriches them and posts them to one sink."""
 
 import time
+from collections.abc import Callable
 
 import dagster as dg
 import pyarrow as pa
 import pyarrow.compute as pc
+from deltalake.exceptions import TableNotFoundError
 from pydantic import Field
+from pyspark.sql import SparkSession
 
 from pipelines.feeds import FeedSpec
 from pipelines.post.capacity import plan_capacity
 from pipelines.post.checks import DEAD_LETTER_CHECK, dead_letter_evaluation
 from pipelines.post.dead_letters import DEAD_LETTER_TABLE, append_dead_letters
-from pipelines.post.enrich import EVENTS_ENRICHMENT, enrich, to_sink_records
+from pipelines.post.enrich import EnrichmentError, default_enrichment_for, enrich, to_sink_records
 from pipelines.post.plan import plan_post
 from pipelines.post.post_stage import RESULT_DDL, make_poster, per_task_settings
 from pipelines.post.progress import read_progress, write_progress
@@ -45,9 +48,11 @@ class PostConfig(dg.Config):
         le=1,
         description="The dead_letter_rate asset check fails when dead-lettered / records exceeds this.",
     )
-    enrich_expressions: list[str] = Field(
-        default=EVENTS_ENRICHMENT,
-        description="Spark SQL select expressions added to every record before posting.",
+    enrich_expressions: list[str] | None = Field(
+        default=None,
+        description="Spark SQL select expressions added to every record before posting, for this run. "
+        "Default: the feed's `enrich` list from the feeds file, else the default enrichment (each of its "
+        "expressions only where the table has the columns it reads). [] posts records as they are.",
     )
 
 
@@ -82,7 +87,7 @@ def build_post_job(sink_key: str, feed: FeedSpec) -> dg.JobDefinition:
             context,
             lake,
             sink,
-            context.resources.pyspark.spark_session,
+            lambda: context.resources.pyspark.spark_session,  # Spark starts only once there is work
             feed,
             sink_asset_key(sink_key, feed),
             config,
@@ -101,7 +106,7 @@ def run_post(
     context: dg.OpExecutionContext,
     lake: LakeResource,
     sink: RestSinkResource,
-    spark,
+    spark_session: Callable[[], SparkSession],
     feed: FeedSpec,
     asset_key: dg.AssetKey,
     config: PostConfig,
@@ -110,7 +115,11 @@ def run_post(
     options = lake.storage_options()
     table_uri = lake.table_uri(feed.table_name)
     progress = read_progress(lake, sink.sink_name, feed.table_name)
-    plan = plan_post(table_uri, options, feed.app_id, progress.batch_id)
+    try:
+        plan = plan_post(table_uri, options, feed.app_id, progress.batch_id)
+    except TableNotFoundError:
+        context.log.info(f"table {feed.table_name} does not exist yet (no ingest has run): nothing to post")
+        return
     context.log.info(
         f"sink {sink.sink_name}: settled through batch {progress.batch_id} (version {progress.delta_version}); "
         f"table {feed.table_name} is at version {plan.delta_version}, batch {plan.batch_to}; {len(plan.files)} files to read"
@@ -126,15 +135,20 @@ def run_post(
             )
         context.log.info("nothing new to post")
         return
+    # Seconds, not minutes: a wrong key or an unreachable sink is reported before Spark starts.
     sink.check_connection()
+    expressions = enrichment_for(feed, plan.schema, config)
 
+    spark = spark_session()
     frame, tasks = read_planned_rows(
         spark, plan, lake.filesystem_settings(), config.max_tasks or default_parallelism(spark)
     )
     settings = per_task_settings(sink.settings(), tasks)
-    records = to_sink_records(
-        enrich(frame, config.enrich_expressions), sink.id_expression(), getattr(sink, "time_field", None)
-    )
+    try:
+        enriched = enrich(frame, expressions, feed.name)
+    except EnrichmentError as exc:
+        raise dg.Failure(description=str(exc)) from None
+    records = to_sink_records(enriched, sink.id_expression(), _time_column(sink, plan.schema))
     try:
         results = records.mapInArrow(make_poster(settings), RESULT_DDL).toArrow()
     except Exception as exc:
@@ -144,9 +158,40 @@ def run_post(
     rejected = results.filter(pc.equal(results["kind"], "dead_letter"))
     total = {
         name: int(pc.sum(stats[name]).as_py() or 0)
-        for name in ("records_in", "accepted", "retried", "requests", "attempts", "records_sent", "bytes")
+        for name in (
+            "records_in",
+            "accepted",
+            "retried",
+            "pending",
+            "requests",
+            "attempts",
+            "records_sent",
+            "bytes",
+        )
     }
     dead = rejected.num_rows
+    if total["pending"]:
+        reasons = [r for r in stats["reason"].to_pylist() if r]
+        raise dg.Failure(
+            description=(
+                f"sink {sink.sink_name}: {total['pending']} of {total['records_in']} records are still pending: "
+                f"{reasons[0] if reasons else 'transient failures'}. {total['accepted']} were accepted and "
+                f"{dead} rejected; nothing is dead-lettered for a transient failure and progress was not "
+                f"advanced, so the next run resumes these batches (ids make resends overwrite in "
+                f"Elasticsearch; Splunk HEC may receive the accepted ones again). If the sink stays down, "
+                f"check it; raise delivery_timeout_s to wait longer."
+            ),
+            metadata={
+                "records": total["records_in"],
+                "accepted": total["accepted"],
+                "rejected": dead,
+                "pending": total["pending"],
+                "retried_records": total["retried"],
+                "attempts": total["attempts"],
+                "batch_from_exclusive": plan.batch_from,
+                "batch_to": plan.batch_to,
+            },
+        )
     if total["accepted"] + dead != total["records_in"]:
         raise dg.Failure(
             description=(
@@ -180,6 +225,7 @@ def run_post(
         "dead_letter_rate": round(dead_letter_rate, 6),
         "dead_letter_max_rate": config.dead_letter_max_rate,
         "dead_letter_rows_written": written,
+        "pending": total["pending"],
         "retried_records": total["retried"],
         "requests": total["requests"],
         "attempts": total["attempts"],
@@ -226,7 +272,23 @@ def run_post(
     )
 
 
-def default_parallelism(spark) -> int:
+def enrichment_for(feed: FeedSpec, schema: pa.Schema, config: PostConfig) -> list[str]:
+    """This run's expressions: run config, else the feed's ``enrich``, else the default for its columns."""
+    if config.enrich_expressions is not None:
+        return list(config.enrich_expressions)
+    if feed.enrich is not None:
+        return list(feed.enrich)
+    return default_enrichment_for(schema)
+
+
+def _time_column(sink: RestSinkResource, schema: pa.Schema) -> str | None:
+    """The sink's event-time column when the table has it as a timestamp (HEC's ``time``)."""
+    name = getattr(sink, "time_field", None)
+    index = schema.get_field_index(name) if name else -1
+    return name if index >= 0 and pa.types.is_timestamp(schema.field(index).type) else None
+
+
+def default_parallelism(spark: SparkSession) -> int:
     """The task slots Spark reports: ``local[N]`` gives N, a cluster its executor cores."""
     try:
         return max(1, int(spark.sparkContext.defaultParallelism))
@@ -237,7 +299,7 @@ def default_parallelism(spark) -> int:
 
 def _explain_spark_failure(exc: Exception, sink: RestSinkResource) -> str:
     text = str(exc)
-    for marker in ("SinkAuthError: ", "SinkTlsError: ", "SinkConfigError: "):
+    for marker in ("SinkAuthError: ", "SinkTlsError: ", "SinkConfigError: ", "SinkRequestError: "):
         if marker in text:
             line = text[text.index(marker) + len(marker) :].splitlines()[0]
             return f"{line} Nothing was marked as posted; fix the configuration and re-run."

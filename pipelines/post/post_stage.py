@@ -24,6 +24,7 @@ RESULT_SCHEMA = pa.schema(
         ("attempts", pa.int64()),
         ("records_sent", pa.int64()),
         ("ack_timeouts", pa.int64()),
+        ("pending", pa.int64()),
         ("bytes", pa.int64()),
         ("elapsed_s", pa.float64()),
         ("concurrency_peak", pa.int64()),
@@ -34,7 +35,7 @@ RESULT_SCHEMA = pa.schema(
 RESULT_DDL = (
     "kind string, record_id string, record binary, status int, error_type string, reason string, "
     "records_in bigint, accepted bigint, retried bigint, requests bigint, attempts bigint, "
-    "records_sent bigint, ack_timeouts bigint, bytes bigint, elapsed_s double, concurrency_peak bigint, "
+    "records_sent bigint, ack_timeouts bigint, pending bigint, bytes bigint, elapsed_s double, concurrency_peak bigint, "
     "concurrency_decreases bigint, latencies_ms array<double>"
 )
 
@@ -58,10 +59,16 @@ def make_poster(settings: SinkSettings) -> Callable[[Iterator[pa.RecordBatch]], 
         records_in = 0
         started = time.perf_counter()
         with SinkWriter(settings) as writer:
+            skipped = 0
             for batch in batches:
-                writer.add_arrow(batch.column("_id"), batch.column("_doc"), batch.column("_time"))
                 records_in += batch.num_rows
+                if writer.gave_up:
+                    # The sink is out of delivery time: the rest stays pending for the next run.
+                    skipped += batch.num_rows
+                    continue
+                writer.add_arrow(batch.column("_id"), batch.column("_doc"), batch.column("_time"))
             outcome = writer.close()
+            outcome.pending += skipped
         yield from _result_batches(outcome, records_in, time.perf_counter() - started)
 
     return post
@@ -78,6 +85,8 @@ def _result_batches(outcome: PostOutcome, records_in: int, elapsed_s: float) -> 
         attempts=[outcome.attempts],
         records_sent=[outcome.records_sent],
         ack_timeouts=[outcome.ack_timeouts],
+        pending=[outcome.pending],
+        reason=[outcome.pending_reason or None],
         elapsed_s=[elapsed_s],
         concurrency_peak=[outcome.concurrency_peak],
         concurrency_decreases=[outcome.concurrency_decreases],

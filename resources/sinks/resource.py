@@ -53,7 +53,13 @@ class RestSinkResource(dg.ConfigurableResource):
         description="Records per second at most, for the whole post run (split over tasks).",
     )
     gzip_level: int = Field(default=0, ge=0, le=9, description="Gzip request bodies at this level (0 = off).")
-    max_attempts: int = Field(default=6, gt=0, description="Attempts per request, the first included.")
+    delivery_timeout_s: float = Field(
+        default=600.0,
+        gt=0,
+        description="How long transient failures (429, 5xx, 408, dropped connections, per-item 429/5xx) are "
+        "retried, with backoff, from a request's first attempt. When it passes, the run fails without "
+        "settling the batch and the next run resumes it; only records the sink rejects are dead-lettered.",
+    )
     backoff_initial_s: float = Field(default=0.5, ge=0)
     backoff_max_s: float = Field(default=30.0, ge=0)
     connect_timeout_s: float = Field(default=5.0, gt=0)
@@ -92,7 +98,7 @@ class RestSinkResource(dg.ConfigurableResource):
             "max_bytes_per_call": self.max_bytes_per_call,
             "max_in_flight": self.max_in_flight,
             "gzip_level": self.gzip_level,
-            "max_attempts": self.max_attempts,
+            "delivery_timeout_s": self.delivery_timeout_s,
             "backoff_initial_s": self.backoff_initial_s,
             "backoff_max_s": self.backoff_max_s,
             "connect_timeout_s": self.connect_timeout_s,
@@ -227,7 +233,8 @@ class GenericRestSinkResource(RestSinkResource):
     """Any REST API that takes many records per call, as a JSON array or NDJSON; success is the HTTP status.
 
     There is no per-item answer, so a call is all-or-nothing: a success status accepts every record,
-    429/5xx/408 resend the call, 413 splits it, and any other status dead-letters its records.
+    429/5xx/408 resend the call; 413, 400, 409 and 422 halve it until the refused records stand alone,
+    which are dead-lettered; any other status (404, 405, ...) is a configuration error that fails the run.
     """
 
     path: str = Field(default="", description="Path appended to url, e.g. /v1/events.")

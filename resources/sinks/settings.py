@@ -33,8 +33,8 @@ class SinkSettings:
     rate_limit_requests_per_s: float | None = None  # per writer (Spark task)
     rate_limit_records_per_s: float | None = None  # per writer (Spark task)
     gzip_level: int = 0
-    # Retries
-    max_attempts: int = 6
+    # Retries: transient failures are retried until this long after a request's first attempt
+    delivery_timeout_s: float = 600.0
     backoff_initial_s: float = 0.5
     backoff_max_s: float = 30.0
     # HTTP and TLS

@@ -18,7 +18,9 @@ from resources.sinks.protocols import GenericRest, Rejection, Settlement, Splunk
 from resources.sinks.records import ArrowRecords, Record, call_boundaries
 from resources.sinks.settings import SinkSettings
 
-RETRYABLE_STATUS = {408, 429, 500, 502, 503, 504}
+RETRYABLE_STATUS = {408, 429}  # and every 5xx
+# Statuses with which an API that has no per-item answers refuses the records of a call.
+RECORD_STATUS = {400, 409, 422}
 BACKPRESSURE_STATUS = {429, 503}
 HEC_ACK_PATH = "/services/collector/ack"
 
@@ -29,6 +31,10 @@ class SinkAuthError(RuntimeError):
 
 class SinkConfigError(RuntimeError):
     """The sink answers in a way the configuration does not expect (e.g. no HEC ack id): fix the config."""
+
+
+class SinkRequestError(RuntimeError):
+    """The sink refused a request as a whole (e.g. 404, a bad pipeline): the configuration must change."""
 
 
 class SinkTlsError(RuntimeError):
@@ -46,9 +52,10 @@ class PostOutcome:
     bytes_sent: int = 0
     records_sent: int = 0  # records in answered calls (resends included): records per call = this / requests
     ack_timeouts: int = 0
+    pending: int = 0  # records neither accepted nor rejected when the delivery deadline passed
+    pending_reason: str = ""
     rejected: list[Rejection] = field(default_factory=list)
     latencies_ms: list[float] = field(default_factory=list)
-    concurrency_limit: int = 0  # the limit at the end (adaptive) or the fixed one
     concurrency_peak: int = 0
     concurrency_decreases: int = 0
 
@@ -60,6 +67,8 @@ class PostOutcome:
         self.bytes_sent += other.bytes_sent
         self.records_sent += other.records_sent
         self.ack_timeouts += other.ack_timeouts
+        self.pending += other.pending
+        self.pending_reason = self.pending_reason or other.pending_reason
         self.rejected.extend(other.rejected)
         self.latencies_ms.extend(other.latencies_ms)
 
@@ -99,6 +108,8 @@ class SinkWriter:
         self._tail: ArrowRecords | None = None  # the last, not yet full call of add_arrow
         self.outcome = PostOutcome()
         self._rng = random.Random()
+        self._gave_up = threading.Event()
+        self._give_up_lock = threading.Lock()
 
     # -- feeding ----------------------------------------------------------------------------------
     def add(self, record: Record) -> None:
@@ -152,7 +163,6 @@ class SinkWriter:
                 self._collect(self._pending.pop(0))
         finally:
             self._pool.shutdown(wait=True, cancel_futures=True)
-        self.outcome.concurrency_limit = self.concurrency.limit
         self.outcome.concurrency_peak = self.concurrency.peak
         self.outcome.concurrency_decreases = self.concurrency.decreases
         return self.outcome
@@ -204,85 +214,127 @@ class SinkWriter:
     def _deliver_request(
         self, records: list[Record] | ArrowRecords, outcome: PostOutcome, queue: list
     ) -> None:
+        """Post one request until each of its records is accepted or rejected, or the deadline passes.
+
+        Retry by kind, as Logstash and Kafka Connect do: whole-request 429/5xx/408, network errors and
+        per-item 429/5xx are transient and retried with backoff until ``delivery_timeout_s`` after the
+        first attempt; only a per-record rejection (a 4xx item) becomes a dead letter. When the
+        deadline passes, the writer gives up as a whole and reports what is still pending, so the
+        run fails without settling and the next run resumes: "we stopped trying" is never a dead letter.
+        """
         s = self.settings
         pending = records
-        last_problem = ""
-        url = s.url.rstrip("/") + self.protocol.path
-        for attempt in range(1, s.max_attempts + 1):
-            body = self.protocol.encode(pending)
-            payload = gzip.compress(body, s.gzip_level) if s.gzip_level > 0 else body
-            retry_after = None
-            self.rate_limits.wait(len(pending))
-            self.concurrency.acquire()
-            rtt, backpressure = None, False
-            started = time.perf_counter()
-            outcome.attempts += 1
-            try:
-                response = self._session().request(
-                    s.generic_method if isinstance(self.protocol, GenericRest) else "POST",
-                    url,
-                    data=payload,
-                    timeout=(s.connect_timeout_s, s.read_timeout_s),
-                    verify=s.verify,  # per request too: REQUESTS_CA_BUNDLE would override the session's
+        deadline = time.monotonic() + s.delivery_timeout_s
+        attempt = 0
+        while True:
+            if self._gave_up.is_set():
+                outcome.pending += len(pending)
+                return
+            attempt += 1
+            settled, retry_after, problem = self._attempt(pending, outcome, queue)
+            if settled is None:  # split into smaller requests, queued
+                return
+            outcome.accepted += settled.accepted
+            outcome.rejected.extend(settled.rejected)
+            if not settled.retry:
+                return
+            pending = settled.retry
+            delay = self._backoff(attempt, retry_after)
+            if time.monotonic() + delay > deadline:
+                self._give_up(
+                    f"{problem or 'retryable failures'} for {s.delivery_timeout_s:g}s "
+                    f"(delivery_timeout_s) over {attempt} attempts"
                 )
-                rtt = time.perf_counter() - started
-                backpressure = response.status_code in BACKPRESSURE_STATUS
-            except requests.exceptions.SSLError as exc:
-                raise SinkTlsError(
-                    f"sink {s.name!r}: TLS verification of {s.url} failed ({exc}). If the server uses a "
-                    f"private CA or a self-signed certificate, set ca_bundle to its PEM file; do not turn "
-                    f"verification off outside a test."
-                ) from None
-            except (requests.ConnectionError, requests.Timeout) as exc:
-                # The server may have committed before the connection dropped: deterministic ids make
-                # the resend an overwrite in Elasticsearch; HEC is at-least-once by nature.
-                last_problem = f"{type(exc).__name__}: {exc}"
-                backpressure = isinstance(exc, requests.Timeout)
-            finally:
-                self.concurrency.release(rtt, backpressure)
-            if rtt is not None:
-                outcome.requests += 1
-                outcome.bytes_sent += len(payload)
-                outcome.records_sent += len(pending)
-                outcome.latencies_ms.append(rtt * 1000)
-                status = response.status_code
-                if status in (401, 403):
-                    raise SinkAuthError(auth_error_message(s, status, response.content))
-                if self._is_success(status):
-                    settled = self.protocol.settle(pending, response.content)
-                    if s.hec_ack and isinstance(self.protocol, SplunkHec):
-                        settled = self._await_hec_ack(pending, response.content, outcome)
-                elif status == 413 and len(pending) > 1:
-                    half = len(pending) // 2
-                    queue.extend([pending[:half], pending[half:]])
-                    return
-                elif status in RETRYABLE_STATUS:
-                    settled = Settlement(retry=pending, retry_reasons=[f"HTTP {status}"])
-                    retry_after = _retry_after(response)
-                elif isinstance(self.protocol, SplunkHec) and (
-                    split := self.protocol.settle_invalid(pending, response.content)
-                ):
-                    settled = split
-                else:
-                    reason = response.content[:2000].decode(errors="replace")
-                    settled = Settlement(
-                        rejected=[Rejection(r, status, f"http_{status}", reason) for r in pending]
-                    )
-                outcome.accepted += settled.accepted
-                outcome.rejected.extend(settled.rejected)
-                if not settled.retry:
-                    return
-                pending = settled.retry
-                last_problem = settled.retry_reasons[0] if settled.retry_reasons else "retryable"
-            if attempt < s.max_attempts:
-                outcome.retried += len(pending)
-                time.sleep(self._backoff(attempt, retry_after))
-        outcome.rejected.extend(
-            Rejection(
-                r, None, "retries_exhausted", f"gave up after {s.max_attempts} attempts: {last_problem}"
+                outcome.pending += len(pending)
+                return
+            outcome.retried += len(pending)
+            self._gave_up.wait(delay)  # wakes early when another request gives up
+
+    def _attempt(
+        self, pending: list[Record] | ArrowRecords, outcome: PostOutcome, queue: list
+    ) -> tuple[Settlement | None, float | None, str]:
+        """One HTTP attempt: how it settled ``pending`` (None = split and queued), Retry-After, the problem."""
+        s = self.settings
+        url = s.url.rstrip("/") + self.protocol.path
+        body = self.protocol.encode(pending)
+        payload = gzip.compress(body, s.gzip_level) if s.gzip_level > 0 else body
+        self.rate_limits.wait(len(pending))
+        self.concurrency.acquire()
+        rtt, backpressure = None, False
+        started = time.perf_counter()
+        outcome.attempts += 1
+        try:
+            response = self._session().request(
+                s.generic_method if isinstance(self.protocol, GenericRest) else "POST",
+                url,
+                data=payload,
+                timeout=(s.connect_timeout_s, s.read_timeout_s),
+                verify=s.verify,  # per request too: REQUESTS_CA_BUNDLE would override the session's
             )
-            for r in pending
+            rtt = time.perf_counter() - started
+            backpressure = response.status_code in BACKPRESSURE_STATUS
+        except requests.exceptions.SSLError as exc:
+            raise SinkTlsError(
+                f"sink {s.name!r}: TLS verification of {s.url} failed ({exc}). If the server uses a "
+                f"private CA or a self-signed certificate, set ca_bundle to its PEM file; do not turn "
+                f"verification off outside a test."
+            ) from None
+        except (requests.ConnectionError, requests.Timeout) as exc:
+            # The server may have committed before the connection dropped: deterministic ids make
+            # the resend an overwrite in Elasticsearch; HEC is at-least-once by nature.
+            backpressure = isinstance(exc, requests.Timeout)
+            return Settlement(retry=pending), None, f"{type(exc).__name__}: {exc}"
+        finally:
+            self.concurrency.release(rtt, backpressure)
+        outcome.requests += 1
+        outcome.bytes_sent += len(payload)
+        outcome.records_sent += len(pending)
+        outcome.latencies_ms.append(rtt * 1000)
+        status = response.status_code
+        if status in (401, 403):
+            raise SinkAuthError(auth_error_message(s, status, response.content))
+        if self._is_success(status):
+            settled = self.protocol.settle(pending, response.content)
+            if s.hec_ack and isinstance(self.protocol, SplunkHec):
+                settled = self._await_hec_ack(pending, response.content, outcome)
+            reason = settled.retry_reasons[0] if settled.retry_reasons else ""
+            return settled, None, f"items answered {reason}" if reason else ""
+        if status in RETRYABLE_STATUS or status >= 500:
+            return Settlement(retry=pending), _retry_after(response), f"HTTP {status}"
+        if isinstance(self.protocol, SplunkHec) and (
+            split := self.protocol.settle_invalid(pending, response.content)
+        ):
+            return split, None, "resending after an invalid event"
+        if status == 413 or (isinstance(self.protocol, GenericRest) and status in RECORD_STATUS):
+            # Too large, or refused as a whole by an API without per-item answers: halve the call
+            # until the record(s) to blame stand alone, so that only they are dead-lettered.
+            if len(pending) > 1:
+                half = len(pending) // 2
+                queue.extend([pending[:half], pending[half:]])
+                return None, None, ""
+            reason = response.content[:2000].decode(errors="replace")
+            return (
+                Settlement(rejected=[Rejection(r, status, f"http_{status}", reason) for r in pending]),
+                None,
+                "",
+            )
+        raise SinkRequestError(
+            f"sink {s.name!r} answered HTTP {status} to {self.protocol.path or '/'} at {s.url}: "
+            f"{response.content[:300].decode(errors='replace')}. This refuses the request as a whole, not "
+            f"a record (per-record rejections come inside a 2xx), so nothing was dead-lettered: check the "
+            f"sink's URL, index/path and pipeline settings, then re-run."
         )
+
+    def _give_up(self, reason: str) -> None:
+        with self._give_up_lock:
+            if not self._gave_up.is_set():
+                self.outcome.pending_reason = reason
+                self._gave_up.set()
+
+    @property
+    def gave_up(self) -> bool:
+        """True once a request ran out of delivery time: the rest of this writer's input stays pending."""
+        return self._gave_up.is_set()
 
     def _is_success(self, status: int) -> bool:
         if isinstance(self.protocol, GenericRest):
