@@ -136,3 +136,27 @@ def test_hec_posts_envelopes_and_a_bad_event_is_dead_lettered_while_the_rest_lan
     stored = sink_server.hec_events("main", limit=1)[0]
     assert stored["sourcetype"] == "_json"
     assert stored["time"] == 1_700_000_000.0
+
+
+def test_hec_invalid_event_fed_from_arrow_is_dead_lettered_alone(sink_server) -> None:
+    # The Spark op feeds Arrow columns; HEC's code 6 names one event inside such a call.
+    import pyarrow as pa
+
+    sink_server.set_faults({"reject_field": "event_id", "reject_values": ["e250"]})
+    settings = SplunkHecSinkResource(
+        sink_name="hec", url=sink_server.url, token=LOCAL_HEC_TOKEN, max_records_per_call=100
+    ).settings()
+    batch = records(1_000)
+    writer = SinkWriter(settings)
+    writer.add_arrow(
+        pa.array([r.id for r in batch]),
+        pa.array([r.doc for r in batch], pa.binary()),
+        pa.array([r.time for r in batch], pa.float64()),
+    )
+    outcome = writer.close()
+
+    assert (outcome.accepted, outcome.pending) == (999, 0)
+    assert [orjson.loads(r.record.doc)["event_id"] for r in outcome.rejected] == ["e250"]
+    assert outcome.rejected[0].record.time == 1_700_000_250.0
+    events = sink_server.hec_events("main")
+    assert len(events) == 999 and "e250" not in {e["event"]["event_id"] for e in events}

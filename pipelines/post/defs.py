@@ -5,6 +5,7 @@ import dagster as dg
 from pipelines.feeds import FeedSpec
 from pipelines.post.checks import build_dead_letter_check
 from pipelines.post.job import build_post_job, sink_asset_key, sink_asset_spec
+from pipelines.post.replay_job import build_replay_job
 from resources.sinks.resource import RestSinkResource
 from sensors.table import build_table_sensor
 
@@ -20,7 +21,7 @@ def post_defs(
     return dg.Definitions(
         assets=[sink_asset_spec(key, feed) for feed, key in pairs],
         asset_checks=[build_dead_letter_check(sink_asset_key(key, feed)) for feed, key in pairs],
-        jobs=list(jobs.values()),
+        jobs=[*jobs.values(), *(build_replay_job(key) for key in sinks)],
         sensors=[
             build_table_sensor(
                 feed,

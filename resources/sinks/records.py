@@ -41,9 +41,13 @@ class ArrowRecords:
     def __len__(self) -> int:
         return len(self.docs)
 
-    def __getitem__(self, index: slice) -> "ArrowRecords":
+    def __getitem__(self, index: slice | int) -> "ArrowRecords | Record":
+        if isinstance(index, int):  # one record, e.g. the event HEC names as invalid
+            position = range(len(self))[index]
+            record_id = self.ids[position].as_py()
+            return Record(record_id or "", self.docs[position].as_py(), self.times[position].as_py())
         if not isinstance(index, slice) or index.step not in (None, 1):
-            raise TypeError("ArrowRecords supports contiguous slices only")
+            raise TypeError("ArrowRecords supports an index or contiguous slices only")
         start, stop, _ = index.indices(len(self))
         n = max(0, stop - start)
         return ArrowRecords(self.ids.slice(start, n), self.docs.slice(start, n), self.times.slice(start, n))
