@@ -145,7 +145,7 @@ def test_a_feed_unlike_the_demo_is_posted_by_its_sensor_with_default_configurati
     landing = Path(lake.landing_uri) / "metrics"
     landing.mkdir(parents=True)
     rows = [
-        {"metric": "cpu", "value": i / 10, "node": f"n{i % 3}", "at": "2026-12-01T10:00:00Z"}
+        {"metric": "cpu", "value": i / 10, "node": f"n{i % 3}", "at": "2026-12-01T10:00:00.85Z"}
         for i in range(500)
     ]
     (landing / "m-0.json").write_bytes(b"\n".join(orjson.dumps(r) for r in rows))
@@ -166,6 +166,7 @@ def test_a_feed_unlike_the_demo_is_posted_by_its_sensor_with_default_configurati
     doc_id = sink_server.es_ids("metrics")[0]
     document = requests.get(f"{sink_server.url}/metrics/_doc/{doc_id}", timeout=5).json()["_source"]
     assert set(document) == {"metric", "value", "node", "at"}  # nothing added it has no columns for
+    assert document["at"] == "2026-12-01T10:00:00.850000Z"  # the one canonical form, from "…00.85Z"
     [event] = result.asset_materializations_for_node("spark_post_metrics_to_elasticsearch")
     assert (event.metadata["accepted"].value, event.metadata["dead_lettered"].value) == (500, 0)
 
