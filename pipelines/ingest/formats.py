@@ -3,9 +3,17 @@
 The fast path hands the whole file to Arrow's readers. When Arrow refuses the file (a malformed line,
 a value of the wrong type for the table), JSON files are read again line by line so that every good
 line lands and every bad one is recorded with its line number and raw text.
+
+Values are kept exactly. Arrow's readers and orjson turn integers beyond int64 (or u64) into rounded
+doubles, and Arrow rounds long integers into double columns; only a file whose Arrow result has a
+floating-point column *and* holds an integer literal of 16+ digits that int64 or a double cannot hold
+is read again record by record (``scan_integers`` decides with a byte scan, the fast path of other
+files costs nothing), where every value lands exactly or goes to ``_rescued_data`` as its digits.
 """
 
 import csv
+import json
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 import orjson
@@ -15,11 +23,29 @@ import pyarrow.json as pj
 import pyarrow.parquet as pq
 
 from pipelines.feeds import FeedSpec
-from pipelines.ingest.schema import _MISSING, coerce_value
+from pipelines.ingest.schema import (
+    _MISSING,
+    EXACT_DOUBLE_LIMIT,
+    INT64_MAX,
+    INT64_MIN,
+    INTEGER_TEXT,
+    coerce_value,
+    has_floating,
+    json_text,
+    normalise_type,
+    rescue,
+)
 
 UTF8_BOM = b"\xef\xbb\xbf"
 RAW_TEXT_LIMIT = 64 * 1024  # bad records keep this much of their raw text (and their full size)
 _CODECS = {".gz": "gzip", ".gzip": "gzip", ".zst": "zstd", ".zstd": "zstd"}
+# Every digit becomes "0" and every other byte ".", so that digit runs are found with bytes.find (C
+# speed, unlike a regex over the whole file).
+_DIGIT_RUNS = bytes(48 if 48 <= b <= 57 else 46 for b in range(256))
+# Integers of up to 15 digits fit int64 and are exact doubles (< 2**53); orjson parses up to 19 digits
+# (< 2**64) exactly.
+_LONG_RUN = b"0" * 16
+_HUGE_RUN = b"0" * 20
 
 
 class UnreadableFile(Exception):
@@ -69,8 +95,15 @@ def text_bytes(raw: bytes, encoding: str) -> bytes:
     return raw
 
 
-def parse(feed: FeedSpec, path: str, raw: bytes, target: pa.Schema | None) -> ParsedFile:
-    """A raw table for one file (types as read; conforming to the table happens afterwards)."""
+def parse(
+    feed: FeedSpec, path: str, raw: bytes, target: pa.Schema | None, optional: Collection[str] = ()
+) -> ParsedFile:
+    """A raw table for one file (types as read; conforming to the table happens afterwards).
+
+    ``optional`` names columns of ``target`` that are only there to type a hinted column should the
+    file have it: Arrow's JSON reader adds every column of its schema, and such a column the file
+    does not have is left out again.
+    """
     data = decompress(path, raw)
     if feed.format == "parquet":
         try:
@@ -81,8 +114,42 @@ def parse(feed: FeedSpec, path: str, raw: bytes, target: pa.Schema | None) -> Pa
     if feed.format == "csv":
         return _parse_csv(feed, text, target)
     if feed.format == "json_array":
-        return _parse_json_array(text, target)
-    return _parse_json_lines(text, target)
+        return _parse_json_array(text, target, optional)
+    return _parse_json_lines(text, target, optional)
+
+
+@dataclass(frozen=True)
+class IntegerScan:
+    inexact: bool  # an integer literal int64 or a double cannot hold exactly (possibly inside a string)
+    huge: bool  # one of 20+ digits, which orjson would parse into a rounded float
+
+
+def scan_integers(text: bytes) -> IntegerScan:
+    """Which exactness risks the integer literals of ``text`` carry, from a byte scan: a few ms per
+    MB, and only run for files whose fast read produced a floating-point column (or failed)."""
+    runs = text.translate(_DIGIT_RUNS)
+    start = runs.find(_LONG_RUN)
+    if start < 0:
+        return IntegerScan(False, False)
+    huge = runs.find(_HUGE_RUN, start) >= 0
+    while start >= 0:
+        end = runs.find(b".", start)
+        end = len(runs) if end < 0 else end
+        digits = int(text[start:end])
+        value = -digits if start and text[start - 1] == ord("-") else digits
+        if not INT64_MIN <= value <= INT64_MAX or float(value) != value:
+            return IntegerScan(True, huge)
+        start = runs.find(_LONG_RUN, end)
+    return IntegerScan(False, huge)
+
+
+def _reject_constant(name: str) -> object:
+    raise ValueError(f"{name} is not JSON")  # as orjson: NaN and Infinity are not JSON
+
+
+def _exact_loads(text: bytes) -> object:
+    """JSON with every integer exact: the standard library parses integers into Python ints."""
+    return json.loads(text, parse_constant=_reject_constant)
 
 
 def _json_options(target: pa.Schema | None, size: int) -> tuple[pj.ReadOptions, pj.ParseOptions]:
@@ -93,28 +160,39 @@ def _json_options(target: pa.Schema | None, size: int) -> tuple[pj.ReadOptions, 
     return pj.ReadOptions(use_threads=False, block_size=block), parse_options
 
 
-def _read_with_arrow(lines: bytes, target: pa.Schema | None) -> ParsedFile | None:
+def _read_with_arrow(lines: bytes, target: pa.Schema | None, optional: Collection[str]) -> pa.Table | None:
     """Arrow's fast reader for JSON lines; None when the text needs the record-by-record path."""
     read_options, parse_options = _json_options(target, len(lines))
     try:
-        return ParsedFile(
-            pj.read_json(pa.BufferReader(lines), read_options=read_options, parse_options=parse_options)
-        )
+        table = pj.read_json(pa.BufferReader(lines), read_options=read_options, parse_options=parse_options)
     except pa.ArrowInvalid:
         return None
+    for name in optional:
+        column = table.column(name) if name in table.column_names else None
+        if column is not None and column.null_count == len(column) and orjson.dumps(name) not in lines:
+            table = table.drop_columns([name])
+    return table
 
 
-def _parse_json_lines(text: bytes, target: pa.Schema | None) -> ParsedFile:
-    parsed = _read_with_arrow(text, target)
-    if parsed is not None:
-        return parsed
+def _parse_json_lines(text: bytes, target: pa.Schema | None, optional: Collection[str]) -> ParsedFile:
+    table = _read_with_arrow(text, target, optional)
+    scan = None
+    if table is not None:
+        # Only a floating-point column can have rounded a value silently: integer columns are exact
+        # or refused, and Arrow refuses numbers in string columns.
+        if not has_floating(table.schema):
+            return ParsedFile(table)
+        scan = scan_integers(text)
+        if not scan.inexact:
+            return ParsedFile(table)
+    loads = _exact_loads if (scan or scan_integers(text)).huge else orjson.loads
     records, bad = [], []
     for number, line in enumerate(text.split(b"\n"), start=1):
         if not line.strip():
             continue
         try:
-            record = orjson.loads(line)
-        except orjson.JSONDecodeError as exc:
+            record = loads(line)
+        except (ValueError, RecursionError) as exc:  # orjson's and json's decode errors are ValueErrors
             bad.append(BadRecord(number, f"malformed JSON: {exc}", line))
             continue
         if not isinstance(record, dict):
@@ -124,10 +202,11 @@ def _parse_json_lines(text: bytes, target: pa.Schema | None) -> ParsedFile:
     return _from_records(records, target, bad)
 
 
-def _parse_json_array(text: bytes, target: pa.Schema | None) -> ParsedFile:
+def _parse_json_array(text: bytes, target: pa.Schema | None, optional: Collection[str]) -> ParsedFile:
+    scan = scan_integers(text)
     try:
-        document = orjson.loads(text)
-    except orjson.JSONDecodeError as exc:
+        document = (_exact_loads if scan.huge else orjson.loads)(text)
+    except (ValueError, RecursionError) as exc:
         raise UnreadableFile(f"not a JSON document: {exc}") from exc
     elements = document if isinstance(document, list) else [document]
     records, bad = [], []
@@ -138,10 +217,11 @@ def _parse_json_array(text: bytes, target: pa.Schema | None) -> ParsedFile:
             bad.append(
                 BadRecord(number, f"array element is a JSON {type(element).__name__}", orjson.dumps(element))
             )
-    if not bad:
-        parsed = _read_with_arrow(b"\n".join(orjson.dumps(r) for r in records), target)
-        if parsed is not None:
-            return parsed
+    if not bad and not scan.inexact:
+        # orjson writes back every integer it read (huge ones made the scan inexact).
+        table = _read_with_arrow(b"\n".join(orjson.dumps(r) for r in records), target, optional)
+        if table is not None:
+            return ParsedFile(table)
     return _from_records(records, target, bad)
 
 
@@ -153,28 +233,57 @@ def _from_records(records: list[dict], target: pa.Schema | None, bad: list[BadRe
     for name in names:
         values = [record.get(name) for record in records]
         if target is not None and name in target.names:
-            column_type = target.field(name).type
-            fitted = []
-            for row, value in enumerate(values):
-                converted = coerce_value(value, column_type)
-                if converted is _MISSING:
-                    rescued[row] = {**(rescued[row] or {}), name: value}
-                    converted = None
-                fitted.append(converted)
-            array = pa.array(fitted, column_type)
+            array = _fitted(values, target.field(name).type, rescued, name)
         else:
-            try:
-                array = pa.array(values)
-            except (pa.ArrowInvalid, pa.ArrowTypeError):
-                # Mixed types in a column the table does not have yet: keep them all, as JSON text.
-                array = pa.array(
-                    [v if v is None or isinstance(v, str) else orjson.dumps(v).decode() for v in values],
-                    pa.string(),
-                )
+            array = _inferred(values, rescued, name)
         arrays.append(array)
         fields.append(pa.field(name, array.type))
     # With no fields at all the table has no rows; conforming counts rows from ``rescued``.
     return ParsedFile(pa.Table.from_arrays(arrays, schema=pa.schema(fields)), rescued, bad)
+
+
+def _fitted(
+    values: list, column_type: pa.DataType, rescued: list[dict | None], name: str, from_text: bool = False
+) -> pa.Array:
+    """``values`` as an array of ``column_type``; each value it cannot hold exactly is rescued."""
+    fitted = []
+    for row, value in enumerate(values):
+        converted = coerce_value(value, column_type, from_text=from_text)
+        if converted is _MISSING:
+            rescue(rescued, row, name, value)
+            converted = None
+        fitted.append(converted)
+    return pa.array(fitted, column_type)
+
+
+def _inferred(values: list, rescued: list[dict | None], name: str) -> pa.Array:
+    """A column the table does not have yet, typed from its values without losing a digit.
+
+    pyarrow refuses (rather than rounds) integers beyond int64 and integers a double column cannot
+    hold; the column then gets the type of the other values — int64 when they are all integers,
+    never a double by accident — and those integers are rescued as their digits.
+    """
+    try:
+        return pa.array(values)
+    except (OverflowError, pa.ArrowInvalid, pa.ArrowTypeError):
+        pass
+    try:
+        column_type = normalise_type(pa.array([_small_ints(v) for v in values]).type)
+    except (OverflowError, pa.ArrowInvalid, pa.ArrowTypeError):
+        # Mixed types in a column the table does not have yet: keep them all, as JSON text.
+        return pa.array([v if v is None or isinstance(v, str) else json_text(v) for v in values], pa.string())
+    return _fitted(values, column_type, rescued, name)
+
+
+def _small_ints(value: object) -> object:
+    """``value`` with every integer a double cannot hold replaced by 0: a stand-in to infer a type from."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value if -EXACT_DOUBLE_LIMIT <= value <= EXACT_DOUBLE_LIMIT else 0
+    if isinstance(value, dict):
+        return {key: _small_ints(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_small_ints(item) for item in value]
+    return value
 
 
 def _parse_csv(feed: FeedSpec, text: bytes, target: pa.Schema | None) -> ParsedFile:
@@ -218,10 +327,30 @@ def _parse_csv(feed: FeedSpec, text: bytes, target: pa.Schema | None) -> ParsedF
         )
 
     try:
-        return ParsedFile(read(known_types), bad_records=bad)
+        table = read(known_types)
     except pa.ArrowInvalid:
         # A value does not convert to its column's type: read text, so conforming rescues just that value.
         try:
-            return ParsedFile(read({n: pa.string() for n in names}), bad_records=bad)
+            table = read({n: pa.string() for n in names})
         except pa.ArrowInvalid as exc:
             raise UnreadableFile(f"not readable as CSV: {exc}") from exc
+    if not has_floating(table.schema) or not scan_integers(text).inexact:
+        return ParsedFile(table, bad_records=bad)
+    # Arrow read a long integer into a double column (rounded): convert those columns from their text.
+    texts = read({n: pa.string() for n in names})
+    rescued: list[dict | None] = [None] * table.num_rows
+    columns = []
+    for index, column_field in enumerate(table.schema):
+        if not pa.types.is_floating(column_field.type):
+            columns.append(table.column(index))
+            continue
+        values = texts.column(index).to_pylist()
+        column_type = column_field.type
+        if column_field.name not in known_types and all(
+            v is None or INTEGER_TEXT.fullmatch(v.strip()) for v in values
+        ):
+            # Arrow infers double for integers when one does not fit int64; the column stays int64
+            # and that one is rescued as its text.
+            column_type = pa.int64()
+        columns.append(_fitted(values, column_type, rescued, column_field.name, from_text=True))
+    return ParsedFile(pa.Table.from_arrays(columns, names=table.column_names), rescued, bad)

@@ -60,10 +60,19 @@ def quarantine_rows(result: ReadResult, batch_id: int) -> pa.Table:
 
 
 def record_quarantine(
-    uri: str, storage_options: dict[str, str], feed_name: str, result: ReadResult, batch_id: int
+    uri: str,
+    storage_options: dict[str, str],
+    feed_name: str,
+    result: ReadResult,
+    batch_id: int,
+    app_id: str | None = None,
 ) -> int:
-    """Append this batch's quarantine entries once; the number of entries."""
+    """Append this batch's quarantine entries once; the number of entries.
+
+    ``app_id`` (default ``lakerelay-quarantine:<feed>``) tells apart a second set of entries of one
+    batch: files found unwritable only when the data commit failed.
+    """
     rows = quarantine_rows(result, batch_id)
     if rows.num_rows:
-        append_once(uri, storage_options, rows, f"lakerelay-quarantine:{feed_name}", batch_id)
+        append_once(uri, storage_options, rows, app_id or f"lakerelay-quarantine:{feed_name}", batch_id)
     return rows.num_rows

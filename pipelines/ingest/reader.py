@@ -2,6 +2,8 @@
 
 Files are read and parsed in parallel (Arrow's readers release the GIL), then conformed to the
 feed's schema in file order, so a new column seen in one file has one type for the whole batch.
+A file that fails anywhere on the way (unreadable, or a conforming error nobody foresaw) is
+quarantined with the reason, and the rest of the batch lands: one poison file never blocks a feed.
 """
 
 from concurrent.futures import ThreadPoolExecutor
@@ -11,11 +13,19 @@ from datetime import UTC, datetime
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
+from deltalake import Schema as DeltaSchema
 
 from pipelines.feeds import FeedSpec
 from pipelines.ingest.discovery import LandingFile
 from pipelines.ingest.formats import BadRecord, ParsedFile, UnreadableFile, parse
-from pipelines.ingest.schema import RESCUED_COLUMN, TIMESTAMP_UTC, conform, infer_schema, normalise_type
+from pipelines.ingest.schema import (
+    RESCUED_COLUMN,
+    TIMESTAMP_UTC,
+    SchemaChangeError,
+    conform,
+    infer_schema,
+    normalise_type,
+)
 
 METADATA_SCHEMA = pa.schema(
     [
@@ -59,15 +69,14 @@ class ReadResult:
         return sum(len(b.records) for b in self.bad_records)
 
 
-def data_schema(table_schema: pa.Schema | None, hints: pa.Schema) -> pa.Schema | None:
-    """The feed's target schema: the table's data columns, plus hinted columns it does not have yet."""
+def data_schema(table_schema: pa.Schema | None) -> pa.Schema | None:
+    """The feed's target schema: the table's data columns. Hinted columns the table does not have
+    are not part of it: ``read_batch`` adds one, with its hinted type, once a file has it."""
     if table_schema is None:
         return None
-    fields = [
-        pa.field(f.name, normalise_type(f.type)) for f in table_schema if f.name not in RESERVED_COLUMNS
-    ]
-    names = {f.name for f in fields}
-    return pa.schema(fields + [h for h in hints if h.name not in names])
+    return pa.schema(
+        [pa.field(f.name, normalise_type(f.type)) for f in table_schema if f.name not in RESERVED_COLUMNS]
+    )
 
 
 def read_batch(
@@ -82,20 +91,54 @@ def read_batch(
     hints = feed.hint_schema()
     ingested_at = datetime.now(UTC)
     result = ReadResult(METADATA_SCHEMA.empty_table())
-    parse_schema = target if target is not None else (hints if len(hints) else None)
+    # Hinted columns the table does not have go into the parse schema only so that they are read with
+    # their hinted type; the parser leaves them out again for a file that does not have them.
+    known = {name.lower() for name in (*(target.names if target is not None else ()), *RESERVED_COLUMNS)}
+    optional = [h for h in hints if h.name.lower() not in known]
+    parse_fields = [*(target if target is not None else ()), *optional]
+    parse_schema = pa.schema(parse_fields) if target is not None or parse_fields else None
+    optional_names = [h.name for h in optional]
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-        parsed = list(pool.map(lambda f: _read_one(fs, feed, f, parse_schema), files))
+        parsed = list(pool.map(lambda f: _read_one(fs, feed, f, parse_schema, optional_names), files))
     readable = [(f, p) for f, p in zip(files, parsed, strict=True) if isinstance(p, ParsedFile)]
     result.quarantined = [p for p in parsed if isinstance(p, Quarantined)]
     if target is None:
-        target = infer_schema([p.table for _, p in readable[: feed.infer_max_files]], hints)
+        samples = [p.table for _, p in readable[: feed.infer_max_files]]
+        target = infer_schema(samples, hints, RESERVED_COLUMNS)
     tables = []
+    batch_schema: pa.Schema | None = None
     for landing_file, outcome in readable:
+        try:
+            conformed = conform(
+                outcome.table,
+                target,
+                feed.schema_evolution_mode,
+                landing_file.path,
+                outcome.rescued,
+                hints,
+                RESERVED_COLUMNS,
+            )
+            table = _with_metadata(conformed.table, landing_file, batch_id, ingested_at)
+            if batch_schema is None or table.schema != batch_schema:
+                _check_storable(table.schema)
+                batch_schema = (
+                    table.schema
+                    if batch_schema is None
+                    else pa.unify_schemas([batch_schema, table.schema], promote_options="default")
+                )
+        except (SchemaChangeError, MemoryError):
+            raise  # the user's decision (fail_on_new_columns), or the machine's, not the file's
+        except Exception as exc:  # whatever it is, it must not block the feed
+            result.quarantined.append(
+                Quarantined(
+                    landing_file.path,
+                    f"could not be conformed to the table's schema ({type(exc).__name__}: {exc}); the "
+                    "rest of the batch landed",
+                )
+            )
+            continue
         if outcome.bad_records:
             result.bad_records.append(FileBadRecords(landing_file.path, outcome.bad_records))
-        conformed = conform(
-            outcome.table, target, feed.schema_evolution_mode, landing_file.path, outcome.rescued
-        )
         for name in conformed.new_columns:
             result.new_columns.setdefault(name, []).append(landing_file.path)
             target = target.append(conformed.table.schema.field(name))
@@ -103,7 +146,7 @@ def read_batch(
             result.ignored_columns.setdefault(name, []).append(landing_file.path)
         result.rescued_rows += conformed.rescued_rows
         result.rows_per_file[landing_file.path] = conformed.table.num_rows
-        tables.append(_with_metadata(conformed.table, landing_file, batch_id, ingested_at))
+        tables.append(table)
     result.schema = target
     if tables:
         result.table = pa.concat_tables(tables, promote_options="default")
@@ -113,19 +156,31 @@ def read_batch(
     return result
 
 
+def _check_storable(schema: pa.Schema) -> None:
+    """Raise when Delta would refuse ``schema`` (invalid types, names differing only in case): that
+    file is quarantined now instead of failing the batch's commit on every run."""
+    DeltaSchema.from_arrow(schema)
+
+
 def _read_one(
-    fs: pafs.FileSystem, feed: FeedSpec, landing_file: LandingFile, target: pa.Schema | None
+    fs: pafs.FileSystem,
+    feed: FeedSpec,
+    landing_file: LandingFile,
+    target: pa.Schema | None,
+    optional: list[str],
 ) -> ParsedFile | Quarantined:
     try:
         # compression=None: decompression is ours, so that broken data is reported, not raised.
         with fs.open_input_stream(landing_file.path, compression=None) as stream:
             raw = stream.read()
-        return parse(feed, landing_file.path, raw, target)
+        return parse(feed, landing_file.path, raw, target, optional)
     except UnreadableFile as exc:
         return Quarantined(landing_file.path, str(exc))
     except FileNotFoundError as exc:
         return Quarantined(landing_file.path, f"file vanished before it was read: {exc}")
-    except (pa.ArrowInvalid, OSError, UnicodeDecodeError) as exc:
+    except MemoryError:
+        raise
+    except Exception as exc:  # a parser error nobody foresaw: this file, not the feed
         return Quarantined(landing_file.path, f"{type(exc).__name__}: {exc}")
 
 

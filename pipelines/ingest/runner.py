@@ -9,12 +9,14 @@ the next run: a planned batch that is not in the table is replayed with the same
 import logging
 import os
 import signal
+import tempfile
 import time
 from dataclasses import dataclass, field
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.fs as pafs
-from deltalake import DeltaTable
+from deltalake import DeltaTable, write_deltalake
 from deltalake.exceptions import TableNotFoundError
 
 from pipelines.delta_once import append_once, transaction_version
@@ -22,7 +24,14 @@ from pipelines.feeds import FeedSpec
 from pipelines.ingest.discovery import LandingFile, ListingFilter, list_landing_files
 from pipelines.ingest.ledger import FileLedger
 from pipelines.ingest.quarantine import record_quarantine
-from pipelines.ingest.reader import Quarantined, data_schema, read_batch
+from pipelines.ingest.reader import (
+    METADATA_SCHEMA,
+    RESERVED_COLUMNS,
+    Quarantined,
+    ReadResult,
+    data_schema,
+    read_batch,
+)
 from pipelines.ingest.schema_history import record_schema
 from resources.lake import LakeResource
 
@@ -231,14 +240,80 @@ def _table_schema(ctx: IngestContext) -> pa.Schema | None:
         return None
 
 
+def _append_batch(ctx: IngestContext, result: ReadResult, batch_id: int, files: int) -> bool:
+    return append_once(
+        ctx.table_uri,
+        ctx.options,
+        result.table,
+        ctx.feed.app_id,
+        batch_id,
+        custom_metadata={"lakerelay.batch_id": str(batch_id), "lakerelay.files": str(files)},
+        schema_mode="merge",
+        configuration={"delta.enableChangeDataFeed": "true"},
+    )
+
+
+def _unwritable_files(result: ReadResult, table_schema: pa.Schema | None) -> list[Quarantined]:
+    """The files whose rows a Delta write refuses on their own, each tried in a scratch table that
+    starts with the real table's schema (so schema merging is tried too). Empty when the scratch
+    writes themselves do not work: then the failure says nothing about the files."""
+    refused = []
+    with tempfile.TemporaryDirectory(prefix="lakerelay-trial-") as scratch:
+        try:
+            write_deltalake(f"{scratch}/probe", pa.table({"probe": [1]}))
+        except Exception:  # the scratch space, not a file, is the problem
+            return []
+        for number, path in enumerate(result.rows_per_file):
+            # Without the new columns this file has no value in: a column another file brought (in a
+            # first batch, every file has every inferred column) must not be blamed on this one.
+            rows = _without_empty_new_columns(
+                result.table.filter(pc.field("_source_file") == path), table_schema
+            )
+            uri = f"{scratch}/{number}"
+            try:
+                if table_schema is not None:
+                    write_deltalake(uri, table_schema.empty_table())
+                write_deltalake(uri, rows, mode="append", schema_mode="merge")
+            except Exception as exc:  # whatever Delta says is the reason recorded
+                refused.append(Quarantined(path, f"Delta refused its rows ({type(exc).__name__}: {exc})"))
+    if len(refused) > 1 and len(refused) == len(result.rows_per_file):
+        return []  # every file of several: the table (or Delta) is the problem, not the files
+    return refused
+
+
+def _without_empty_new_columns(table: pa.Table, table_schema: pa.Schema | None) -> pa.Table:
+    """``table`` without the data columns it would add to the Delta table that hold only nulls."""
+    existing = {*(table_schema.names if table_schema is not None else ()), *RESERVED_COLUMNS}
+    empty = [
+        name
+        for name in table.column_names
+        if name not in existing and table.column(name).null_count == table.num_rows
+    ]
+    return table.drop_columns(empty)
+
+
+def _drop_files(result: ReadResult, files: list[Quarantined], table_schema: pa.Schema | None) -> None:
+    """Take ``files``' rows out of the batch, and the new columns left without a value (the ones
+    that made Delta refuse the batch, when only those files had them)."""
+    paths = {q.path for q in files}
+    kept = result.table.filter(pc.invert(pc.is_in(result.table["_source_file"], pa.array(sorted(paths)))))
+    result.table = _without_empty_new_columns(kept, table_schema)
+    dropped = set(kept.column_names) - set(result.table.column_names)
+    result.new_columns = {name: f for name, f in result.new_columns.items() if name not in dropped}
+    if result.schema is not None:
+        result.schema = pa.schema([f for f in result.schema if f.name not in dropped])
+    for path in paths:
+        result.rows_per_file.pop(path, None)
+    result.quarantined.extend(files)
+
+
 def _commit_batch(ctx: IngestContext, files: list[LandingFile], batch_id: int) -> None:
     feed, report, log = ctx.feed, ctx.report, ctx.log
     if transaction_version(ctx.table_uri, ctx.options, feed.app_id) >= batch_id:
         log.info("batch %s of feed %s is already in the table; not appending it again", batch_id, feed.name)
         return
-    result = read_batch(
-        ctx.landing_fs, feed, files, batch_id, data_schema(_table_schema(ctx), feed.hint_schema())
-    )
+    table_schema = _table_schema(ctx)
+    result = read_batch(ctx.landing_fs, feed, files, batch_id, data_schema(table_schema))
     for bad in result.quarantined:
         log.error("quarantined %s (left in the landing zone, not ingested): %s", bad.path, bad.error)
     if result.bad_record_count:
@@ -250,16 +325,28 @@ def _commit_batch(ctx: IngestContext, files: list[LandingFile], batch_id: int) -
         )
     record_quarantine(ctx.lake.state_uri("quarantine", feed.name), ctx.options, feed.name, result, batch_id)
     _phase_done("quarantined")
-    appended = append_once(
-        ctx.table_uri,
-        ctx.options,
-        result.table,
-        feed.app_id,
-        batch_id,
-        custom_metadata={"lakerelay.batch_id": str(batch_id), "lakerelay.files": str(len(files))},
-        schema_mode="merge",
-        configuration={"delta.enableChangeDataFeed": "true"},
-    )
+    try:
+        appended = _append_batch(ctx, result, batch_id, len(files))
+    except Exception:
+        # Delta refused the batch. If some files' rows are refused on their own, they are quarantined
+        # and the rest lands; otherwise (storage down, a lost race) the error is the run's.
+        unwritable = _unwritable_files(result, table_schema)
+        if not unwritable:
+            raise
+        for bad in unwritable:
+            log.error("quarantined %s (Delta refused its rows, not ingested): %s", bad.path, bad.error)
+        _drop_files(result, unwritable, table_schema)
+        # A second quarantine transaction of this batch: a replay reaches the same verdict and finds
+        # these entries recorded already.
+        record_quarantine(
+            ctx.lake.state_uri("quarantine", feed.name),
+            ctx.options,
+            feed.name,
+            ReadResult(METADATA_SCHEMA.empty_table(), quarantined=unwritable),
+            batch_id,
+            app_id=f"lakerelay-quarantine-write:{feed.name}",
+        )
+        appended = _append_batch(ctx, result, batch_id, len(files))
     _phase_done("committed")
     if not appended:
         log.warning("batch %s of feed %s was committed by a concurrent run", batch_id, feed.name)

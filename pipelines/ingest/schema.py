@@ -6,7 +6,10 @@ are merged, rescued, refused or ignored according to the evolution mode.
 """
 
 import datetime as dt
+import json
 import re
+import struct
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 import orjson
@@ -16,6 +19,9 @@ import pyarrow.compute as pc
 TIMESTAMP_UTC = pa.timestamp("us", tz="UTC")
 RESCUED_COLUMN = "_rescued_data"
 _ISO_START = re.compile(r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}")
+INTEGER_TEXT = re.compile(r"[+-]?[0-9]+")
+INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
+EXACT_DOUBLE_LIMIT = 1 << 53  # every integer up to this magnitude is exactly a double
 
 
 class SchemaChangeError(ValueError):
@@ -31,14 +37,57 @@ class Conformed:
 
 
 def normalise_type(arrow_type: pa.DataType) -> pa.DataType:
-    """Types Delta stores well: timestamps in µs UTC, no untyped (all-null) columns."""
-    if pa.types.is_timestamp(arrow_type):
+    """The type a column of ``arrow_type`` gets in Delta: one Delta can store and Spark reads back.
+
+    Timestamps in µs UTC; no untyped (all-null) values at any depth; no unsigned, half-float, time or
+    duration types (delta-rs refuses them, some only once rows are written); nested fields nullable.
+    A struct Delta cannot represent at all (no fields, or fields differing only in case) is kept as
+    JSON text rather than blocking the feed.
+    """
+    t = pa.types
+    if t.is_timestamp(arrow_type):
         return TIMESTAMP_UTC
-    if pa.types.is_null(arrow_type):
+    if t.is_dictionary(arrow_type):
+        return normalise_type(arrow_type.value_type)
+    if (
+        t.is_null(arrow_type)
+        or t.is_large_string(arrow_type)
+        or t.is_string_view(arrow_type)
+        or t.is_time(arrow_type)
+        or t.is_duration(arrow_type)
+        or t.is_interval(arrow_type)
+        or t.is_decimal256(arrow_type)
+    ):
         return pa.string()
-    if pa.types.is_large_string(arrow_type) or pa.types.is_string_view(arrow_type):
-        return pa.string()
+    if t.is_unsigned_integer(arrow_type):
+        return pa.int64()  # uint64 values beyond int64 are rescued by cast_rescuing
+    if t.is_float16(arrow_type):
+        return pa.float32()
+    if t.is_date64(arrow_type):
+        return pa.date32()
+    if t.is_large_binary(arrow_type) or t.is_fixed_size_binary(arrow_type) or t.is_binary_view(arrow_type):
+        return pa.binary()
+    if t.is_struct(arrow_type):
+        lowered = [f.name.lower() for f in arrow_type]
+        if not lowered or len(set(lowered)) < len(lowered):
+            return pa.string()
+        return pa.struct([pa.field(f.name, normalise_type(f.type)) for f in arrow_type])
+    if t.is_list(arrow_type) or t.is_large_list(arrow_type) or t.is_fixed_size_list(arrow_type):
+        # The element field keeps its name: Delta's lists say "element", Arrow's readers "item".
+        element = arrow_type.value_field
+        return pa.list_(pa.field(element.name, normalise_type(element.type)))
+    if t.is_map(arrow_type):
+        return pa.map_(normalise_type(arrow_type.key_type), normalise_type(arrow_type.item_type))
     return arrow_type
+
+
+def has_floating(arrow_type: pa.DataType | pa.Schema) -> bool:
+    """Whether a floating-point type occurs anywhere in ``arrow_type`` (where a reader may round)."""
+    if isinstance(arrow_type, pa.Schema):
+        return any(has_floating(f.type) for f in arrow_type)
+    if pa.types.is_floating(arrow_type):
+        return True
+    return any(has_floating(arrow_type.field(i).type) for i in range(arrow_type.num_fields))
 
 
 def _looks_like_timestamps(column: pa.ChunkedArray) -> bool:
@@ -53,13 +102,21 @@ def _looks_like_timestamps(column: pa.ChunkedArray) -> bool:
     return True
 
 
-def infer_schema(samples: list[pa.Table], hints: pa.Schema) -> pa.Schema:
+def infer_schema(samples: list[pa.Table], hints: pa.Schema, reserved: Collection[str] = ()) -> pa.Schema:
     """One schema for a sample of raw tables: widest numeric type wins, ISO strings become timestamps,
-    conflicting types become strings, and hints override everything."""
+    conflicting types become strings, and hints override the type of every hinted column that occurs.
+
+    Delta refuses names differing only in case, so the first spelling seen is the column and later
+    spellings are left out (``conform`` rescues their values); so are names of ``reserved`` columns.
+    Hinted columns no sample has are not added: a hint types a column, it does not create one.
+    """
     types: dict[str, list[pa.DataType]] = {}
     timestamp_like: dict[str, bool] = {}
+    spelling: dict[str, str] = {name.lower(): "" for name in reserved}
     for table in samples:
         for i, column_field in enumerate(table.schema):
+            if spelling.setdefault(column_field.name.lower(), column_field.name) != column_field.name:
+                continue
             column_type = column_field.type
             if pa.types.is_string(column_type) and timestamp_like.get(column_field.name, True):
                 looks = _looks_like_timestamps(table.column(i))
@@ -78,7 +135,8 @@ def infer_schema(samples: list[pa.Table], hints: pa.Schema) -> pa.Schema:
     schema = pa.schema(result)
     for hint in hints:
         index = schema.get_field_index(hint.name)
-        schema = schema.set(index, hint) if index >= 0 else schema.append(hint)
+        if index >= 0:
+            schema = schema.set(index, hint)
     return schema
 
 
@@ -98,15 +156,18 @@ _MISSING = object()
 
 
 def coerce_value(value: object, target: pa.DataType, from_text: bool = False) -> object:
-    """``value`` as a Python value of ``target``, or ``_MISSING`` when it does not fit.
+    """``value`` as a Python value of ``target``, or ``_MISSING`` when ``target`` cannot hold it exactly.
 
-    ``from_text`` is for CSV, where every value arrives as text and "12" is a fine integer.
+    Exactly: an integer beyond the column's range is refused, not clamped; one a double cannot
+    represent is not rounded; an object with a field its struct type lacks is not trimmed, and 1.5 is
+    not truncated into a nested integer (pyarrow does both silently). ``from_text`` is for CSV, where
+    every value arrives as text and "12" is a fine integer.
     """
     if value is None:
         return None
     try:
         if pa.types.is_string(target):
-            return value if isinstance(value, str) else orjson.dumps(value).decode()
+            return value if isinstance(value, str) else json_text(value)
         if isinstance(value, str) and from_text and not pa.types.is_timestamp(target):
             value = _parse_text(value, target)
             if value is _MISSING:
@@ -118,11 +179,19 @@ def coerce_value(value: object, target: pa.DataType, from_text: bool = False) ->
                 return _MISSING
             if isinstance(value, float) and value.is_integer():
                 value = int(value)
-            return value if isinstance(value, int) and pa.array([value], target) is not None else _MISSING
-        if pa.types.is_floating(target):
-            return (
-                float(value) if isinstance(value, int | float) and not isinstance(value, bool) else _MISSING
+            if not isinstance(value, int):
+                return _MISSING
+            bits = target.bit_width
+            low, high = (
+                (-(1 << (bits - 1)), (1 << (bits - 1)) - 1)
+                if pa.types.is_signed_integer(target)
+                else (0, (1 << bits) - 1)
             )
+            return value if low <= value <= high else _MISSING
+        if pa.types.is_floating(target):
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                return _MISSING
+            return _exact_float(value, target) if isinstance(value, int) else value
         if pa.types.is_timestamp(target):
             if not isinstance(value, str):
                 return _MISSING
@@ -130,10 +199,37 @@ def coerce_value(value: object, target: pa.DataType, from_text: bool = False) ->
             return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
         if pa.types.is_date(target):
             return dt.date.fromisoformat(value) if isinstance(value, str) else _MISSING
+        if pa.types.is_struct(target):
+            return _coerce_struct(value, target)
+        if pa.types.is_list(target) or pa.types.is_large_list(target):
+            if not isinstance(value, list):
+                return _MISSING
+            items = [coerce_value(item, target.value_type) for item in value]
+            return _MISSING if any(item is _MISSING for item in items) else items
         pa.array([value], target)
         return value
     except (ValueError, TypeError, OverflowError, pa.ArrowException):
         return _MISSING
+
+
+def _coerce_struct(value: object, target: pa.StructType) -> object:
+    if not isinstance(value, dict) or any(target.get_field_index(key) < 0 for key in value):
+        return _MISSING
+    fitted = {}
+    for struct_field in target:
+        item = coerce_value(value.get(struct_field.name), struct_field.type)
+        if item is _MISSING:
+            return _MISSING
+        fitted[struct_field.name] = item
+    return fitted
+
+
+def _exact_float(value: int, target: pa.DataType) -> object:
+    """``value`` as a float of ``target`` when that loses no digit (2**64 fits a double, 2**64 + 1 not)."""
+    as_float = float(value)  # OverflowError beyond 1e308: the caller's _MISSING
+    if pa.types.is_float32(target):
+        as_float = struct.unpack("f", struct.pack("f", as_float))[0]
+    return as_float if as_float == value else _MISSING
 
 
 def _parse_text(text: str, target: pa.DataType) -> object:
@@ -141,16 +237,37 @@ def _parse_text(text: str, target: pa.DataType) -> object:
     if pa.types.is_boolean(target):
         return {"true": True, "false": False}.get(stripped.lower(), _MISSING)
     if pa.types.is_integer(target):
-        try:
-            return int(stripped)
-        except ValueError:
-            return _MISSING
+        # Only plain digits: int() would also take "1_000" and non-ASCII digits.
+        return int(stripped) if INTEGER_TEXT.fullmatch(stripped) else _MISSING
     if pa.types.is_floating(target):
+        if INTEGER_TEXT.fullmatch(stripped):
+            return int(stripped)  # judged as an integer, so that 30 digits are not rounded into a double
         try:
             return float(stripped)
         except ValueError:
             return _MISSING
     return text
+
+
+def json_text(value: object) -> str:
+    """``value`` as compact JSON text, every digit of big integers kept (orjson refuses beyond 64 bits)."""
+    try:
+        return orjson.dumps(value, default=str).decode()
+    except TypeError:
+        return json.dumps(value, default=str, separators=(",", ":"), ensure_ascii=False)
+
+
+def rescuable(value: object) -> object:
+    """``value`` as it is kept in ``_rescued_data``: an integer beyond ±2**53 becomes its exact digits as
+    a JSON string, because JSON readers round such numbers (into doubles: JavaScript, Elasticsearch's
+    dynamic mapping, orjson beyond 64 bits) — and it is rescued because its column could not hold it."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value if -EXACT_DOUBLE_LIMIT <= value <= EXACT_DOUBLE_LIMIT else str(value)
+    if isinstance(value, dict):
+        return {key: rescuable(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [rescuable(item) for item in value]
+    return value
 
 
 def cast_rescuing(
@@ -159,25 +276,52 @@ def cast_rescuing(
     """Cast ``column`` to ``target``; a value that does not fit becomes null and goes to ``rescued``."""
     if column.type == target:
         return column
-    try:
-        return pc.cast(column, target, safe=True)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
-        pass
+    if _cast_is_exact(column, target):
+        try:
+            return pc.cast(column, target, safe=True)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+            pass
     from_text = pa.types.is_string(column.type) or pa.types.is_large_string(column.type)
     values = []
     for row, value in enumerate(column.to_pylist()):
         fitted = coerce_value(value, target, from_text=from_text)
         if fitted is _MISSING:
-            _rescue(rescued, row, name, value)
+            rescue(rescued, row, name, value)
             fitted = None
         values.append(fitted)
     return pa.array(values, target)
 
 
-def _rescue(rescued: list[dict | None], row: int, name: str, value: object) -> None:
+def _cast_is_exact(column: pa.ChunkedArray | pa.Array, target: pa.DataType) -> bool:
+    """Whether Arrow's safe cast keeps every value: it refuses overflow and truncation, but drops struct
+    fields the target lacks and rounds long digit strings into doubles."""
+    source = column.type
+    if pa.types.is_string(source) or pa.types.is_large_string(source):
+        if pa.types.is_floating(target):
+            return not pc.any(pc.match_substring_regex(column, r"[0-9]{16}")).as_py()
+        return True
+    return _fields_kept(source, target)
+
+
+def _fields_kept(source: pa.DataType, target: pa.DataType) -> bool:
+    if pa.types.is_struct(source):
+        if not pa.types.is_struct(target):
+            return True  # not castable at all: Arrow refuses, the per-value path decides
+        for source_field in source:
+            index = target.get_field_index(source_field.name)
+            if index < 0 or not _fields_kept(source_field.type, target.field(index).type):
+                return False
+        return True
+    if source.num_fields and target.num_fields == source.num_fields:
+        return all(_fields_kept(source.field(i).type, target.field(i).type) for i in range(source.num_fields))
+    return True
+
+
+def rescue(rescued: list[dict | None], row: int, name: str, value: object) -> None:
+    """Set ``value`` of column ``name`` aside in row ``row``'s ``_rescued_data``."""
     if rescued[row] is None:
         rescued[row] = {}
-    rescued[row][name] = value
+    rescued[row][name] = rescuable(value)
 
 
 def conform(
@@ -186,27 +330,37 @@ def conform(
     mode: str,
     source_file: str,
     rescued: list[dict | None] | None = None,
+    hints: pa.Schema | None = None,
+    reserved: Collection[str] = (),
 ) -> Conformed:
-    """``raw`` shaped as ``target`` (+ new columns in add_new_columns mode) with ``_rescued_data``."""
+    """``raw`` shaped as ``target`` (+ new columns in add_new_columns mode) with ``_rescued_data``.
+
+    A hinted column ``target`` does not have yet is added with its hinted type when it occurs, in
+    every mode: the hint declared it. ``reserved`` names (lakerelay's own columns) are rescued like
+    case variants.
+    """
     rescued = rescued if rescued is not None else [None] * raw.num_rows
     rows = len(rescued)
     result = Conformed(raw)
-    by_lower = {f.name.lower(): f.name for f in target}
+    by_lower = {name.lower(): name for name in (*target.names, *reserved)}
+    hinted = {h.name: h.type for h in hints} if hints is not None else {}
     columns: dict[str, pa.Array | pa.ChunkedArray] = {}
     new_fields: list[pa.Field] = []
     for index, raw_field in enumerate(raw.schema):
         name, column = raw_field.name, raw.column(index)
-        if name in target.names:
+        if name in target.names and name not in columns:
             columns[name] = cast_rescuing(column, target.field(name).type, rescued, name)
-        elif name.lower() in by_lower or mode == "rescue":
-            # A case mismatch ("User" for "user") is never merged silently: it is rescued.
+        elif name.lower() in by_lower or (mode == "rescue" and name not in hinted):
+            # A case mismatch ("User" for "user", also against a column added by this very file, and
+            # a repeated Parquet column) is never merged silently: Delta would refuse it; it is rescued.
             for row, value in enumerate(column.to_pylist()):
                 if value is not None:
-                    _rescue(rescued, row, name, value)
-        elif mode == "add_new_columns":
-            column_type = normalise_type(column.type)
+                    rescue(rescued, row, name, value)
+        elif name in hinted or mode == "add_new_columns":
+            column_type = hinted[name] if name in hinted else normalise_type(column.type)
             columns[name] = cast_rescuing(column, column_type, rescued, name)
             new_fields.append(pa.field(name, column_type))
+            by_lower[name.lower()] = name
         elif mode == "fail_on_new_columns":
             if column.null_count < len(column):
                 result.new_columns.append(name)
@@ -224,10 +378,7 @@ def conform(
         out_fields.append(pa.field(target_field.name, target_field.type))
     result.rescued_rows = sum(1 for r in rescued if r is not None)
     if result.rescued_rows:
-        rescued_json = [
-            None if r is None else orjson.dumps({**r, "_file_path": source_file}, default=str).decode()
-            for r in rescued
-        ]
+        rescued_json = [None if r is None else json_text({**r, "_file_path": source_file}) for r in rescued]
         arrays.append(pa.array(rescued_json, pa.string()))
     else:
         arrays.append(pa.nulls(rows, pa.string()))
