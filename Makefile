@@ -28,8 +28,19 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-## The Dagster UI and daemon on http://127.0.0.1:3000 over the embedded defaults.
+## The Dagster UI and daemon on http://127.0.0.1:3000 over the embedded defaults. Runs post through one
+## Spark Connect server on 127.0.0.1 (started here, stopped when dagster dev exits), so no run starts a
+## JVM of its own; `dagster job execute`, `make demo` and the tests keep local per-run Spark.
+ui: SPARK_CONNECT_DIR ?= .lakerelay/spark-connect
+ui: SPARK_CONNECT_PORT ?= 15002
 ui: $(STAMP) java
+	$(BIN)/python -m devtools.spark_connect start --dir $(SPARK_CONNECT_DIR) --port $(SPARK_CONNECT_PORT)
+# The shell runs its traps once dagster dev has exited (Ctrl-C reaches dagster, not the server, which
+# has a session of its own); the EXIT trap then stops the server whichever way the shell ends.
+	@trap '$(BIN)/python -m devtools.spark_connect stop --dir $(SPARK_CONNECT_DIR)' EXIT; \
+	trap 'exit 130' INT TERM HUP; \
+	DAGSTER_HOME=$$($(BIN)/python -m devtools.dagster_home .lakerelay/dagster) \
+	LAKERELAY_SPARK_REMOTE=sc://127.0.0.1:$(SPARK_CONNECT_PORT) \
 	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
 
 clean:

@@ -4,6 +4,7 @@ One lock guards everything. Handlers parse and validate outside it and hold it o
 request, so a bulk request is applied atomically with respect to counts and stats readers.
 """
 
+import itertools
 import threading
 import uuid
 from collections import Counter
@@ -119,6 +120,17 @@ class SinkStore:
             items = items[:limit]
         return [(doc_id, doc.source) for doc_id, doc in items]
 
+    def es_sources_after(self, name: str, offset: int) -> list[bytes]:
+        """Sources of the documents first indexed after the first ``offset`` (in order of arrival).
+
+        For watchers that poll often (bench.freshness): each poll reads only what is new.
+        """
+        with self.lock:
+            index = self.indices.get(name)
+            if index is None:
+                return []
+            return [doc.source for doc in itertools.islice(index.docs.values(), offset, None)]
+
     def record_bulk(self, statuses: Counter[int], ops: Counter[str]) -> None:
         with self.lock:
             self.bulk_requests += 1
@@ -152,12 +164,12 @@ class SinkStore:
         with self.lock:
             return len(self.hec_events.get(index, ()))
 
-    def hec_list(self, index: str, limit: int | None = None) -> list[dict[str, Any]] | None:
+    def hec_list(self, index: str, limit: int | None = None, offset: int = 0) -> list[dict[str, Any]] | None:
         with self.lock:
             bucket = self.hec_events.get(index)
             if bucket is None:
                 return None
-            return list(bucket if limit is None else bucket[:limit])
+            return list(bucket[offset:] if limit is None else bucket[offset : offset + limit])
 
     def record_hec(self, code: int) -> None:
         with self.lock:

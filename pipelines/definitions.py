@@ -13,6 +13,7 @@ from pipelines.export_assets import export_defs
 from pipelines.feeds import EVENTS_FEED, FeedSpec
 from pipelines.ingest.defs import ingest_defs
 from pipelines.post.defs import post_defs
+from pipelines.relay import relay_defs
 from sensors.failures import build_failure_sensor
 
 # Dagster's own sensor factory passes a beta parameter; the warning says nothing about this project.
@@ -29,7 +30,8 @@ def build_defs(resources: dict, feeds: list[FeedSpec] = FEEDS) -> dg.Definitions
     sinks = {key: resources[key] for key in SINK_KEYS if key in resources}
     return dg.Definitions.merge(
         ingest_defs(feeds, status, interval),
-        post_defs(feeds, sinks, status, interval),
+        post_defs(feeds, sinks, status, interval, deployment.retry_backoff_s()),
+        relay_defs(feeds, list(sinks), status, interval),
         export_defs(feeds),
         dg.Definitions(sensors=[build_failure_sensor()], resources=resources),
     )

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import dagster as dg
 from dagster_aws.s3 import S3Resource
-from dagster_pyspark import LazyPySparkResource
 
 from resources.export_storage import ExportStorage, LocalExportStorage, S3ExportStorage
 from resources.lake import LakeResource
 from resources.sinks.resource import ElasticsearchSinkResource, SplunkHecSinkResource
+from resources.spark import SparkSessionResource, connect_url_has_token, log4j_config_file
 
 # The local sink server's default HEC token: a development value, not a secret.
 LOCAL_HEC_TOKEN = "lakerelay-local-hec-token"
@@ -60,7 +60,14 @@ def _secret(name: str) -> dg.EnvVar | None:
 
 
 def spark_config() -> dict[str, str]:
-    """Local Spark by default; ``LAKERELAY_SPARK_REMOTE`` (Spark Connect) or ``LAKERELAY_SPARK_MASTER`` otherwise."""
+    """Local Spark by default; ``LAKERELAY_SPARK_REMOTE`` (Spark Connect) or ``LAKERELAY_SPARK_MASTER`` otherwise.
+
+    ``LAKERELAY_SPARK_REMOTE`` is a Spark Connect URL, ``sc://host:port`` with optional parameters
+    after ``/;`` (``use_ssl=true``, ``user_id=…``, ``grpc_keepalive_time_ms=…``). Its token is not one
+    of them: this config is shown in the Dagster UI, so the token comes from
+    ``LAKERELAY_SPARK_CONNECT_TOKEN`` (see :func:`spark_resource`). Local Spark listens on 127.0.0.1
+    only and logs at WARN.
+    """
     config = {
         "spark.app.name": "lakerelay",
         "spark.sql.session.timeZone": "UTC",
@@ -68,11 +75,19 @@ def spark_config() -> dict[str, str]:
     }
     remote = _env("LAKERELAY_SPARK_REMOTE")
     if remote:
+        if connect_url_has_token(remote):
+            raise ValueError(
+                "LAKERELAY_SPARK_REMOTE carries a token= parameter; the URL is shown in the Dagster UI. "
+                "Remove it from the URL and put the token in LAKERELAY_SPARK_CONNECT_TOKEN instead"
+            )
         config["spark.remote"] = remote
         return config
+    master = _env("LAKERELAY_SPARK_MASTER", "local[2]")
+    if master.startswith("local"):
+        config.update(_local_spark_config())
     config.update(
         {
-            "spark.master": _env("LAKERELAY_SPARK_MASTER", "local[2]"),
+            "spark.master": master,
             "spark.ui.enabled": _env("LAKERELAY_SPARK_UI", "false"),
             "spark.pyspark.python": python_for_spark_workers(),
             "spark.driver.memory": _env("LAKERELAY_SPARK_DRIVER_MEMORY", "2g"),
@@ -81,6 +96,23 @@ def spark_config() -> dict[str, str]:
             "spark.sql.debug.maxToStringFields": "200",
         }
     )
+    return config
+
+
+def _local_spark_config() -> dict[str, str]:
+    """Local mode on loopback only, and a quiet console.
+
+    Left alone, Spark resolves the host name, finds it is a loopback address, warns and binds the
+    driver, block manager and UI to the first non-loopback interface instead. ``SPARK_LOCAL_IP`` is
+    read by the JVM when it starts (the session's JVM inherits this process's environment); the driver
+    settings cover a JVM started with another environment. Not for a cluster master, whose executors
+    must reach the driver.
+    """
+    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    config = {"spark.driver.bindAddress": "127.0.0.1", "spark.driver.host": "127.0.0.1"}
+    log4j = log4j_config_file()
+    if log4j is not None:
+        config["spark.driver.extraJavaOptions"] = f"-Dlog4j.configurationFile={log4j}"
     return config
 
 
@@ -183,9 +215,18 @@ def export_cleanup_cron() -> str:
     return _env("LAKERELAY_EXPORT_CLEANUP_CRON", "0 3 * * *")
 
 
-def spark_resource() -> LazyPySparkResource:
-    """Spark starts when a post op first needs it: after planning and the sink check, never for an empty run."""
-    return LazyPySparkResource(spark_config=spark_config())
+def spark_resource() -> SparkSessionResource:
+    """Spark starts when a post op first needs it: after planning and the sink check, never for an empty run.
+
+    With ``LAKERELAY_SPARK_REMOTE`` the session is a Spark Connect session on that server (no JVM in
+    the run), authenticated with ``LAKERELAY_SPARK_CONNECT_TOKEN`` when set (resolved at run time,
+    never shown); pyspark's own ``SPARK_CONNECT_AUTHENTICATE_TOKEN`` works too.
+    """
+    return SparkSessionResource(
+        spark_config=spark_config(),
+        connect_token=_secret("LAKERELAY_SPARK_CONNECT_TOKEN"),
+        connect_timeout_s=_env_number("LAKERELAY_SPARK_CONNECT_TIMEOUT_S", float, 60.0),
+    )
 
 
 def sensors_default_status() -> dg.DefaultSensorStatus:
@@ -195,6 +236,18 @@ def sensors_default_status() -> dg.DefaultSensorStatus:
 
 def sensor_interval_seconds() -> int:
     return int(_env_number("LAKERELAY_SENSOR_INTERVAL_S", int, 30))
+
+
+def retry_backoff_s() -> tuple[float, float]:
+    """First and longest wait before a table sensor requests a failed post again (15 s, 15 min)."""
+    first = float(_env_number("LAKERELAY_RETRY_BACKOFF_S", float, 15.0))
+    longest = float(_env_number("LAKERELAY_RETRY_BACKOFF_MAX_S", float, 900.0))
+    if first <= 0 or longest < first:
+        raise ValueError(
+            f"LAKERELAY_RETRY_BACKOFF_S={first} and LAKERELAY_RETRY_BACKOFF_MAX_S={longest}: both must be "
+            "positive and the first at most the longest; fix or unset them"
+        )
+    return first, longest
 
 
 def maintenance_cron() -> str:

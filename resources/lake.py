@@ -4,25 +4,15 @@ import json
 import os
 import uuid
 from typing import Any
-from urllib.parse import urlparse
 
 import boto3
 import dagster as dg
 import pyarrow.fs as pafs
 from pydantic import Field
 
+from resources.filesystem import FileSystemSettings, split_uri
 
-def _split_uri(uri: str) -> tuple[str, str]:
-    """('s3', 'bucket/prefix') or ('file', '/abs/path') for a URI or a plain local path."""
-    parsed = urlparse(uri)
-    if parsed.scheme in ("s3", "s3a"):
-        return "s3", f"{parsed.netloc}/{parsed.path.lstrip('/')}".rstrip("/")
-    if parsed.scheme in ("", "file"):
-        path = parsed.path if parsed.scheme == "file" else uri
-        return "file", os.path.abspath(path)
-    raise ValueError(
-        f"unsupported storage URI {uri!r}: use a local folder, file:///path or s3://bucket/prefix"
-    )
+__all__ = ["FileSystemSettings", "LakeResource"]
 
 
 class LakeResource(dg.ConfigurableResource):
@@ -53,7 +43,7 @@ class LakeResource(dg.ConfigurableResource):
     # -- delta-rs ---------------------------------------------------------------------------------
     def storage_options(self) -> dict[str, str]:
         """Options for ``deltalake`` (object_store keys); empty for local tables."""
-        if _split_uri(self.lake_uri)[0] != "s3":
+        if split_uri(self.lake_uri)[0] != "s3":
             return {}
         options = {"AWS_REGION": self.aws_region}
         if self.aws_endpoint_url:
@@ -114,39 +104,6 @@ class LakeResource(dg.ConfigurableResource):
         else:
             with fs.open_output_stream(path) as out:
                 out.write(payload)
-
-
-class FileSystemSettings:
-    """Picklable S3/local settings that rebuild a pyarrow filesystem wherever they are unpickled."""
-
-    def __init__(
-        self,
-        endpoint_url: str | None = None,
-        region: str = "us-east-1",
-        access_key: str | None = None,
-        secret_key: str | None = None,
-    ) -> None:
-        self.endpoint_url = endpoint_url
-        self.region = region
-        self.access_key = access_key
-        self.secret_key = secret_key
-
-    def resolve(self, uri: str) -> tuple[pafs.FileSystem, str]:
-        scheme, path = _split_uri(uri)
-        if scheme == "file":
-            return pafs.LocalFileSystem(), path
-        kwargs: dict = {"region": self.region}
-        if self.endpoint_url:
-            parsed = urlparse(self.endpoint_url)
-            kwargs["endpoint_override"] = parsed.netloc
-            kwargs["scheme"] = parsed.scheme or "https"
-        if self.access_key:
-            kwargs["access_key"] = self.access_key
-            kwargs["secret_key"] = self.secret_key
-        return pafs.S3FileSystem(**kwargs), path
-
-    def __repr__(self) -> str:  # never print a secret
-        return f"FileSystemSettings(endpoint_url={self.endpoint_url!r}, region={self.region!r})"
 
 
 def _join(root: str, *parts: str) -> str:

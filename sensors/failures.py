@@ -2,6 +2,9 @@
 
 import dagster as dg
 
+from resources.sinks.resource import NEEDS_FIX
+from sensors.table import RELAY_TAG, SINK_TAG
+
 
 def build_failure_sensor() -> dg.SensorDefinition:
     """Watches every job of this code location."""
@@ -12,10 +15,26 @@ def build_failure_sensor() -> dg.SensorDefinition:
         description="Logs every failed lakerelay run with its error.",
     )
     def failure_sensor(context: dg.RunFailureSensorContext) -> None:
+        run = context.dagster_run
         message = context.failure_event.message if context.failure_event else "unknown error"
+        needs_fix = run.tags.get(NEEDS_FIX)
+        if needs_fix:
+            next_step = (
+                "A retry cannot fix this (credentials, TLS, a URL or an enrichment): fix the configuration; "
+                "the table sensor tries again every 15 minutes, or re-execute the run once fixed."
+            )
+        elif run.tags.get(SINK_TAG) or run.tags.get(RELAY_TAG):
+            next_step = (
+                "The feed's table sensor requests the post again with backoff (15 s doubling to 15 min), "
+                "with or without new data; no action is needed if the cause was transient."
+            )
+        else:
+            next_step = (
+                "Re-execute the run once the cause is fixed; a re-run repeats nothing already committed."
+            )
         context.log.error(
-            f"run {context.dagster_run.run_id} of job {context.dagster_run.job_name} failed: {message}. "
-            f"Nothing it did not finish was marked done; fix the cause and re-execute the run (or let the sensor retry)."
+            f"run {run.run_id} of job {run.job_name} failed: {message}. Nothing it did not finish was "
+            f"marked done. {next_step}"
         )
 
     return failure_sensor

@@ -13,6 +13,14 @@ from dagster._core.definitions.sensor_definition import ExecutableDefinition
 from pipelines.feeds import FeedSpec
 from pipelines.ingest.discovery import ListingFilter, list_landing_files
 from resources.lake import LakeResource
+from sensors.table import RELAY_TAG
+
+# Runs that have not listed the landing zone yet (queued behind a running one, or starting).
+NOT_YET_STARTED = [
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+]
 
 
 def build_landing_sensor(
@@ -47,8 +55,16 @@ def build_landing_sensor(
             run_key = f"{feed.name}:{start_after or ''}:{pending[-1].path}:{len(pending)}"
             if run_key == context.cursor:
                 return dg.SkipReason(f"{len(pending)} pending files already requested (run key {run_key})")
+            waiting = context.instance.get_runs(
+                dg.RunsFilter(tags={RELAY_TAG: feed.name}, statuses=NOT_YET_STARTED), limit=1
+            )
+            if waiting:
+                # It lists the landing zone when it starts: these files are its, no second run needed.
+                return dg.SkipReason(f"run {waiting[0].run_id} is about to start and will take these files")
             return dg.SensorResult(
-                run_requests=[dg.RunRequest(run_key=run_key, tags={"lakerelay/feed": feed.name})],
+                run_requests=[
+                    dg.RunRequest(run_key=run_key, tags={"lakerelay/feed": feed.name, RELAY_TAG: feed.name})
+                ],
                 cursor=run_key,
             )
         last_full = ingest_cursor.get("last_full_listing_at")

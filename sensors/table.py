@@ -1,4 +1,16 @@
-"""The table sensor: requests a post run when a feed's Delta table is past a sink's settled version."""
+"""The table sensor: keeps a sink caught up with a feed's Delta table, and heals it after failures.
+
+Each tick compares the table's version with the sink's settled progress. When the sink is behind and
+no post of this (sink, feed) is in flight, it requests one — also when no new data arrived, because
+the last run failed: a failed post is requested again after a bounded exponential backoff
+(15 s doubling up to 15 min), so a sink that comes back catches up with no one acting. A run that
+failed on something a retry cannot fix (credentials, TLS, a URL; the post op tags it) waits the
+longest backoff between tries, so it never becomes a retry storm, and the tick says why.
+"""
+
+import json
+import time
+from dataclasses import asdict, dataclass
 
 import dagster as dg
 from deltalake import DeltaTable
@@ -7,22 +19,75 @@ from deltalake.exceptions import TableNotFoundError
 from pipelines.feeds import FeedSpec
 from pipelines.post.progress import read_progress
 from resources.lake import LakeResource
+from resources.sinks.resource import NEEDS_FIX
+
+FEED_TAG = "lakerelay/feed"
+SINK_TAG = "lakerelay/sink"
+RELAY_TAG = "lakerelay/relay"  # runs of pipelines/relay.py: ingest, then post to every sink
+NEEDS_FIX_TAG = NEEDS_FIX  # the post op tags runs that failed on something only a person can fix
+BACKOFF_FIRST_S = 15.0
+BACKOFF_MAX_S = 900.0
+REQUEST_GRACE_S = 60.0  # a requested run that is not in the instance after this was lost or deleted
+UNFINISHED = [
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+    dg.DagsterRunStatus.CANCELING,
+]
+FAILED = {dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED}
+
+
+@dataclass
+class TableSensorCursor:
+    """What the sensor last asked for, and how often that has failed in a row."""
+
+    version: int = -1  # the table version the last request was for
+    run_key: str = ""
+    failures: int = 0
+    retry_at: float = 0.0  # epoch seconds; no new request before this after a failure
+    requested_at: float = 0.0
+
+    @classmethod
+    def parse(cls, text: str | None) -> "TableSensorCursor":
+        if not text:
+            return cls()
+        if text.lstrip("-").isdigit():  # the cursor before self-healing: just the requested version
+            return cls(version=int(text))
+        return cls(**json.loads(text))
+
+    def dump(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+
+def backoff_s(
+    failures: int, needs_fix: bool, first_s: float = BACKOFF_FIRST_S, max_s: float = BACKOFF_MAX_S
+) -> float:
+    """Seconds to wait after ``failures`` failed runs in a row (the longest for a configuration error)."""
+    if needs_fix:
+        return max_s
+    return min(max_s, first_s * 2 ** max(0, failures - 1))
 
 
 def build_table_sensor(
     feed: FeedSpec,
     sink_key: str,
     sink_name: str,
-    job: dg.JobDefinition,
+    job: dg.JobDefinition,  # or the unresolved job of dg.define_asset_job (not exported by dagster)
     minimum_interval_seconds: int = 30,
     default_status: dg.DefaultSensorStatus = dg.DefaultSensorStatus.STOPPED,
+    backoff_first_s: float = BACKOFF_FIRST_S,
+    backoff_max_s: float = BACKOFF_MAX_S,
 ) -> dg.SensorDefinition:
     @dg.sensor(
         name=f"{feed.name}_to_{sink_key}_sensor",
         job=job,
         minimum_interval_seconds=minimum_interval_seconds,
         default_status=default_status,
-        description=f"Requests job {job.name} when table {feed.table_name!r} has commits sink {sink_name!r} has not settled.",
+        description=(
+            f"Requests job {job.name} when table {feed.table_name!r} has commits sink {sink_name!r} has not "
+            f"settled and no post is in flight; requests it again with backoff after a failed run."
+        ),
     )
     def table_sensor(
         context: dg.SensorEvaluationContext, lake: LakeResource
@@ -33,20 +98,68 @@ def build_table_sensor(
             ).version()
         except TableNotFoundError:
             return dg.SkipReason(f"table {feed.table_name} does not exist yet")
+        cursor = TableSensorCursor.parse(context.cursor)
         settled = read_progress(lake, sink_name, feed.table_name).delta_version
-        requested = int(context.cursor) if context.cursor else -1
         if version <= settled:
+            if cursor.failures:
+                return dg.SensorResult(
+                    skip_reason=f"sink {sink_name} has settled version {version}",
+                    cursor=TableSensorCursor(version=cursor.version).dump(),
+                )
             return dg.SkipReason(f"sink {sink_name} has settled version {version}")
-        if version <= requested:
-            return dg.SkipReason(f"a run for version {requested} was already requested")
+        instance = context.instance
+        # A post of this (sink, feed), or a relay run of the feed (it posts to every sink).
+        in_flight = instance.get_runs(
+            dg.RunsFilter(tags={FEED_TAG: feed.name, SINK_TAG: sink_key}, statuses=UNFINISHED), limit=1
+        ) or instance.get_runs(dg.RunsFilter(tags={RELAY_TAG: feed.name}, statuses=UNFINISHED), limit=1)
+        if in_flight:
+            return dg.SkipReason(
+                f"run {in_flight[0].run_id} is posting to {sink_name}; it settles what it planned"
+            )
+        now = time.time()
+        if cursor.run_key:
+            last = instance.get_runs(dg.RunsFilter(tags={"dagster/run_key": cursor.run_key}), limit=1)
+            if not last and now - cursor.requested_at < REQUEST_GRACE_S:
+                # The daemon creates the run right after the tick that asked for it.
+                return dg.SkipReason(f"a run for version {cursor.version} was requested ({cursor.run_key})")
+            ended_well = bool(last) and last[0].status == dg.DagsterRunStatus.SUCCESS
+            if ended_well and version > cursor.version:
+                cursor.failures, cursor.retry_at = 0, 0.0  # new commits after a good run
+            elif cursor.retry_at == 0.0:
+                # Failed, or ended well without settling this version (another writer held the
+                # sink): ask again, after a backoff so that it is never a tight loop.
+                needs_fix = last[0].tags.get(NEEDS_FIX_TAG, "") if last else ""
+                cursor.failures += 1
+                cursor.retry_at = now + backoff_s(
+                    cursor.failures, bool(needs_fix), backoff_first_s, backoff_max_s
+                )
+                context.log.warning(
+                    f"run {last[0].run_id if last else cursor.run_key} of {job.name} "
+                    f"{'ended' if ended_well else 'failed'} with sink {sink_name} still behind "
+                    f"({cursor.failures} in a row{'; it needs a fix: ' + needs_fix if needs_fix else ''}); "
+                    f"requesting it again in {cursor.retry_at - now:.0f}s"
+                )
+            if now < cursor.retry_at:
+                return dg.SensorResult(
+                    skip_reason=f"retrying sink {sink_name} at version {version} in {cursor.retry_at - now:.0f}s "
+                    f"after {cursor.failures} unsuccessful run(s)",
+                    cursor=cursor.dump(),
+                )
+        attempt = cursor.failures
+        run_key = f"{sink_key}:{feed.name}:v{version}" + (f":retry{attempt}" if attempt else "")
+        if run_key == cursor.run_key:
+            return dg.SkipReason(f"a run for version {version} was already requested ({run_key})")
+        next_cursor = TableSensorCursor(
+            version=version, run_key=run_key, failures=cursor.failures, requested_at=now
+        )
         return dg.SensorResult(
             run_requests=[
                 dg.RunRequest(
-                    run_key=f"{sink_key}:{feed.name}:v{version}",
-                    tags={"lakerelay/delta_version": str(version)},
+                    run_key=run_key,
+                    tags={"lakerelay/delta_version": str(version), FEED_TAG: feed.name, SINK_TAG: sink_key},
                 )
             ],
-            cursor=str(version),
+            cursor=next_cursor.dump(),
         )
 
     return table_sensor

@@ -6,6 +6,7 @@ from pathlib import Path
 import pyarrow as pa
 from deltalake import DeltaTable
 
+from devtools.dagster_home import prepare as prepare_dagster_home
 from devtools.sample_events import write_landing_zone
 from resources.lake import LakeResource
 
@@ -32,7 +33,7 @@ def dagster_cli_env(home: Path, sink_url: str, **extra: str) -> dict[str, str]:
     """Environment for Dagster CLI/daemon subprocesses: a persistent DAGSTER_HOME and lakerelay under ``home``."""
     dagster_home = home / "dagster"
     dagster_home.mkdir(exist_ok=True)
-    (dagster_home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    prepare_dagster_home(dagster_home)  # one slot per lakerelay pool, a queue checked every second
     return {
         **os.environ,
         "DAGSTER_HOME": str(dagster_home),

@@ -66,5 +66,5 @@ def test_ingest_post_and_export_through_the_dagster_cli(tmp_path: Path, sink_ser
     with DagsterInstance.from_ref(InstanceRef.from_dir(str(dagster_home))) as instance:
         runs = instance.get_runs()
         assert [r.status for r in runs] == [DagsterRunStatus.SUCCESS] * 4
-        event = instance.get_latest_materialization_event(AssetKey(["sinks", "elasticsearch", "events"]))
+        event = instance.get_latest_materialization_event(AssetKey(["sinks", "events_in_elasticsearch"]))
         assert event.asset_materialization.metadata["accepted"].value == rows

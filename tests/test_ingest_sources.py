@@ -196,11 +196,20 @@ def test_landing_sensor_lists_only_after_the_cursor(tmp_path: Path) -> None:
     _land(root, "a.json", _records(0, 1))
     ingest_feed(EVENTS_FEED, lake)
 
-    assert isinstance(sensor(dg.build_sensor_context(resources={"lake": lake})), dg.SkipReason)
+    assert isinstance(
+        sensor(dg.build_sensor_context(resources={"lake": lake}, instance=dg.DagsterInstance.ephemeral())),
+        dg.SkipReason,
+    )
     _land(root, "b.json", _records(1, 1))
-    result = sensor(dg.build_sensor_context(resources={"lake": lake}))
+    result = sensor(
+        dg.build_sensor_context(resources={"lake": lake}, instance=dg.DagsterInstance.ephemeral())
+    )
     assert [r.run_key for r in result.run_requests] == [f"events:{root / 'a.json'}:{root / 'b.json'}:1"]
-    repeated = sensor(dg.build_sensor_context(cursor=result.cursor, resources={"lake": lake}))
+    repeated = sensor(
+        dg.build_sensor_context(
+            cursor=result.cursor, resources={"lake": lake}, instance=dg.DagsterInstance.ephemeral()
+        )
+    )
     assert isinstance(repeated, dg.SkipReason)  # requested already; the run has not ingested it yet
 
 
@@ -241,6 +250,8 @@ def test_landing_sensor_requests_a_run_when_a_backfill_listing_is_due(tmp_path: 
     sensor = build_landing_sensor(feed, dg.define_asset_job("j"))
 
     time.sleep(1.1)
-    request = sensor(dg.build_sensor_context(resources={"lake": lake}))
+    request = sensor(
+        dg.build_sensor_context(resources={"lake": lake}, instance=dg.DagsterInstance.ephemeral())
+    )
 
     assert isinstance(request, dg.RunRequest) and ":backfill:" in request.run_key

@@ -154,7 +154,8 @@ def test_a_feed_unlike_the_demo_is_posted_by_its_sensor_with_default_configurati
     job = build_post_job("elasticsearch", feed)
     sensor = build_table_sensor(feed, "elasticsearch", "es", job)
 
-    [request] = sensor(dg.build_sensor_context(resources={"lake": lake})).run_requests
+    with dg.DagsterInstance.ephemeral() as instance:
+        [request] = sensor(dg.build_sensor_context(resources={"lake": lake}, instance=instance)).run_requests
     result = job.execute_in_process(
         run_config=request.run_config,
         tags=request.tags,

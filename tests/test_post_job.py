@@ -81,7 +81,11 @@ def test_one_file_is_posted_by_several_tasks_and_faults_lose_nothing(
         }
     )
     sink = ElasticsearchSinkResource(
-        sink_name="es", url=sink_server.url, backoff_initial_s=0.01, max_records_per_call=500, delivery_timeout_s=60
+        sink_name="es",
+        url=sink_server.url,
+        backoff_initial_s=0.01,
+        max_records_per_call=500,
+        delivery_timeout_s=60,
     )
 
     result = run_post("elasticsearch", sink, lake, spark_resource, max_tasks=4, dead_letter_max_rate=0.0001)
@@ -117,7 +121,11 @@ def test_generic_rest_api_receives_every_enriched_record_once_despite_429s(
     write_feed_batch(lake, 1, 3_000)
     sink_server.set_faults({"seed": 2, "request_429_rate": 0.2})
     sink = GenericRestSinkResource(
-        sink_name="api", url=sink_server.url, path="/_generic/alerts", backoff_initial_s=0.01, delivery_timeout_s=60
+        sink_name="api",
+        url=sink_server.url,
+        path="/_generic/alerts",
+        backoff_initial_s=0.01,
+        delivery_timeout_s=60,
     )
 
     result = run_post("api", sink, lake, spark_resource, max_tasks=2)

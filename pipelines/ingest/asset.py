@@ -30,6 +30,11 @@ def build_ingest_asset(feed: FeedSpec) -> dg.AssetsDefinition:
         name=feed.name,
         group_name="bronze",
         kinds={"delta"},
+        # One ingest of a feed at a time (the instance allows one slot per pool); overlapping runs
+        # would still commit each file once (ledger + app transaction), but only waste work.
+        pool=f"lakerelay_ingest_{feed.name}",
+        # A transient storage error mid-run: the replay re-plans the same batch, committed once.
+        retry_policy=dg.RetryPolicy(max_retries=2, delay=5, backoff=dg.Backoff.EXPONENTIAL),
         description=feed.description
         or f"Landing files of feed {feed.name!r}, appended to Delta exactly once.",
         check_specs=[

@@ -1,5 +1,5 @@
-"""Ingestion's share of the Definitions, per feed: the ingest asset, its job and landing sensor, and
-the maintenance asset with its job and daily schedule."""
+"""Ingestion's share of the Definitions, per feed: the ingest asset and its job, and the maintenance
+asset with its job and daily schedule. (The landing sensor starts the relay job: pipelines/relay.py.)"""
 
 import dagster as dg
 
@@ -7,7 +7,7 @@ from pipelines import deployment
 from pipelines.feeds import FeedSpec
 from pipelines.ingest.asset import build_ingest_asset
 from pipelines.ingest.maintenance import build_maintenance_asset
-from sensors.landing import build_landing_sensor
+from pipelines.run_defaults import INFO_LOGS
 
 
 def ingest_defs(
@@ -18,6 +18,9 @@ def ingest_defs(
             f"ingest_{feed.name}",
             selection=dg.AssetSelection.assets(feed.name),
             tags={"lakerelay/feed": feed.name},
+            # One op: running it in the run's process saves starting a step subprocess.
+            executor_def=dg.in_process_executor,
+            config=INFO_LOGS,
         )
         for feed in feeds
     }
@@ -38,15 +41,6 @@ def ingest_defs(
         assets=[build_ingest_asset(feed) for feed in feeds]
         + [build_maintenance_asset(feed) for feed in feeds],
         jobs=list(jobs.values()) + maintenance_jobs,
-        sensors=[
-            build_landing_sensor(
-                feed,
-                jobs[feed.name],
-                minimum_interval_seconds=sensor_interval_s,
-                default_status=sensor_status,
-            )
-            for feed in feeds
-        ],
         schedules=[
             dg.ScheduleDefinition(
                 name=f"{job.name}_schedule",

@@ -1,10 +1,10 @@
-"""Posting's share of the Definitions: per feed and sink, a Spark job, the sink's asset and a table sensor."""
+"""Posting's share of the Definitions: per feed and sink, the sink's asset (a Spark op), its job and table sensor."""
 
 import dagster as dg
 
 from pipelines.feeds import FeedSpec
 from pipelines.post.checks import build_dead_letter_check
-from pipelines.post.job import build_post_job, sink_asset_key, sink_asset_spec
+from pipelines.post.job import build_post_asset, post_asset_job, sink_asset_key
 from pipelines.post.replay_job import build_replay_job
 from resources.sinks.resource import RestSinkResource
 from sensors.table import build_table_sensor
@@ -15,11 +15,12 @@ def post_defs(
     sinks: dict[str, RestSinkResource],
     sensor_status: dg.DefaultSensorStatus,
     sensor_interval_s: int,
+    backoff_s: tuple[float, float] = (15.0, 900.0),
 ) -> dg.Definitions:
     pairs = [(feed, key) for feed in feeds for key in sinks]
-    jobs = {(feed.name, key): build_post_job(key, feed) for feed, key in pairs}
+    jobs = {(feed.name, key): post_asset_job(key, feed) for feed, key in pairs}
     return dg.Definitions(
-        assets=[sink_asset_spec(key, feed) for feed, key in pairs],
+        assets=[build_post_asset(key, feed, type(sinks[key]).asset_kind) for feed, key in pairs],
         asset_checks=[build_dead_letter_check(sink_asset_key(key, feed)) for feed, key in pairs],
         jobs=[*jobs.values(), *(build_replay_job(key) for key in sinks)],
         sensors=[
@@ -30,6 +31,8 @@ def post_defs(
                 jobs[(feed.name, key)],
                 minimum_interval_seconds=sensor_interval_s,
                 default_status=sensor_status,
+                backoff_first_s=backoff_s[0],
+                backoff_max_s=backoff_s[1],
             )
             for feed, key in pairs
         ],

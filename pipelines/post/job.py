@@ -1,7 +1,7 @@
 """The post job: a Spark op that reads a feed's unsettled records, enriches them and posts them to one sink."""
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import dagster as dg
 import pyarrow as pa
@@ -17,10 +17,12 @@ from pipelines.post.dead_letters import DEAD_LETTER_TABLE, append_dead_letters
 from pipelines.post.enrich import EnrichmentError, default_enrichment_for, enrich, to_sink_records
 from pipelines.post.plan import plan_post
 from pipelines.post.post_stage import RESULT_DDL, make_poster, per_task_settings
-from pipelines.post.progress import read_progress, write_progress
+from pipelines.post.progress import acquire_progress, lease_label, progress_of, write_progress
 from pipelines.post.read_stage import read_planned_rows
+from pipelines.run_defaults import INFO_LOGS
 from resources.lake import LakeResource
-from resources.sinks.resource import RestSinkResource
+from resources.lease import Lease, LeaseHeld, LeaseLost, LeaseRecord
+from resources.sinks.resource import NEEDS_FIX, RestSinkResource
 
 
 class PostConfig(dg.Config):
@@ -54,52 +56,114 @@ class PostConfig(dg.Config):
         "Default: the feed's `enrich` list from the feeds file, else the default enrichment (each of its "
         "expressions only where the table has the columns it reads). [] posts records as they are.",
     )
+    lease_ttl_s: float = Field(
+        default=60.0,
+        ge=2,
+        description="Life of this run's lease on the sink's progress; the driver renews it every quarter "
+        "of it. When the driver dies, its Spark tasks stop posting and another run may take over once "
+        "this has passed since the last renewal.",
+    )
+    lease_wait_s: float = Field(
+        default=120.0,
+        ge=0,
+        description="How long a run waits for another run's lease on the same sink and table to end "
+        "before it fails without posting. Twice the default TTL: outlives a dead driver's lease.",
+    )
+
+
+# Transient crashes (a lost executor, an S3 hiccup) are retried in the run; failures a retry cannot
+# fix say so (dg.Failure(allow_retries=False)) and are healed by the table sensor's backoff instead.
+POST_RETRY_POLICY = dg.RetryPolicy(max_retries=2, delay=10, backoff=dg.Backoff.EXPONENTIAL)
+
+
+def needs_fix(description: str) -> dg.Failure:
+    """A failure that no retry can cure (credentials, TLS, a URL, an enrichment that does not fit)."""
+    return dg.Failure(description=description, allow_retries=False, metadata={NEEDS_FIX: True})
 
 
 def sink_asset_key(sink_key: str, feed: FeedSpec) -> dg.AssetKey:
-    """The asset standing for a feed's documents in a sink (an index), so the UI shows the lineage."""
-    return dg.AssetKey(["sinks", sink_key, feed.name])
+    """The feed's documents in a sink: ``sinks/<feed>_in_<sink>``, a name the lineage view tells apart."""
+    return dg.AssetKey(["sinks", f"{feed.name}_in_{sink_key}"])
 
 
-def sink_asset_spec(sink_key: str, feed: FeedSpec) -> dg.AssetSpec:
-    return dg.AssetSpec(
-        sink_asset_key(sink_key, feed),
-        deps=[dg.AssetKey(feed.name)],
-        group_name="sinks",
-        kinds={"elasticsearch" if "elastic" in sink_key else "splunk" if "splunk" in sink_key else "rest"},
-        description=f"Documents of feed {feed.name!r} in sink {sink_key!r}, posted by job post_{feed.name}_to_{sink_key}.",
-    )
+def post_job_name(sink_key: str, feed: FeedSpec) -> str:
+    return f"post_{feed.name}_to_{sink_key}"
 
 
-def build_post_job(sink_key: str, feed: FeedSpec) -> dg.JobDefinition:
-    """A job with one Spark op that posts ``feed``'s new records through the sink resource ``sink_key``."""
+def post_pool(sink_key: str, feed: FeedSpec) -> str:
+    """The Dagster concurrency pool of one (sink, feed): the instance allows one slot per pool."""
+    return f"lakerelay_post_{feed.name}_to_{sink_key}"
 
-    @dg.op(
+
+def build_post_asset(sink_key: str, feed: FeedSpec, kind: str = "rest") -> dg.AssetsDefinition:
+    """The sink's documents of ``feed``, materialized by one Spark op that posts the new records."""
+
+    @dg.multi_asset(
         name=f"spark_post_{feed.name}_to_{sink_key}",
+        specs=[
+            dg.AssetSpec(
+                sink_asset_key(sink_key, feed),
+                deps=[dg.AssetKey(feed.name)],
+                # Materialized only when records were posted: an empty run changes nothing in the sink.
+                skippable=True,
+                group_name="sinks",
+                kinds={kind, "spark"},
+                description=f"Documents of feed {feed.name!r} in sink {sink_key!r}, posted by job "
+                f"{post_job_name(sink_key, feed)} (its table sensor keeps it fresh).",
+            )
+        ],
         required_resource_keys={sink_key, "lake", "pyspark"},
-        tags={"kind": "spark"},
+        pool=post_pool(sink_key, feed),
+        retry_policy=POST_RETRY_POLICY,
         description=f"Read unsettled records of table {feed.table_name!r}, enrich them in Spark and post them to {sink_key}.",
     )
-    def post_op(context: dg.OpExecutionContext, config: PostConfig) -> None:
+    def post_asset(context: dg.AssetExecutionContext, config: PostConfig) -> Iterator[dg.MaterializeResult]:
         lake: LakeResource = context.resources.lake
         sink: RestSinkResource = getattr(context.resources, sink_key)
-        run_post(
-            context,
-            lake,
-            sink,
-            lambda: context.resources.pyspark.spark_session,  # Spark starts only once there is work
-            feed,
-            sink_asset_key(sink_key, feed),
-            config,
-        )
+        try:
+            run_post(
+                context,
+                lake,
+                sink,
+                lambda: context.resources.pyspark.spark_session,  # Spark starts only once there is work
+                feed,
+                sink_asset_key(sink_key, feed),
+                config,
+            )
+        except dg.Failure as failure:
+            if NEEDS_FIX in (failure.metadata or {}):
+                # The table sensor reads this tag and waits its longest backoff instead of retrying soon.
+                context.instance.add_run_tags(context.run_id, {NEEDS_FIX: (failure.description or "")[:200]})
+            raise
+        yield from ()  # run_post logged the materialization (with its metadata) when it posted
 
-    @dg.job(
-        name=f"post_{feed.name}_to_{sink_key}", tags={"lakerelay/sink": sink_key, "lakerelay/feed": feed.name}
+    return post_asset
+
+
+def post_asset_job(sink_key: str, feed: FeedSpec) -> dg.JobDefinition:
+    """``post_<feed>_to_<sink>``: in-process (one op, no step subprocess to start), tagged for sensors."""
+    return dg.define_asset_job(
+        post_job_name(sink_key, feed),
+        # The op evaluates the dead-letter check itself; the check's own step would only repeat it.
+        selection=dg.AssetSelection.assets(sink_asset_key(sink_key, feed))
+        - dg.AssetSelection.checks_for_assets(sink_asset_key(sink_key, feed)),
+        executor_def=dg.in_process_executor,
+        config=INFO_LOGS,
+        tags={"lakerelay/sink": sink_key, "lakerelay/feed": feed.name},
     )
-    def post_job() -> None:
-        post_op()
 
-    return post_job
+
+def build_post_job(sink_key: str, feed: FeedSpec, kind: str = "rest") -> dg.JobDefinition:
+    """The post job resolved on its own, for tests, benchmarks and in-process execution.
+
+    Its resources are placeholders: pass the real ones to ``execute_in_process(resources=...)``.
+    """
+    placeholders = {key: dg.ResourceDefinition.none_resource() for key in (sink_key, "lake", "pyspark")}
+    defs = dg.Definitions(
+        assets=dg.with_resources([build_post_asset(sink_key, feed, kind)], placeholders),
+        jobs=[post_asset_job(sink_key, feed)],
+    )
+    return defs.resolve_job_def(post_job_name(sink_key, feed))
 
 
 def run_post(
@@ -111,10 +175,94 @@ def run_post(
     asset_key: dg.AssetKey,
     config: PostConfig,
 ) -> None:
+    """Post the feed's unsettled records as the one holder of the (sink, table) lease.
+
+    The lease is taken before planning (the plan starts from the progress it carries), renewed from a
+    driver thread while the run works, settled through (progress is written only while this run still
+    holds it) and released at the end, success or failure. Dagster's pools normally keep two runs of
+    one (sink, feed) apart; this is the guarantee when they do not.
+    """
+    lease = _acquire_post_lease(context, lake, sink, feed, config)
+    try:
+        with lease.keep_alive(
+            on_error=lambda exc: context.log.warning(f"{lease.label}: renewing the lease failed: {exc}")
+        ):
+            _post_under_lease(context, lake, sink, spark_session, feed, asset_key, config, lease)
+    except LeaseLost as lost:
+        raise dg.Failure(
+            description=(
+                f"{lease.label}: run {context.run_id} lost its lease on the sink's progress and did not "
+                f"write progress ({lost}). The run holding it now posts these batches; records this run "
+                f"had posted may arrive again (ids make Elasticsearch overwrite them; Splunk HEC may "
+                f"hold them twice). If this happens without a second run, the driver could not renew "
+                f"within lease_ttl_s ({config.lease_ttl_s:g}s): raise it."
+            )
+        ) from None
+    finally:
+        try:
+            lease.release()
+        except Exception as exc:  # never mask the run's own error; the lease lapses by itself
+            context.log.warning(
+                f"{lease.label}: could not release the lease ({exc}); it lapses within {config.lease_ttl_s:g}s"
+            )
+
+
+def _acquire_post_lease(
+    context: dg.OpExecutionContext,
+    lake: LakeResource,
+    sink: RestSinkResource,
+    feed: FeedSpec,
+    config: PostConfig,
+) -> Lease:
+    """This run's lease on (sink, table), waiting up to lease_wait_s for another run's to end."""
+    label = lease_label(sink.sink_name, feed.table_name)
+
+    def waiting(holder: LeaseRecord) -> None:
+        context.log.info(
+            f"{label} is being posted by run {holder.owner}: waiting up to "
+            f"{config.lease_wait_s:g}s (lease_wait_s) for its lease to end"
+        )
+
+    try:
+        lease = acquire_progress(
+            lake,
+            sink.sink_name,
+            feed.table_name,
+            context.run_id,
+            config.lease_ttl_s,
+            config.lease_wait_s,
+            on_wait=waiting,
+        )
+    except LeaseHeld as held:
+        # Not retried in the run: the holder is posting these very batches, and the table sensor asks
+        # again if anything is left when it is done.
+        raise dg.Failure(
+            description=(
+                f"{label} is being posted by run {held.owner} until {held.until} (its lease, renewed "
+                f"while it runs); this run waited {config.lease_wait_s:g}s (lease_wait_s) and posted nothing."
+            ),
+            allow_retries=False,
+        ) from None
+    context.log.info(
+        f"{label}: lease taken by run {context.run_id} (token {lease.token}, ttl {config.lease_ttl_s:g}s)"
+    )
+    return lease
+
+
+def _post_under_lease(
+    context: dg.OpExecutionContext,
+    lake: LakeResource,
+    sink: RestSinkResource,
+    spark_session: Callable[[], SparkSession],
+    feed: FeedSpec,
+    asset_key: dg.AssetKey,
+    config: PostConfig,
+    lease: Lease,
+) -> None:
     started = time.perf_counter()
     options = lake.storage_options()
     table_uri = lake.table_uri(feed.table_name)
-    progress = read_progress(lake, sink.sink_name, feed.table_name)
+    progress = progress_of(lease.state)  # what this run plans from: the truth while it holds the lease
     try:
         plan = plan_post(table_uri, options, feed.app_id, progress.batch_id)
     except TableNotFoundError:
@@ -132,6 +280,7 @@ def run_post(
                 feed.table_name,
                 plan.delta_version,
                 max(plan.batch_to, progress.batch_id),
+                lease=lease,
             )
         context.log.info("nothing new to post")
         return
@@ -147,13 +296,18 @@ def run_post(
     try:
         enriched = enrich(frame, expressions, feed.name)
     except EnrichmentError as exc:
-        raise dg.Failure(description=str(exc)) from None
+        raise needs_fix(str(exc)) from None
     records = to_sink_records(enriched, sink.id_expression(), _time_column(sink, plan.schema))
     try:
-        results = records.mapInArrow(make_poster(settings), RESULT_DDL).toArrow()
+        results = records.mapInArrow(make_poster(settings, lease.guard()), RESULT_DDL).toArrow()
     except Exception as exc:
-        raise dg.Failure(description=_explain_spark_failure(exc, sink)) from None
+        if lease.lost is not None:
+            raise lease.lost from None
+        description, fixable_by_retry = _explain_spark_failure(exc, sink)
+        raise (dg.Failure(description=description) if fixable_by_retry else needs_fix(description)) from None
 
+    if lease.lost is not None:  # the renewal found another holder: its tasks stopped, say why
+        raise lease.lost
     stats = results.filter(pc.equal(results["kind"], "stats"))
     rejected = results.filter(pc.equal(results["kind"], "dead_letter"))
     total = {
@@ -181,6 +335,8 @@ def run_post(
                 f"Elasticsearch; Splunk HEC may receive the accepted ones again). If the sink stays down, "
                 f"check it; raise delivery_timeout_s to wait longer."
             ),
+            # The run already waited delivery_timeout_s: the table sensor's backoff asks again later.
+            allow_retries=False,
             metadata={
                 "records": total["records_in"],
                 "accepted": total["accepted"],
@@ -213,7 +369,7 @@ def run_post(
         if dead
         else 0
     )
-    write_progress(lake, sink.sink_name, feed.table_name, plan.delta_version, plan.batch_to)
+    write_progress(lake, sink.sink_name, feed.table_name, plan.delta_version, plan.batch_to, lease=lease)
 
     elapsed = time.perf_counter() - started
     latencies = pa.array([v for row in stats["latencies_ms"].to_pylist() for v in (row or [])], pa.float64())
@@ -289,21 +445,41 @@ def _time_column(sink: RestSinkResource, schema: pa.Schema) -> str | None:
 
 
 def default_parallelism(spark: SparkSession) -> int:
-    """The task slots Spark reports: ``local[N]`` gives N, a cluster its executor cores."""
+    """The task slots Spark reports: ``local[N]`` gives N, a cluster its executor cores.
+
+    On Spark Connect there is no SparkContext to ask: the server's ``spark.default.parallelism``
+    if set, else N of its ``local[N]`` master, else (``local[*]``, a cluster) the partition count
+    Spark gives a range without one, which is its default parallelism (one tiny job).
+    """
     try:
         return max(1, int(spark.sparkContext.defaultParallelism))
-    except Exception:  # Spark Connect has no SparkContext; the server's setting, if any, says it
-        value = spark.conf.get("spark.default.parallelism", None)
-        return max(1, int(value)) if value else 2
+    except Exception:
+        pass
+    # conf.get with a default never raises for an unset key (without one, Connect raises SQL_CONF_NOT_FOUND).
+    value = spark.conf.get("spark.default.parallelism", None)
+    if value and value.strip().isdigit():
+        return max(1, int(value))
+    master = (spark.conf.get("spark.master", None) or "").strip()
+    if master.startswith("local[") and master.endswith("]"):
+        slots = master[len("local[") : -1].split(",")[0].strip()  # local[N] or local[N,maxFailures]
+        if slots.isdigit():
+            return max(1, int(slots))
+    try:
+        measured = spark.range(4096).selectExpr("spark_partition_id() AS p").selectExpr("max(p) + 1 AS n")
+        return max(1, int(measured.first()["n"]))
+    except Exception:  # a server that will not say: two tasks, as many as local[2] has
+        return 2
 
 
-def _explain_spark_failure(exc: Exception, sink: RestSinkResource) -> str:
+def _explain_spark_failure(exc: Exception, sink: RestSinkResource) -> tuple[str, bool]:
+    """The failure's description, and whether a retry may cure it (False: the configuration must change)."""
     text = str(exc)
     for marker in ("SinkAuthError: ", "SinkTlsError: ", "SinkConfigError: ", "SinkRequestError: "):
         if marker in text:
             line = text[text.index(marker) + len(marker) :].splitlines()[0]
-            return f"{line} Nothing was marked as posted; fix the configuration and re-run."
+            return f"{line} Nothing was marked as posted; fix the configuration and re-run.", False
     return (
         f"posting to sink {sink.sink_name} failed in Spark: {text.splitlines()[0][:500]} "
-        f"(see the step log for the full error). Nothing was marked as posted; a re-run resends the same records."
+        f"(see the step log for the full error). Nothing was marked as posted; a re-run resends the same records.",
+        True,
     )

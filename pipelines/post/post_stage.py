@@ -1,11 +1,13 @@
 """Posting inside Spark tasks: each task streams its records through one SinkWriter."""
 
+import contextlib
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 
 import pyarrow as pa
 
+from resources.lease import LeaseGuard
 from resources.sinks.settings import SinkSettings
 from resources.sinks.writer import PostOutcome, SinkWriter
 
@@ -54,16 +56,30 @@ def per_task_settings(settings: SinkSettings, tasks: int) -> SinkSettings:
     )
 
 
-def make_poster(settings: SinkSettings) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
+def make_poster(
+    settings: SinkSettings, lease: LeaseGuard | None = None
+) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
+    """The ``mapInArrow`` function of the post stage.
+
+    With ``lease`` (the run's lease on the sink's progress), each task stops posting once that lease
+    is lost: taken by another run, released, or expired because the driver stopped renewing it (it
+    died). The writer then gives up as it does at its delivery deadline: requests not yet sent and
+    retries are not made, and their records are reported pending, so nothing is settled for them.
+    """
+
     def post(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         records_in = 0
         started = time.perf_counter()
-        with SinkWriter(settings) as writer:
+        writer = SinkWriter(settings)
+        # The watch encloses the writer's exit, so the requests still queued when a task ends early
+        # (its input broke because the driver died) are fenced as well.
+        watch = lease.watching(writer._give_up) if lease is not None else contextlib.nullcontext()
+        with watch, writer:
             skipped = 0
             for batch in batches:
                 records_in += batch.num_rows
                 if writer.gave_up:
-                    # The sink is out of delivery time: the rest stays pending for the next run.
+                    # Out of delivery time, or the lease is lost: the rest stays pending for the next run.
                     skipped += batch.num_rows
                     continue
                 writer.add_arrow(batch.column("_id"), batch.column("_doc"), batch.column("_time"))

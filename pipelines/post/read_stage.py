@@ -13,7 +13,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.pandas.types import from_arrow_schema
 
 from pipelines.post.plan import PostPlan, ReadUnit, split_units
-from resources.lake import FileSystemSettings
+from resources.filesystem import FileSystemSettings
 
 _BATCH_ROWS = 8192  # rows per Arrow batch handed to Spark: small enough to start posting early
 

@@ -1,7 +1,7 @@
 """Dagster resources for the REST sinks. They turn configuration (secrets via EnvVar) into settings."""
 
 import base64
-from typing import Literal
+from typing import ClassVar, Literal
 
 import dagster as dg
 import requests
@@ -9,6 +9,9 @@ from pydantic import Field
 
 from resources.sinks.settings import SinkSettings
 from resources.sinks.writer import auth_error_message
+
+# Failure metadata key (and run tag) for failures only a person can fix; the table sensor backs off.
+NEEDS_FIX = "lakerelay/needs_fix"
 
 
 def authorization(bearer_token: str | None, username: str | None, password: str | None) -> dict[str, str]:
@@ -23,6 +26,8 @@ def authorization(bearer_token: str | None, username: str | None, password: str 
 
 class RestSinkResource(dg.ConfigurableResource):
     """Settings every REST sink shares: endpoint, batching, concurrency, retries, TLS."""
+
+    asset_kind: ClassVar[str] = "rest"  # the kind the UI shows on the sink's asset
 
     sink_name: str = Field(
         description="Name of this sink in progress records, metadata and the dead-letter table."
@@ -129,7 +134,9 @@ class RestSinkResource(dg.ConfigurableResource):
         except requests.exceptions.SSLError as exc:
             raise dg.Failure(
                 f"sink {self.sink_name!r}: TLS verification of {self.url} failed ({exc}). Set ca_bundle to the "
-                f"PEM file of the CA that signed the server certificate."
+                f"PEM file of the CA that signed the server certificate.",
+                allow_retries=False,
+                metadata={NEEDS_FIX: True},
             ) from None
         except requests.ConnectionError as exc:
             raise dg.Failure(
@@ -137,12 +144,18 @@ class RestSinkResource(dg.ConfigurableResource):
                 f"the service is up and reachable from here."
             ) from None
         if response.status_code in (401, 403):
-            raise dg.Failure(auth_error_message(settings, response.status_code, response.content))
+            raise dg.Failure(
+                auth_error_message(settings, response.status_code, response.content),
+                allow_retries=False,
+                metadata={NEEDS_FIX: True},
+            )
         return response
 
 
 class ElasticsearchSinkResource(RestSinkResource):
     """Elasticsearch or OpenSearch `_bulk`. Ids are deterministic, so a replay overwrites, never duplicates."""
+
+    asset_kind: ClassVar[str] = "elasticsearch"
 
     index: str = Field(default="events", description="Target index, alias or data stream.")
     op_type: Literal["index", "create"] = Field(
@@ -195,6 +208,8 @@ class ElasticsearchSinkResource(RestSinkResource):
 
 class SplunkHecSinkResource(RestSinkResource):
     """Splunk HTTP Event Collector, `/services/collector/event`. HEC has no ids: delivery is at-least-once."""
+
+    asset_kind: ClassVar[str] = "splunk"
 
     token: str = Field(description="HEC token (Authorization: Splunk <token>). Use EnvVar.")
     index: str | None = Field(default=None, description="Splunk index; the token's default index when unset.")

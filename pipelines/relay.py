@@ -1,0 +1,54 @@
+"""The always-on path of a feed: one run that ingests new landing files, then posts them to every sink.
+
+The landing sensor requests ``relay_<feed>`` when files land, so a record reaches the sinks without
+waiting for a second run to be launched and a second sensor tick. The post jobs and their table
+sensors stay: they retry a sink that failed and catch up whatever else moved the table.
+"""
+
+import dagster as dg
+
+from pipelines.feeds import FeedSpec
+from pipelines.post.job import sink_asset_key
+from pipelines.run_defaults import INFO_LOGS
+from sensors.landing import build_landing_sensor
+from sensors.table import RELAY_TAG
+
+
+def relay_job_name(feed: FeedSpec) -> str:
+    return f"relay_{feed.name}"
+
+
+def relay_job(feed: FeedSpec, sink_keys: list[str]):  # -> the unresolved job of dg.define_asset_job
+    sinks = [sink_asset_key(key, feed) for key in sink_keys]
+    return dg.define_asset_job(
+        relay_job_name(feed),
+        # The post ops evaluate their dead-letter checks themselves; the ingest keeps its own check.
+        selection=dg.AssetSelection.assets(dg.AssetKey(feed.name), *sinks)
+        - dg.AssetSelection.checks_for_assets(*sinks),
+        # In the run's own process: no step subprocess per op, and one Spark for every post.
+        executor_def=dg.in_process_executor,
+        config=INFO_LOGS,
+        tags={"lakerelay/feed": feed.name, RELAY_TAG: feed.name},
+        description=f"Ingest new files of feed {feed.name!r}, then post them to {', '.join(sink_keys)}.",
+    )
+
+
+def relay_defs(
+    feeds: list[FeedSpec],
+    sink_keys: list[str],
+    sensor_status: dg.DefaultSensorStatus,
+    sensor_interval_s: int,
+) -> dg.Definitions:
+    jobs = {feed.name: relay_job(feed, sink_keys) for feed in feeds}
+    return dg.Definitions(
+        jobs=list(jobs.values()),
+        sensors=[
+            build_landing_sensor(
+                feed,
+                jobs[feed.name],
+                minimum_interval_seconds=sensor_interval_s,
+                default_status=sensor_status,
+            )
+            for feed in feeds
+        ],
+    )

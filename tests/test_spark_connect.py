@@ -1,0 +1,151 @@
+"""The post job on a real Spark Connect server, through the resource the deployment builds from `spark.remote`.
+
+The server is pyspark's own, started once per test session (`spark_connect_url`); the job's Spark
+work runs there, in its local[2], with the project's Python for its workers. A classic local session
+of the same pytest process (`spark_resource`) may exist alongside: the resource never goes through
+the classic builder for Connect, so the two do not interfere.
+"""
+
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+import requests
+
+from devtools.spark_connect import free_port
+from pipelines import deployment
+from pipelines.delta_once import append_once
+from pipelines.feeds import EVENTS_FEED
+from pipelines.post.job import build_post_job
+from resources.lake import LakeResource
+from resources.sinks.resource import ElasticsearchSinkResource
+
+from helpers import local_lake
+
+
+def write_events(lake: LakeResource, rows: int) -> None:
+    """One ingest batch (batch 1) of ``rows`` events, as the ingest writes it."""
+    base = datetime(2026, 1, 1, tzinfo=UTC)
+    n = range(rows)
+    table = pa.table(
+        {
+            "event_id": [f"e{i}" for i in n],
+            "ts": pa.array([base + timedelta(seconds=i) for i in n], pa.timestamp("us", tz="UTC")),
+            "severity": [("info", "error", "warning")[i % 3] for i in n],
+            "bytes_in": pa.array([i % 1000 for i in n], pa.int64()),
+            "bytes_out": pa.array([i % 700 for i in n], pa.int64()),
+            "status_code": pa.array([200 if i % 5 else 503 for i in n], pa.int64()),
+            "_source_file": ["landing/events/batch-1.json"] * rows,
+            "_source_row": pa.array(list(n), pa.int64()),
+            "_source_modified_at": pa.array([base] * rows, pa.timestamp("us", tz="UTC")),
+            "_ingested_at": pa.array([base] * rows, pa.timestamp("us", tz="UTC")),
+            "_batch_id": pa.array([1] * rows, pa.int64()),
+        }
+    )
+    assert append_once(
+        lake.table_uri(EVENTS_FEED.table_name), lake.storage_options(), table, EVENTS_FEED.app_id, 1
+    )
+
+
+def run_post(lake: LakeResource, sink: ElasticsearchSinkResource, spark, raise_on_error: bool = True):
+    return build_post_job("elasticsearch", EVENTS_FEED).execute_in_process(
+        resources={"lake": lake, "pyspark": spark, "elasticsearch": sink}, raise_on_error=raise_on_error
+    )
+
+
+@pytest.mark.integration
+def test_post_job_on_spark_connect_delivers_every_record_once(
+    tmp_path: Path, sink_server, spark_connect_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pyspark.core.context import SparkContext
+    from pyspark.sql.connect.session import SparkSession as ConnectSession
+
+    lake = local_lake(tmp_path)
+    write_events(lake, 20_000)
+    monkeypatch.setenv("LAKERELAY_SPARK_REMOTE", spark_connect_url)
+    spark = deployment.spark_resource()
+    assert spark.spark_config["spark.remote"] == spark_connect_url
+    assert "spark.master" not in spark.spark_config  # the server's master, not one of this process
+    classic_before = SparkContext._active_spark_context
+    sink = ElasticsearchSinkResource(
+        sink_name="es", url=sink_server.url, index="connect", id_field="event_id"
+    )
+
+    started = time.perf_counter()
+    result = run_post(lake, sink, spark)
+    elapsed = time.perf_counter() - started
+
+    [event] = result.asset_materializations_for_node("spark_post_events_to_elasticsearch")
+    meta = {k: v.value for k, v in event.metadata.items()}
+    print(f"\npost of 20,000 records via Spark Connect: job {elapsed:.1f}s, op {meta['duration_s']}s")
+    assert (meta["records"], meta["accepted"], meta["dead_lettered"]) == (20_000, 20_000, 0)
+    assert meta["tasks"] == 2  # the server's local[2], read from its spark.master (no SparkContext here)
+    assert requests.get(f"{sink_server.url}/connect/_count", timeout=10).json()["count"] == 20_000
+    ids = sink_server.es_ids("connect")
+    assert len(ids) == 20_000 and set(ids) == {f"e{i}" for i in range(20_000)}
+    # The work went to the server: no classic SparkContext appeared in this process for it, and the
+    # same resource hands out a Connect session.
+    assert SparkContext._active_spark_context is classic_before
+    probe = deployment.spark_resource()
+    session = probe.spark_session
+    try:
+        assert isinstance(session, ConnectSession)
+        assert session.conf.get("spark.sql.session.timeZone") == "UTC"
+    finally:
+        session.stop()
+
+    # A second run finds nothing new: progress was saved, nothing is re-posted.
+    again = run_post(lake, sink, spark)
+    assert again.success and not again.asset_materializations_for_node("spark_post_events_to_elasticsearch")
+    assert sink_server.es_count("connect") == 20_000
+
+
+@pytest.mark.integration
+def test_an_unreachable_connect_server_fails_fast_naming_the_url_and_what_to_do(
+    tmp_path: Path, sink_server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lake = local_lake(tmp_path)
+    write_events(lake, 100)
+    url = f"sc://127.0.0.1:{free_port()}"  # nothing listens there
+    monkeypatch.setenv("LAKERELAY_SPARK_REMOTE", url)
+    monkeypatch.setenv("LAKERELAY_SPARK_CONNECT_TIMEOUT_S", "5")
+    sink = ElasticsearchSinkResource(sink_name="es", url=sink_server.url, index="unreachable")
+
+    started = time.perf_counter()
+    result = run_post(lake, sink, deployment.spark_resource(), raise_on_error=False)
+    elapsed = time.perf_counter() - started
+
+    assert not result.success
+    [failure] = [e for e in result.all_events if e.is_step_failure]
+    message = failure.step_failure_data.error.message
+    assert f"Spark Connect server {url}" in message
+    assert "Connection refused" in message
+    assert "python -m devtools.spark_connect start" in message and "LAKERELAY_SPARK_REMOTE" in message
+    assert elapsed < 60  # not the client's ten minutes of retries
+    assert sink_server.es_count("unreachable") == 0
+
+
+def test_spark_config_keeps_the_token_out_of_the_url_and_local_spark_on_loopback(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("LAKERELAY_SPARK_REMOTE", "sc://spark.example:443/;use_ssl=true;token=s3cr3t")
+    with pytest.raises(ValueError, match="LAKERELAY_SPARK_CONNECT_TOKEN") as raised:
+        deployment.spark_config()
+    assert "s3cr3t" not in str(raised.value)
+
+    monkeypatch.setenv("LAKERELAY_SPARK_REMOTE", "sc://spark.example:443/;use_ssl=true")
+    monkeypatch.setenv("LAKERELAY_SPARK_CONNECT_TOKEN", "s3cr3t")
+    resource = deployment.spark_resource()
+    assert resource.spark_config["spark.remote"] == "sc://spark.example:443/;use_ssl=true"
+    assert "s3cr3t" not in repr(resource.spark_config)
+
+    monkeypatch.delenv("LAKERELAY_SPARK_REMOTE")
+    config = deployment.spark_config()
+    assert config["spark.driver.bindAddress"] == config["spark.driver.host"] == "127.0.0.1"
+    assert "-Dlog4j.configurationFile=" in config["spark.driver.extraJavaOptions"]
+
+    # A cluster's executors must reach its driver: no loopback binding there.
+    monkeypatch.setenv("LAKERELAY_SPARK_MASTER", "spark://spark-master:7077")
+    assert "spark.driver.bindAddress" not in deployment.spark_config()
