@@ -91,6 +91,7 @@ def test_an_outage_past_the_delivery_timeout_fails_the_run_and_the_next_run_deli
         "still pending" in message and "ConnectionError" in message and "nothing is dead-lettered" in message
     )
     posted_before = sink_server.es_count("outage")
+    print(f"\noutage mid-post: {posted_before} of {N} documents in before it, run failed: {message[:160]}")
     assert 4_000 <= posted_before < N  # the outage really was in the middle
     assert dead_letter_rows(lake) == 0
     assert read_progress(lake, "es", "events").batch_id == 0  # not settled
