@@ -24,16 +24,14 @@ import pyarrow.parquet as pq
 
 from pipelines.feeds import FeedSpec
 from pipelines.ingest.schema import (
-    _MISSING,
     EXACT_DOUBLE_LIMIT,
     INT64_MAX,
     INT64_MIN,
     INTEGER_TEXT,
-    coerce_value,
+    fit_values,
     has_floating,
     json_text,
     normalise_type,
-    rescue,
 )
 
 UTF8_BOM = b"\xef\xbb\xbf"
@@ -233,27 +231,13 @@ def _from_records(records: list[dict], target: pa.Schema | None, bad: list[BadRe
     for name in names:
         values = [record.get(name) for record in records]
         if target is not None and name in target.names:
-            array = _fitted(values, target.field(name).type, rescued, name)
+            array = fit_values(values, target.field(name).type, rescued, name)
         else:
             array = _inferred(values, rescued, name)
         arrays.append(array)
         fields.append(pa.field(name, array.type))
     # With no fields at all the table has no rows; conforming counts rows from ``rescued``.
     return ParsedFile(pa.Table.from_arrays(arrays, schema=pa.schema(fields)), rescued, bad)
-
-
-def _fitted(
-    values: list, column_type: pa.DataType, rescued: list[dict | None], name: str, from_text: bool = False
-) -> pa.Array:
-    """``values`` as an array of ``column_type``; each value it cannot hold exactly is rescued."""
-    fitted = []
-    for row, value in enumerate(values):
-        converted = coerce_value(value, column_type, from_text=from_text)
-        if converted is _MISSING:
-            rescue(rescued, row, name, value)
-            converted = None
-        fitted.append(converted)
-    return pa.array(fitted, column_type)
 
 
 def _inferred(values: list, rescued: list[dict | None], name: str) -> pa.Array:
@@ -272,7 +256,7 @@ def _inferred(values: list, rescued: list[dict | None], name: str) -> pa.Array:
     except (OverflowError, pa.ArrowInvalid, pa.ArrowTypeError):
         # Mixed types in a column the table does not have yet: keep them all, as JSON text.
         return pa.array([v if v is None or isinstance(v, str) else json_text(v) for v in values], pa.string())
-    return _fitted(values, column_type, rescued, name)
+    return fit_values(values, column_type, rescued, name)
 
 
 def _small_ints(value: object) -> object:
@@ -352,5 +336,5 @@ def _parse_csv(feed: FeedSpec, text: bytes, target: pa.Schema | None) -> ParsedF
             # Arrow infers double for integers when one does not fit int64; the column stays int64
             # and that one is rescued as its text.
             column_type = pa.int64()
-        columns.append(_fitted(values, column_type, rescued, column_field.name, from_text=True))
+        columns.append(fit_values(values, column_type, rescued, column_field.name, from_text=True))
     return ParsedFile(pa.Table.from_arrays(columns, names=table.column_names), rescued, bad)

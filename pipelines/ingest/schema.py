@@ -282,14 +282,21 @@ def cast_rescuing(
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
             pass
     from_text = pa.types.is_string(column.type) or pa.types.is_large_string(column.type)
-    values = []
-    for row, value in enumerate(column.to_pylist()):
-        fitted = coerce_value(value, target, from_text=from_text)
-        if fitted is _MISSING:
+    return fit_values(column.to_pylist(), target, rescued, name, from_text=from_text)
+
+
+def fit_values(
+    values: list, target: pa.DataType, rescued: list[dict | None], name: str, from_text: bool = False
+) -> pa.Array:
+    """``values`` as an array of ``target``; each value it cannot hold exactly is null and rescued."""
+    fitted = []
+    for row, value in enumerate(values):
+        converted = coerce_value(value, target, from_text=from_text)
+        if converted is _MISSING:
             rescue(rescued, row, name, value)
-            fitted = None
-        values.append(fitted)
-    return pa.array(values, target)
+            converted = None
+        fitted.append(converted)
+    return pa.array(fitted, target)
 
 
 def _cast_is_exact(column: pa.ChunkedArray | pa.Array, target: pa.DataType) -> bool:
