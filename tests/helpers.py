@@ -3,6 +3,7 @@
 import os
 from pathlib import Path
 
+import orjson
 import pyarrow as pa
 from deltalake import DeltaTable
 
@@ -21,6 +22,18 @@ def land_events(
     return write_landing_zone(
         Path(lake.landing_uri) / "events", files, records_per_file, seed=seed, start_seq=start_seq
     )
+
+
+def land_file(lake: LakeResource, feed: str, name: str, content: bytes) -> Path:
+    """A landing file of ``feed`` with the given bytes, as an upstream system would drop it."""
+    path = Path(lake.landing_uri) / feed / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(content)
+    return path
+
+
+def json_lines(*records: dict) -> bytes:
+    return b"".join(orjson.dumps(r) + b"\n" for r in records)
 
 
 def delta_table(lake: LakeResource, name: str = "events") -> pa.Table:

@@ -8,7 +8,6 @@ import json
 from pathlib import Path
 
 import dagster as dg
-import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
@@ -18,7 +17,7 @@ from pipelines.ingest import formats, reader, schema
 from pipelines.ingest.asset import build_ingest_asset
 from pipelines.ingest.runner import ingest_feed
 
-from helpers import delta_table, local_lake
+from helpers import delta_table, json_lines, land_file, local_lake
 
 BIG = {
     "int64_max": "9223372036854775807",
@@ -28,17 +27,6 @@ BIG = {
     "thirty_digits": "123456789012345678901234567890",
 }
 OUT_OF_INT64 = ["below_int64", "above_int64", "two_to_64", "thirty_digits"]
-
-
-def _land(lake, feed: str, name: str, content: bytes) -> Path:
-    path = Path(lake.landing_uri) / feed / name
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(content)
-    return path
-
-
-def _lines(*records: dict) -> bytes:
-    return b"".join(orjson.dumps(r) + b"\n" for r in records)
 
 
 def _big_lines(column: str) -> bytes:
@@ -63,7 +51,7 @@ def _data_columns(table: pa.Table) -> list[str]:
 
 def test_case_variants_in_a_feeds_first_file_land_with_the_first_spelling(tmp_path: Path) -> None:
     lake = local_lake(tmp_path)
-    path = _land(lake, "hosts", "1.json", _lines({"id": 1, "host": "a"}, {"id": 2, "Host": "b"}))
+    path = land_file(lake, "hosts", "1.json", json_lines({"id": 1, "host": "a"}, {"id": 2, "Host": "b"}))
     feed = FeedSpec(name="hosts", source="hosts")
 
     report = ingest_feed(feed, lake)
@@ -80,12 +68,12 @@ def test_case_variants_among_new_columns_and_across_files_of_a_batch_are_rescued
     lake = local_lake(tmp_path)
     feed = FeedSpec(name="tags", source="tags")
     # First batch: two files spelling one column two ways.
-    _land(lake, "tags", "1a.json", _lines({"id": 1, "user": "u1"}))
-    second = _land(lake, "tags", "1b.json", _lines({"id": 2, "USER": "u2"}))
+    land_file(lake, "tags", "1a.json", json_lines({"id": 1, "user": "u1"}))
+    second = land_file(lake, "tags", "1b.json", json_lines({"id": 2, "USER": "u2"}))
     assert ingest_feed(feed, lake).rows == 2
     # Later batch (add_new_columns): one file adds tag and TAG, the next file Tag.
-    both = _land(lake, "tags", "2a.json", _lines({"id": 3, "tag": "x", "TAG": "y"}))
-    later = _land(lake, "tags", "2b.json", _lines({"id": 4, "Tag": "z"}))
+    both = land_file(lake, "tags", "2a.json", json_lines({"id": 3, "tag": "x", "TAG": "y"}))
+    later = land_file(lake, "tags", "2b.json", json_lines({"id": 4, "Tag": "z"}))
 
     report = ingest_feed(feed, lake)
 
@@ -101,11 +89,11 @@ def test_case_variants_among_new_columns_and_across_files_of_a_batch_are_rescued
 def test_nested_values_delta_cannot_store_do_not_block_the_feed(tmp_path: Path) -> None:
     lake = local_lake(tmp_path)
     feed = FeedSpec(name="nest", source="nest", max_files_per_batch=1)
-    path = _land(
+    path = land_file(
         lake,
         "nest",
         "1.json",
-        _lines(
+        json_lines(
             {
                 "id": 1,
                 "cased": {"x": 1, "X": 2},  # Delta refuses nested names differing only in case
@@ -117,7 +105,9 @@ def test_nested_values_delta_cannot_store_do_not_block_the_feed(tmp_path: Path) 
             }
         ),
     )
-    _land(lake, "nest", "2.json", _lines({"id": 2, "cased": {"x": 3}, "nulls": {"b": 5}, "no_items": [7]}))
+    land_file(
+        lake, "nest", "2.json", json_lines({"id": 2, "cased": {"x": 3}, "nulls": {"b": 5}, "no_items": [7]})
+    )
 
     report = ingest_feed(feed, lake)
 
@@ -142,10 +132,10 @@ def test_nested_values_delta_cannot_store_do_not_block_the_feed(tmp_path: Path) 
 def test_an_object_with_a_field_its_struct_lacks_is_rescued_not_trimmed(tmp_path: Path) -> None:
     lake = local_lake(tmp_path)
     feed = FeedSpec(name="obj", source="obj")
-    _land(lake, "obj", "1.json", _lines({"id": 1, "o": {"x": 1}}))
+    land_file(lake, "obj", "1.json", json_lines({"id": 1, "o": {"x": 1}}))
     ingest_feed(feed, lake)
-    path = _land(
-        lake, "obj", "2.json", _lines({"id": 2, "o": {"x": 2, "y": "new"}}, {"id": 3, "o": {"x": 1.5}})
+    path = land_file(
+        lake, "obj", "2.json", json_lines({"id": 2, "o": {"x": 2, "y": "new"}}, {"id": 3, "o": {"x": 1.5}})
     )
 
     assert ingest_feed(feed, lake).rescued_rows == 2
@@ -160,9 +150,9 @@ def test_an_object_with_a_field_its_struct_lacks_is_rescued_not_trimmed(tmp_path
 
 def test_a_file_that_fails_to_conform_is_quarantined_and_the_rest_lands(tmp_path: Path, monkeypatch) -> None:
     lake = local_lake(tmp_path)
-    _land(lake, "events", "a.json", _lines({"event_id": "a"}))
-    poison = _land(lake, "events", "b.json", _lines({"event_id": "b"}))
-    _land(lake, "events", "c.json", _lines({"event_id": "c"}))
+    land_file(lake, "events", "a.json", json_lines({"event_id": "a"}))
+    poison = land_file(lake, "events", "b.json", json_lines({"event_id": "b"}))
+    land_file(lake, "events", "c.json", json_lines({"event_id": "c"}))
     real_conform = reader.conform
 
     def conform(raw, target, mode, source_file, *args, **kwargs):
@@ -186,8 +176,8 @@ def test_a_file_that_fails_to_conform_is_quarantined_and_the_rest_lands(tmp_path
 
 def test_a_parser_error_nobody_foresaw_quarantines_only_that_file(tmp_path: Path, monkeypatch) -> None:
     lake = local_lake(tmp_path)
-    _land(lake, "events", "a.json", _lines({"event_id": "a"}))
-    poison = _land(lake, "events", "b.json", _lines({"event_id": "b"}))
+    land_file(lake, "events", "a.json", json_lines({"event_id": "a"}))
+    poison = land_file(lake, "events", "b.json", json_lines({"event_id": "b"}))
     real_parse = reader.parse
 
     def parse(feed, path, *args):
@@ -211,11 +201,11 @@ def test_a_file_whose_rows_delta_refuses_is_quarantined_and_the_rest_lands(
     lake = local_lake(tmp_path)
     feed = FeedSpec(name="w", source="w")
     if not first_batch:
-        _land(lake, "w", "0.json", _lines({"id": 0}))
+        land_file(lake, "w", "0.json", json_lines({"id": 0}))
         ingest_feed(feed, lake)
-    _land(lake, "w", "1.json", _lines({"id": 1}))
-    poison = _land(lake, "w", "2.json", _lines({"id": 2, "empty": {}}))
-    _land(lake, "w", "3.json", _lines({"id": 3}))
+    land_file(lake, "w", "1.json", json_lines({"id": 1}))
+    poison = land_file(lake, "w", "2.json", json_lines({"id": 2, "empty": {}}))
+    land_file(lake, "w", "3.json", json_lines({"id": 3}))
     # A type Delta accepts in a schema but whose rows it cannot write (a struct without fields),
     # let through conforming to reach the real commit: the last line of defence must catch it.
     real_normalise = schema.normalise_type
@@ -246,9 +236,9 @@ def test_a_file_whose_rows_delta_refuses_is_quarantined_and_the_rest_lands(
 def test_fail_on_new_columns_still_fails_the_run(tmp_path: Path) -> None:
     lake = local_lake(tmp_path)
     feed = FeedSpec(name="strict", source="strict", schema_evolution_mode="fail_on_new_columns")
-    _land(lake, "strict", "1.json", _lines({"id": 1}))
+    land_file(lake, "strict", "1.json", json_lines({"id": 1}))
     ingest_feed(feed, lake)
-    _land(lake, "strict", "2.json", _lines({"id": 2, "tag": 1, "TAG": 2}))
+    land_file(lake, "strict", "2.json", json_lines({"id": 2, "tag": 1, "TAG": 2}))
 
     with pytest.raises(schema.SchemaChangeError, match=r"\['TAG', 'tag'\]"):
         ingest_feed(feed, lake)
@@ -271,9 +261,9 @@ def test_integers_int64_cannot_hold_are_rescued_as_their_exact_digits(tmp_path: 
     lake = local_lake(tmp_path)
     feed = FeedSpec(name="big", source="big", format=layout, schema_hints="n bigint")
     # A table with a bigint column first, then the values arrive in a later batch.
-    _land(lake, "big", "0.x", b"id,n\nzero,0\n" if layout == "csv" else b'[{"id": "zero", "n": 0}]')
+    land_file(lake, "big", "0.x", b"id,n\nzero,0\n" if layout == "csv" else b'[{"id": "zero", "n": 0}]')
     if layout == "json":
-        _land(lake, "big", "0.x", b'{"id": "zero", "n": 0}\n')
+        land_file(lake, "big", "0.x", b'{"id": "zero", "n": 0}\n')
     ingest_feed(feed, lake)
     if layout == "csv":
         content = b"id,n\n" + b"".join(f"{k},{v}\n".encode() for k, v in BIG.items())
@@ -281,7 +271,7 @@ def test_integers_int64_cannot_hold_are_rescued_as_their_exact_digits(tmp_path: 
         content = b"[" + _big_lines("n").strip().replace(b"\n", b",") + b"]"
     else:
         content = _big_lines("n")
-    path = _land(lake, "big", "1.x", content)
+    path = land_file(lake, "big", "1.x", content)
 
     report = ingest_feed(feed, lake)
 
@@ -301,7 +291,7 @@ def test_a_new_column_of_big_integers_is_int64_not_double(tmp_path: Path, layout
         content = b"[" + _big_lines("n").strip().replace(b"\n", b",") + b"]"
     else:
         content = _big_lines("n")
-    path = _land(lake, "new", "1.x", content)
+    path = land_file(lake, "new", "1.x", content)
 
     report = ingest_feed(feed, lake)
 
@@ -326,7 +316,7 @@ def test_an_integer_a_double_column_cannot_hold_is_rescued_not_rounded(tmp_path:
         content = b"id,d\n" + b"".join(f"{k},{v}\n".encode() for k, v in cases.items())
     else:
         content = b"".join(f'{{"id": "{k}", "d": {v}}}\n'.encode() for k, v in cases.items())
-    path = _land(lake, "dbl", "1.x", content)
+    path = land_file(lake, "dbl", "1.x", content)
 
     ingest_feed(feed, lake)
 
@@ -341,7 +331,7 @@ def test_an_integer_a_double_column_cannot_hold_is_rescued_not_rounded(tmp_path:
 def test_big_integers_nested_and_in_string_columns_keep_every_digit(tmp_path: Path) -> None:
     lake = local_lake(tmp_path)
     feed = FeedSpec(name="deep", source="deep", schema_hints="s string")
-    path = _land(
+    path = land_file(
         lake,
         "deep",
         "1.json",
@@ -374,12 +364,14 @@ def test_normal_files_stay_on_the_fast_path(tmp_path: Path, monkeypatch) -> None
     monkeypatch.setattr(formats, "scan_integers", scan)
     monkeypatch.setattr(formats, "_exact_loads", exact_loads)
     # No floating-point column: Arrow cannot have rounded anything, not even a snowflake id.
-    _land(lake, "events", "a.json", _lines({"event_id": "a", "bytes_in": 1, "id": 1541815603606036480}))
+    land_file(
+        lake, "events", "a.json", json_lines({"event_id": "a", "bytes_in": 1, "id": 1541815603606036480})
+    )
     assert ingest_feed(EVENTS_FEED, lake).rows == 1
     assert calls == {"scan": 0, "exact": 0}
     # A double column and long integers a double holds (epoch microseconds): scanned, still Arrow's.
     feed = FeedSpec(name="f", source="f")
-    _land(lake, "f", "a.json", _lines({"ratio": 0.5, "at_us": 1761955200000000}))
+    land_file(lake, "f", "a.json", json_lines({"ratio": 0.5, "at_us": 1761955200000000}))
     assert ingest_feed(feed, lake).rows == 1
     assert calls == {"scan": 1, "exact": 0}
     assert delta_table(lake, "f")["at_us"].to_pylist() == [1761955200000000]
@@ -390,7 +382,7 @@ def test_normal_files_stay_on_the_fast_path(tmp_path: Path, monkeypatch) -> None
 
 def test_hints_do_not_add_columns_no_file_has(tmp_path: Path) -> None:
     lake = local_lake(tmp_path)
-    _land(lake, "events", "1.json", _lines({"event_id": "e1", "ts": "2026-11-01T10:00:00Z"}))
+    land_file(lake, "events", "1.json", json_lines({"event_id": "e1", "ts": "2026-11-01T10:00:00Z"}))
 
     ingest_feed(EVENTS_FEED, lake)
 
@@ -398,7 +390,7 @@ def test_hints_do_not_add_columns_no_file_has(tmp_path: Path) -> None:
     assert _data_columns(table) == ["ts", "event_id"]
     assert table.schema.field("ts").type == schema.TIMESTAMP_UTC
     # A hinted column arriving later gets the hinted type, and only then a column.
-    _land(lake, "events", "2.json", _lines({"event_id": "e2", "status_code": 404}))
+    land_file(lake, "events", "2.json", json_lines({"event_id": "e2", "status_code": 404}))
     report = ingest_feed(EVENTS_FEED, lake)
     assert report.new_columns == ["status_code"]
     table = delta_table(lake)
@@ -414,7 +406,7 @@ def test_a_hinted_column_gets_the_hinted_type_when_it_appears(tmp_path: Path, mo
     feed = FeedSpec(
         name="h", source="h", schema_hints="code string, ratio double, seen int", schema_evolution_mode=mode
     )
-    _land(lake, "h", "1.json", _lines({"id": 1, "seen": None}))
+    land_file(lake, "h", "1.json", json_lines({"id": 1, "seen": None}))
     ingest_feed(feed, lake)
     table = delta_table(lake, "h")
     # A key with a null value appears (typed by its hint); keys no file has do not.
@@ -423,7 +415,7 @@ def test_a_hinted_column_gets_the_hinted_type_when_it_appears(tmp_path: Path, mo
         "seen": pa.int32(),
     }
     # Inferred, these would be int64 columns; the hints say string and double, in every mode.
-    _land(lake, "h", "2.json", _lines({"id": 2, "code": 12, "ratio": 1}))
+    land_file(lake, "h", "2.json", json_lines({"id": 2, "code": 12, "ratio": 1}))
 
     report = ingest_feed(feed, lake)
 
@@ -437,10 +429,10 @@ def test_a_hinted_column_gets_the_hinted_type_when_it_appears(tmp_path: Path, mo
 def test_hints_in_a_first_batch_type_only_the_columns_files_have(tmp_path: Path) -> None:
     lake = local_lake(tmp_path)
     feed = FeedSpec(name="first", source="first", schema_hints="n double, missing bigint, other string")
-    _land(lake, "first", "1.json", _lines({"n": 1}))
-    _land(lake, "first", "2.json", _lines({"n": 2, "other": 3}))
+    land_file(lake, "first", "1.json", json_lines({"n": 1}))
+    land_file(lake, "first", "2.json", json_lines({"n": 2, "other": 3}))
     csv_feed = dataclasses.replace(feed, name="firstcsv", source="firstcsv", format="csv", csv=CsvOptions())
-    _land(lake, "firstcsv", "1.csv", b"n,other\n1,3\n")
+    land_file(lake, "firstcsv", "1.csv", b"n,other\n1,3\n")
 
     ingest_feed(feed, lake)
     ingest_feed(csv_feed, lake)

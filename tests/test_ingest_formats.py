@@ -5,7 +5,6 @@ import io
 import json
 from pathlib import Path
 
-import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -15,34 +14,23 @@ from pipelines.ingest.runner import ingest_feed
 from pipelines.ingest.schema import SchemaChangeError
 from pipelines.ingest.schema_history import schema_history
 
-from helpers import delta_table, local_lake
-
-
-def _land(lake, feed: str, name: str, content: bytes) -> Path:
-    path = Path(lake.landing_uri) / feed / name
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(content)
-    return path
-
-
-def _lines(*records: dict) -> bytes:
-    return b"".join(orjson.dumps(r) + b"\n" for r in records)
+from helpers import delta_table, json_lines, land_file, local_lake
 
 
 def test_every_format_and_compression_lands_with_inferred_real_types(tmp_path: Path) -> None:
     lake = local_lake(tmp_path)
     record = {"id": 1, "ratio": 0.5, "ok": True, "at": "2026-11-01T10:00:00.250Z", "name": "a"}
-    _land(lake, "lines", "a.json", _lines(record, {**record, "id": 2}))
-    _land(lake, "lines", "b.json.gz", gzip.compress(_lines({**record, "id": 3})))
+    land_file(lake, "lines", "a.json", json_lines(record, {**record, "id": 2}))
+    land_file(lake, "lines", "b.json.gz", gzip.compress(json_lines({**record, "id": 3})))
     zstd = pa.BufferOutputStream()
     with pa.CompressedOutputStream(zstd, "zstd") as out:
-        out.write(_lines({**record, "id": 4}))
-    _land(lake, "lines", "c.json.zst", zstd.getvalue().to_pybytes())
-    _land(lake, "arrays", "a.json", json.dumps([record, {**record, "id": 2}, 17]).encode())
-    _land(lake, "csv", "a.csv", b'id;name;note\n1;"x;y";"say \\"hi\\""\n2;z;\n')
+        out.write(json_lines({**record, "id": 4}))
+    land_file(lake, "lines", "c.json.zst", zstd.getvalue().to_pybytes())
+    land_file(lake, "arrays", "a.json", json.dumps([record, {**record, "id": 2}, 17]).encode())
+    land_file(lake, "csv", "a.csv", b'id;name;note\n1;"x;y";"say \\"hi\\""\n2;z;\n')
     buffer = io.BytesIO()
     pq.write_table(pa.table({"id": [1, 2, 3], "name": ["a", "b", "c"]}), buffer)
-    _land(lake, "parquet", "a.parquet", buffer.getvalue())
+    land_file(lake, "parquet", "a.parquet", buffer.getvalue())
 
     feeds = {
         "lines": FeedSpec(name="lines", source="lines"),
@@ -68,8 +56,8 @@ def test_every_format_and_compression_lands_with_inferred_real_types(tmp_path: P
 def test_add_new_columns_merges_in_the_same_run_and_versions_the_schema(tmp_path: Path) -> None:
     lake = local_lake(tmp_path)
     feed = FeedSpec(name="evo", source="evo", max_files_per_batch=1)
-    _land(lake, "evo", "1.json", _lines({"id": 1}))
-    _land(lake, "evo", "2.json", _lines({"id": 2, "extra": "new"}))
+    land_file(lake, "evo", "1.json", json_lines({"id": 1}))
+    land_file(lake, "evo", "2.json", json_lines({"id": 2, "extra": "new"}))
 
     report = ingest_feed(feed, lake)
 
@@ -84,10 +72,10 @@ def test_add_new_columns_merges_in_the_same_run_and_versions_the_schema(tmp_path
 def test_rescue_mode_keeps_unknown_fields_misfit_values_and_case_mismatches(tmp_path: Path) -> None:
     lake = local_lake(tmp_path)
     feed = FeedSpec(name="res", source="res", schema_evolution_mode="rescue", schema_hints="n bigint")
-    _land(lake, "res", "1.json", _lines({"id": "a", "n": 1}))
+    land_file(lake, "res", "1.json", json_lines({"id": "a", "n": 1}))
     ingest_feed(feed, lake)
-    second = _land(
-        lake, "res", "2.json", _lines({"id": "b", "n": "not a number", "ID": "x", "more": {"k": 1}})
+    second = land_file(
+        lake, "res", "2.json", json_lines({"id": "b", "n": "not a number", "ID": "x", "more": {"k": 1}})
     )
 
     report = ingest_feed(feed, lake)
@@ -107,9 +95,9 @@ def test_rescue_mode_keeps_unknown_fields_misfit_values_and_case_mismatches(tmp_
 def test_fail_on_new_columns_names_the_file_and_columns_and_loses_nothing(tmp_path: Path) -> None:
     lake = local_lake(tmp_path)
     feed = FeedSpec(name="strict", source="strict", schema_evolution_mode="fail_on_new_columns")
-    _land(lake, "strict", "1.json", _lines({"id": 1}))
+    land_file(lake, "strict", "1.json", json_lines({"id": 1}))
     ingest_feed(feed, lake)
-    _land(lake, "strict", "2.json", _lines({"id": 2, "surprise": True}))
+    land_file(lake, "strict", "2.json", json_lines({"id": 2, "surprise": True}))
 
     with pytest.raises(SchemaChangeError, match=r"2\.json: new column\(s\) \['surprise'\].*schema_hints"):
         ingest_feed(feed, lake)
@@ -128,9 +116,9 @@ def test_fail_on_new_columns_names_the_file_and_columns_and_loses_nothing(tmp_pa
 def test_none_mode_ignores_new_columns_but_counts_them(tmp_path: Path) -> None:
     lake = local_lake(tmp_path)
     feed = FeedSpec(name="plain", source="plain", schema_evolution_mode="none")
-    _land(lake, "plain", "1.json", _lines({"id": 1}))
+    land_file(lake, "plain", "1.json", json_lines({"id": 1}))
     ingest_feed(feed, lake)
-    _land(lake, "plain", "2.json", _lines({"id": 2, "later": 5}))
+    land_file(lake, "plain", "2.json", json_lines({"id": 2, "later": 5}))
 
     report = ingest_feed(feed, lake)
 
@@ -145,21 +133,21 @@ def test_bad_input_corpus_every_bad_line_and_file_is_accounted_for(tmp_path: Pat
     )
     csv_feed = FeedSpec(name="badcsv", source="badcsv", format="csv", schema_hints="id bigint")
     good = [{"id": i, "n": i} for i in range(5)]
-    _land(lake, "bad", "00_good.json", _lines(*good))
-    _land(lake, "bad", "01_truncated.json", _lines(*good) + b'{"id": 9, "n": ')
-    _land(lake, "bad", "02_bom.json", b"\xef\xbb\xbf" + _lines(*good))
-    _land(lake, "bad", "03_latin1.json", '{"id": 1, "n": 1, "city": "Zürich"}\n'.encode("latin-1"))
-    _land(lake, "bad", "04_binary.json", bytes(range(256)) * 4)
-    _land(lake, "bad", "05_broken.json.gz", gzip.compress(_lines(*good))[:-20] + b"garbage!")
+    land_file(lake, "bad", "00_good.json", json_lines(*good))
+    land_file(lake, "bad", "01_truncated.json", json_lines(*good) + b'{"id": 9, "n": ')
+    land_file(lake, "bad", "02_bom.json", b"\xef\xbb\xbf" + json_lines(*good))
+    land_file(lake, "bad", "03_latin1.json", '{"id": 1, "n": 1, "city": "Zürich"}\n'.encode("latin-1"))
+    land_file(lake, "bad", "04_binary.json", bytes(range(256)) * 4)
+    land_file(lake, "bad", "05_broken.json.gz", gzip.compress(json_lines(*good))[:-20] + b"garbage!")
     big = {"id": 7, "n": 7, "blob": "x" * (50 * 1024 * 1024)}
-    _land(lake, "bad", "06_50mb_line.json", _lines(big))
-    _land(
+    land_file(lake, "bad", "06_50mb_line.json", json_lines(big))
+    land_file(
         lake,
         "bad",
         "07_type_change.json",
-        _lines({"id": 1, "n": 1}, {"id": 2, "n": "two"}, {"id": 3, "n": 3}),
+        json_lines({"id": 1, "n": 1}, {"id": 2, "n": "two"}, {"id": 3, "n": 3}),
     )
-    _land(lake, "badcsv", "ragged.csv", b"id,name\n1,a\n2\n3,c,extra\n4,d\n")
+    land_file(lake, "badcsv", "ragged.csv", b"id,name\n1,a\n2\n3,c,extra\n4,d\n")
 
     report = ingest_feed(feed, lake)
     csv_report = ingest_feed(csv_feed, lake)

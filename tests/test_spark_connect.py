@@ -7,46 +7,20 @@ the classic builder for Connect, so the two do not interfere.
 """
 
 import time
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import pyarrow as pa
 import pytest
 import requests
+from test_post_job import write_feed_batch
 
 from devtools.spark_connect import free_port
 from pipelines import deployment
-from pipelines.delta_once import append_once
 from pipelines.feeds import EVENTS_FEED
 from pipelines.post.job import build_post_job
 from resources.lake import LakeResource
 from resources.sinks.resource import ElasticsearchSinkResource
 
 from helpers import local_lake
-
-
-def write_events(lake: LakeResource, rows: int) -> None:
-    """One ingest batch (batch 1) of ``rows`` events, as the ingest writes it."""
-    base = datetime(2026, 1, 1, tzinfo=UTC)
-    n = range(rows)
-    table = pa.table(
-        {
-            "event_id": [f"e{i}" for i in n],
-            "ts": pa.array([base + timedelta(seconds=i) for i in n], pa.timestamp("us", tz="UTC")),
-            "severity": [("info", "error", "warning")[i % 3] for i in n],
-            "bytes_in": pa.array([i % 1000 for i in n], pa.int64()),
-            "bytes_out": pa.array([i % 700 for i in n], pa.int64()),
-            "status_code": pa.array([200 if i % 5 else 503 for i in n], pa.int64()),
-            "_source_file": ["landing/events/batch-1.json"] * rows,
-            "_source_row": pa.array(list(n), pa.int64()),
-            "_source_modified_at": pa.array([base] * rows, pa.timestamp("us", tz="UTC")),
-            "_ingested_at": pa.array([base] * rows, pa.timestamp("us", tz="UTC")),
-            "_batch_id": pa.array([1] * rows, pa.int64()),
-        }
-    )
-    assert append_once(
-        lake.table_uri(EVENTS_FEED.table_name), lake.storage_options(), table, EVENTS_FEED.app_id, 1
-    )
 
 
 def run_post(lake: LakeResource, sink: ElasticsearchSinkResource, spark, raise_on_error: bool = True):
@@ -63,7 +37,7 @@ def test_post_job_on_spark_connect_delivers_every_record_once(
     from pyspark.sql.connect.session import SparkSession as ConnectSession
 
     lake = local_lake(tmp_path)
-    write_events(lake, 20_000)
+    write_feed_batch(lake, 1, 20_000)
     monkeypatch.setenv("LAKERELAY_SPARK_REMOTE", spark_connect_url)
     spark = deployment.spark_resource()
     assert spark.spark_config["spark.remote"] == spark_connect_url
@@ -107,7 +81,7 @@ def test_an_unreachable_connect_server_fails_fast_naming_the_url_and_what_to_do(
     tmp_path: Path, sink_server, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     lake = local_lake(tmp_path)
-    write_events(lake, 100)
+    write_feed_batch(lake, 1, 100)
     url = f"sc://127.0.0.1:{free_port()}"  # nothing listens there
     monkeypatch.setenv("LAKERELAY_SPARK_REMOTE", url)
     monkeypatch.setenv("LAKERELAY_SPARK_CONNECT_TIMEOUT_S", "5")
