@@ -73,7 +73,7 @@ def make_poster(
         writer = SinkWriter(settings)
         # The watch encloses the writer's exit, so the requests still queued when a task ends early
         # (its input broke because the driver died) are fenced as well.
-        watch = lease.watching(writer._give_up) if lease is not None else contextlib.nullcontext()
+        watch = lease.watching(writer.give_up) if lease is not None else contextlib.nullcontext()
         with watch, writer:
             skipped = 0
             for batch in batches:

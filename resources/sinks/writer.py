@@ -241,7 +241,7 @@ class SinkWriter:
             pending = settled.retry
             delay = self._backoff(attempt, retry_after)
             if time.monotonic() + delay > deadline:
-                self._give_up(
+                self.give_up(
                     f"{problem or 'retryable failures'} for {s.delivery_timeout_s:g}s "
                     f"(delivery_timeout_s) over {attempt} attempts"
                 )
@@ -325,7 +325,8 @@ class SinkWriter:
             f"sink's URL, index/path and pipeline settings, then re-run."
         )
 
-    def _give_up(self, reason: str) -> None:
+    def give_up(self, reason: str) -> None:
+        """Stop delivering (out of time, or the run lost its lease): what is not yet sent stays pending."""
         with self._give_up_lock:
             if not self._gave_up.is_set():
                 self.outcome.pending_reason = reason
