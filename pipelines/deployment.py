@@ -4,6 +4,7 @@ Non-secret settings are read when the code location loads; secrets are passed as
 Dagster resolves them at run time and never shows their values in the UI.
 """
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -83,20 +84,53 @@ def spark_config() -> dict[str, str]:
         config["spark.remote"] = remote
         return config
     master = _env("LAKERELAY_SPARK_MASTER", "local[2]")
-    if master.startswith("local"):
+    local = master.startswith("local")
+    if local:
         config.update(_local_spark_config())
     config.update(
         {
             "spark.master": master,
             "spark.ui.enabled": _env("LAKERELAY_SPARK_UI", "false"),
-            "spark.pyspark.python": python_for_spark_workers(),
+            "spark.pyspark.python": executor_python(local),
             "spark.driver.memory": _env("LAKERELAY_SPARK_DRIVER_MEMORY", "2g"),
             "spark.sql.shuffle.partitions": "8",
             "spark.ui.showConsoleProgress": "false",
             "spark.sql.debug.maxToStringFields": "200",
         }
     )
+    config.update(extra_spark_conf())
     return config
+
+
+def extra_spark_conf() -> dict[str, str]:
+    """``LAKERELAY_SPARK_CONF``: a JSON object of Spark settings for a cluster (executor memory, cores…)."""
+    text = _env("LAKERELAY_SPARK_CONF")
+    if not text:
+        return {}
+    try:
+        settings = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(
+            f"LAKERELAY_SPARK_CONF is not JSON ({exc.msg} at character {exc.pos}); write an object such as "
+            '{"spark.executor.memory": "4g", "spark.cores.max": "8"}'
+        ) from None
+    if not isinstance(settings, dict):
+        raise ValueError('LAKERELAY_SPARK_CONF must be a JSON object, e.g. {"spark.executor.memory": "4g"}')
+    return {str(key): str(value) for key, value in settings.items()}
+
+
+def executor_python(local: bool) -> str:
+    """The Python that Spark's Python workers (the executors' side of the post stage) run.
+
+    ``LAKERELAY_SPARK_EXECUTOR_PYTHON`` when set: on a cluster, the path of a Python on every worker
+    that has ``deploy/executor-requirements.txt`` (lakerelay itself is shipped with each session).
+    Otherwise this Python in local mode, and ``$PYSPARK_PYTHON`` or Spark's default ``python3`` on a
+    cluster, whose workers rarely have this process's virtualenv at the same path.
+    """
+    chosen = _env("LAKERELAY_SPARK_EXECUTOR_PYTHON")
+    if chosen:
+        return chosen
+    return python_for_spark_workers() if local else os.environ.get("PYSPARK_PYTHON", "python3")
 
 
 def _local_spark_config() -> dict[str, str]:

@@ -184,6 +184,11 @@ class SparkSessionResource(LazyPySparkResource):
             )
             self._connect_session = True
         else:
+            # PySpark's driver hands $PYSPARK_PYTHON to the executors as their Python; the
+            # spark.pyspark.python setting alone is read only by spark-submit, not by this process.
+            python = self.spark_config.get("spark.pyspark.python")
+            if python:
+                os.environ["PYSPARK_PYTHON"] = str(python)
             self._spark_session = spark_session_from_config(self.spark_config)
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:

@@ -20,9 +20,11 @@ from pipelines.post.post_stage import RESULT_DDL, make_poster, per_task_settings
 from pipelines.post.progress import acquire_progress, lease_label, progress_of, write_progress
 from pipelines.post.read_stage import read_planned_rows
 from pipelines.run_defaults import INFO_LOGS
+from resources.executor_check import ExecutorEnvironmentError, prepare_executors
 from resources.lake import LakeResource
 from resources.lease import Lease, LeaseHeld, LeaseLost, LeaseRecord
 from resources.sinks.resource import NEEDS_FIX, RestSinkResource
+from resources.spark_errors import root_cause
 
 
 class PostConfig(dg.Config):
@@ -55,6 +57,13 @@ class PostConfig(dg.Config):
         description="Spark SQL select expressions added to every record before posting, for this run. "
         "Default: the feed's `enrich` list from the feeds file, else the default enrichment (each of its "
         "expressions only where the table has the columns it reads). [] posts records as they are.",
+    )
+    check_executors: bool = Field(
+        default=True,
+        description="Before posting, run one small Spark job whose tasks look up the packages the post "
+        "stage needs, so an executor Python that lacks one fails the run with its name before a record is "
+        "sent. Once per Spark application (per session on Spark Connect) and code version. Off: the code "
+        "is shipped without looking whether the executors already have it.",
     )
     lease_ttl_s: float = Field(
         default=60.0,
@@ -289,9 +298,9 @@ def _post_under_lease(
     expressions = enrichment_for(feed, plan.schema, config)
 
     spark = spark_session()
-    frame, tasks = read_planned_rows(
-        spark, plan, lake.filesystem_settings(), config.max_tasks or default_parallelism(spark)
-    )
+    slots = config.max_tasks or default_parallelism(spark)
+    _prepare_executors(context, spark, slots, config.check_executors)
+    frame, tasks = read_planned_rows(spark, plan, lake.filesystem_settings(), slots)
     settings = per_task_settings(sink.settings(), tasks)
     try:
         enriched = enrich(frame, expressions, feed.name)
@@ -303,6 +312,7 @@ def _post_under_lease(
     except Exception as exc:
         if lease.lost is not None:
             raise lease.lost from None
+        context.log.error(f"the post stage failed in Spark: {root_cause(exc)}\n{str(exc)[:4000]}")
         description, fixable_by_retry = _explain_spark_failure(exc, sink)
         raise (dg.Failure(description=description) if fixable_by_retry else needs_fix(description)) from None
 
@@ -471,6 +481,36 @@ def default_parallelism(spark: SparkSession) -> int:
         return 2
 
 
+def _prepare_executors(context: dg.OpExecutionContext, spark: SparkSession, slots: int, check: bool) -> None:
+    """Ship lakerelay's code to the executors and check their Python; a misfit is for a person to fix."""
+    started = time.perf_counter()
+    try:
+        report = prepare_executors(spark, slots, check)
+    except ExecutorEnvironmentError as exc:
+        raise needs_fix(str(exc)) from None
+    except Exception as exc:
+        cause = root_cause(exc).rstrip(".")
+        context.log.error(f"the executors' check failed in Spark: {cause}\n{str(exc)[:4000]}")
+        raise needs_fix(
+            f"Spark executors could not run the check of their Python: {cause}. Nothing was posted. What to "
+            "do: see the step log for the executor's traceback; the executors' Python must be the driver's "
+            "Python version with the packages of deploy/executor-requirements.txt (LAKERELAY_SPARK_EXECUTOR_PYTHON)."
+        ) from None
+    if report is not None:
+        pythons = ", ".join(sorted({f"{p['python']} (Python {p['python_version']})" for p in report.pythons}))
+        code = "shipped with this session" if report.shipped else "already installed there, not shipped"
+        context.log.info(
+            f"executors checked in {time.perf_counter() - started:.1f}s: {pythons} has the post stage's "
+            f"packages; lakerelay's code {code}"
+        )
+        for mismatch in report.version_mismatches:
+            context.log.warning(f"executor package version differs from the driver's: {mismatch}")
+
+
+# Root causes that say the executors' Python is unfit, which no retry cures.
+_ENVIRONMENT_ERRORS = ("ModuleNotFoundError:", "ImportError:", "[PYTHON_VERSION_MISMATCH]")
+
+
 def _explain_spark_failure(exc: Exception, sink: RestSinkResource) -> tuple[str, bool]:
     """The failure's description, and whether a retry may cure it (False: the configuration must change)."""
     text = str(exc)
@@ -478,8 +518,17 @@ def _explain_spark_failure(exc: Exception, sink: RestSinkResource) -> tuple[str,
         if marker in text:
             line = text[text.index(marker) + len(marker) :].splitlines()[0]
             return f"{line} Nothing was marked as posted; fix the configuration and re-run.", False
+    cause = root_cause(text).rstrip(".")
+    if any(marker in cause for marker in _ENVIRONMENT_ERRORS):
+        # A retry meets the same executors: their Python must change first.
+        return (
+            f"posting to sink {sink.sink_name} failed in Spark: {cause}. Nothing was marked as posted. What to "
+            "do: the executors' Python lacks what the post stage imports; install deploy/executor-requirements.txt "
+            "in it on every worker (or set LAKERELAY_SPARK_EXECUTOR_PYTHON), then re-run.",
+            False,
+        )
     return (
-        f"posting to sink {sink.sink_name} failed in Spark: {text.splitlines()[0][:500]} "
-        f"(see the step log for the full error). Nothing was marked as posted; a re-run resends the same records.",
+        f"posting to sink {sink.sink_name} failed in Spark: {cause} (the step log has the "
+        f"executor's traceback). Nothing was marked as posted; a re-run resends the same records.",
         True,
     )

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from deltalake import DeltaTable
 
 
 @dataclass(frozen=True)
@@ -64,6 +63,9 @@ def split_units(
 
 
 def plan_post(table_uri: str, storage_options: dict[str, str], app_id: str, settled_batch: int) -> PostPlan:
+    # Imported here: executors import this module for ReadUnit and have no deltalake.
+    from deltalake import DeltaTable
+
     table = DeltaTable(table_uri, storage_options=storage_options)
     version = table.version()
     last_batch = table.transaction_version(app_id) or 0
