@@ -6,8 +6,8 @@
 
 The server is pyspark's own (``spark-submit --class …SparkConnectServer`` from the wheel, what
 ``sbin/start-connect-server.sh`` runs), in ``local[N]``, listening on 127.0.0.1 only, with this
-Python (which has the project and its packages) for its Python workers: the post op's functions are
-pickled by reference, so the server's Python must be able to import ``pipelines``. Its state, log and
+Python for its Python workers unless ``--python`` names another: that one needs only
+``deploy/executor-requirements.txt``, since each run ships lakerelay's code to its session. Its state, log and
 Spark scratch space live under ``--dir``: ``server.pid``, ``server.json``, ``server.log``, ``work/``.
 """
 
@@ -320,6 +320,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="port on 127.0.0.1 (start)")
     parser.add_argument("--master", default="local[2]", help="Spark master of the server (start)")
     parser.add_argument("--driver-memory", default="2g", help="the server's JVM heap (start)")
+    parser.add_argument("--python", default=sys.executable, help="the Python of its Python workers (start)")
     parser.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for start-up")
     parser.add_argument(
         "--token-env", default=None, help="require the token held by this environment variable (start)"
@@ -335,6 +336,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.port,
                 args.master,
                 args.driver_memory,
+                python=args.python,
                 timeout_s=args.timeout,
                 token_env=args.token_env,
                 ui=args.ui,

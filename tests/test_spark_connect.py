@@ -1,7 +1,8 @@
 """The post job on a real Spark Connect server, through the resource the deployment builds from `spark.remote`.
 
 The server is pyspark's own, started once per test session (`spark_connect_url`); the job's Spark
-work runs there, in its local[2], with the project's Python for its workers. A classic local session
+work runs there, in its local[2], with a Python for its workers that has the executor requirements
+and not lakerelay (`worker_python`): every run ships lakerelay's code to its session. A classic local session
 of the same pytest process (`spark_resource`) may exist alongside: the resource never goes through
 the classic builder for Connect, so the two do not interfere.
 """
@@ -17,6 +18,8 @@ from devtools.spark_connect import free_port
 from pipelines import deployment
 from pipelines.feeds import EVENTS_FEED
 from pipelines.post.job import build_post_job
+from resources.executor_check import check_executors
+from resources.executor_code import code_digest
 from resources.lake import LakeResource
 from resources.sinks.resource import ElasticsearchSinkResource
 
@@ -31,7 +34,7 @@ def run_post(lake: LakeResource, sink: ElasticsearchSinkResource, spark, raise_o
 
 @pytest.mark.integration
 def test_post_job_on_spark_connect_delivers_every_record_once(
-    tmp_path: Path, sink_server, spark_connect_url: str, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, sink_server, spark_connect_url: str, worker_python: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from pyspark.core.context import SparkContext
     from pyspark.sql.connect.session import SparkSession as ConnectSession
@@ -67,6 +70,11 @@ def test_post_job_on_spark_connect_delivers_every_record_once(
     try:
         assert isinstance(session, ConnectSession)
         assert session.conf.get("spark.sql.session.timeZone") == "UTC"
+        # The server's Python workers run a Python without lakerelay (the run above posted through
+        # the code it shipped to its own session).
+        report = check_executors(session)
+        assert {p["python"] for p in report.pythons} == {str(worker_python)}
+        assert not report.have_code(code_digest()) and {p["code"] for p in report.pythons} == {None}
     finally:
         session.stop()
 
@@ -74,6 +82,47 @@ def test_post_job_on_spark_connect_delivers_every_record_once(
     again = run_post(lake, sink, spark)
     assert again.success and not again.asset_materializations_for_node("spark_post_events_to_elasticsearch")
     assert sink_server.es_count("connect") == 20_000
+
+
+@pytest.mark.integration
+def test_a_connect_server_whose_python_lacks_a_package_fails_the_run_with_its_name(
+    tmp_path: Path, sink_server, worker_python_without_orjson: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from devtools import spark_connect
+
+    lake = local_lake(tmp_path)
+    write_feed_batch(lake, 1, 1_000)
+    server = spark_connect.start(
+        tmp_path / "server", port=free_port(), master="local[1]", python=str(worker_python_without_orjson)
+    )
+    try:
+        monkeypatch.setenv("LAKERELAY_SPARK_REMOTE", server.url)
+        sink = ElasticsearchSinkResource(sink_name="es", url=sink_server.url, index="no_orjson")
+        job = build_post_job("elasticsearch", EVENTS_FEED)
+        messages = []
+        for check in (True, False):
+            started = time.perf_counter()
+            result = job.execute_in_process(
+                resources={"lake": lake, "pyspark": deployment.spark_resource(), "elasticsearch": sink},
+                run_config={
+                    "ops": {"spark_post_events_to_elasticsearch": {"config": {"check_executors": check}}}
+                },
+                raise_on_error=False,
+            )
+            print(
+                f"\nConnect run with check_executors={check} failed in {time.perf_counter() - started:.1f}s"
+            )
+            [failure] = [e for e in result.all_events if e.is_step_failure]  # no retry: a person must act
+            messages.append(failure.step_failure_data.error.message)
+    finally:
+        spark_connect.stop(tmp_path / "server")
+
+    checked, unchecked = messages
+    assert "orjson: ModuleNotFoundError: No module named 'orjson'" in checked, checked
+    assert str(worker_python_without_orjson) in checked and "executor-requirements.txt" in checked
+    # The server's Python worker said it; the run says it too, not "see the server's log".
+    assert "failed in Spark: ModuleNotFoundError: No module named 'orjson'" in unchecked, unchecked
+    assert not sink_server.es_count("no_orjson")
 
 
 @pytest.mark.integration
