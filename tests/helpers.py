@@ -2,6 +2,7 @@
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import orjson
 import pyarrow as pa
@@ -11,9 +12,24 @@ from devtools.dagster_home import prepare as prepare_dagster_home
 from devtools.sample_events import write_landing_zone
 from resources.lake import LakeResource
 
+if TYPE_CHECKING:
+    from fixtures_s3 import S3Settings
+
 
 def local_lake(root: Path) -> LakeResource:
     return LakeResource(lake_uri=str(root / "lake"), landing_uri=str(root / "landing"))
+
+
+def s3_lake(s3: "S3Settings") -> LakeResource:
+    """A lake and landing zone under one test bucket of the moto server."""
+    return LakeResource(
+        lake_uri=f"s3://{s3.bucket}/lake",
+        landing_uri=f"s3://{s3.bucket}/landing",
+        aws_endpoint_url=s3.endpoint_url,
+        aws_region=s3.region,
+        aws_access_key_id=s3.access_key,
+        aws_secret_access_key=s3.secret_key,
+    )
 
 
 def land_events(

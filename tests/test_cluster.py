@@ -18,27 +18,15 @@ from dagster._core.instance.ref import InstanceRef
 from test_post_job import write_feed_batch
 
 from devtools.spark_standalone import StandaloneCluster
-from resources.lake import LakeResource
 
 from fixtures_s3 import S3Settings
-from helpers import dagster_cli_env
+from helpers import dagster_cli_env, s3_lake
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parent.parent
 DAGSTER = str(Path(sys.executable).parent / "dagster")
 JOB = "post_events_to_elasticsearch"
 RECORDS = 20_000
-
-
-def s3_lake(s3: S3Settings) -> LakeResource:
-    return LakeResource(
-        lake_uri=f"s3://{s3.bucket}/lake",
-        landing_uri=f"s3://{s3.bucket}/landing",
-        aws_endpoint_url=s3.endpoint_url,
-        aws_region=s3.region,
-        aws_access_key_id=s3.access_key,
-        aws_secret_access_key=s3.secret_key,
-    )
 
 
 def cluster_env(tmp_path: Path, sink_url: str, s3: S3Settings, cluster: StandaloneCluster, python: Path):

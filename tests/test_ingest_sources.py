@@ -17,10 +17,9 @@ from pipelines.feeds import EVENTS_FEED, FeedSpec, load_feeds
 from pipelines.ingest.asset import build_ingest_asset
 from pipelines.ingest.maintenance import build_maintenance_asset, maintain_feed
 from pipelines.ingest.runner import ingest_feed
-from resources.lake import LakeResource
 from sensors.landing import build_landing_sensor
 
-from helpers import delta_table, local_lake
+from helpers import delta_table, local_lake, s3_lake
 
 
 def _records(first: int, count: int) -> bytes:
@@ -36,14 +35,7 @@ def _land(root: Path, name: str, content: bytes) -> Path:
 
 @pytest.mark.integration
 def test_s3_landing_incremental_listing_with_backfill_finds_out_of_order_keys(s3_settings) -> None:
-    lake = LakeResource(
-        lake_uri=f"s3://{s3_settings.bucket}/lake",
-        landing_uri=f"s3://{s3_settings.bucket}/landing",
-        aws_endpoint_url=s3_settings.endpoint_url,
-        aws_region=s3_settings.region,
-        aws_access_key_id=s3_settings.access_key,
-        aws_secret_access_key=s3_settings.secret_key,
-    )
+    lake = s3_lake(s3_settings)
     client = s3_settings.client()
 
     def put(key: str, first: int, count: int) -> None:

@@ -35,7 +35,7 @@ from resources.lake import LakeResource
 from resources.lease import LeaseHeld, LeaseLog, LeaseLost, LeaseRecord, acquire
 from resources.sinks.resource import ElasticsearchSinkResource, SplunkHecSinkResource
 
-from helpers import dagster_cli_env, local_lake
+from helpers import dagster_cli_env, local_lake, s3_lake
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,15 +45,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def lake(request: pytest.FixtureRequest, tmp_path: Path) -> LakeResource:
     if request.param == "local":
         return local_lake(tmp_path)
-    s3 = request.getfixturevalue("s3_settings")
-    return LakeResource(
-        lake_uri=f"s3://{s3.bucket}/lake",
-        landing_uri=f"s3://{s3.bucket}/landing",
-        aws_endpoint_url=s3.endpoint_url,
-        aws_region=s3.region,
-        aws_access_key_id=s3.access_key,
-        aws_secret_access_key=s3.secret_key,
-    )
+    return s3_lake(request.getfixturevalue("s3_settings"))
 
 
 @pytest.fixture
