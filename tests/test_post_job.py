@@ -94,7 +94,8 @@ def test_one_file_is_posted_by_several_tasks_and_faults_lose_nothing(
     assert meta["tasks"] == 4  # one data file, four tasks
     assert meta["records"] == 20_000
     assert (meta["accepted"], meta["dead_lettered"]) == (20_000 - 3, 3)
-    assert meta["retried_records"] > 0 and meta["attempts"] > meta["requests"] - 1
+    # Retried records went out again: more attempts than distinct requests.
+    assert meta["retried_records"] > 0 and meta["attempts"] > meta["requests"]
     assert sink_server.es_count("events") == 20_000 - 3
     ids = sink_server.es_ids("events")
     assert len(ids) == len(set(ids))
@@ -149,22 +150,6 @@ def test_tasks_default_to_the_task_slots_spark_has(tmp_path: Path, sink_server, 
     meta = materialization_metadata(result, "elasticsearch")
     assert meta["tasks"] == slots
     assert meta["accepted"] == 30_000 and sink_server.es_count("slots") == 30_000
-
-
-def test_wrong_credentials_fail_fast_with_a_clear_message(tmp_path: Path, spark_resource) -> None:
-    from localsink.server import LocalSinkServer
-
-    lake = local_lake(tmp_path)
-    write_feed_batch(lake, 1, 100)
-    with LocalSinkServer(es_api_key="right-key") as server:
-        sink = ElasticsearchSinkResource(sink_name="es", url=server.url, api_key="wrong-key")
-        result = run_post("elasticsearch", sink, lake, spark_resource, raise_on_error=False)
-        assert not result.success
-        [failure] = [e for e in result.all_events if e.is_step_failure]
-        message = failure.step_failure_data.error.message
-        assert "refused the credentials with HTTP 401" in message
-        assert "wrong-key" not in message
-        assert server.stats()["es"]["bulk_requests"] == 0  # no retry storm: nothing was posted
 
 
 def test_files_are_cut_into_row_ranges_for_the_tasks() -> None:

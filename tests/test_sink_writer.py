@@ -160,3 +160,10 @@ def test_hec_invalid_event_fed_from_arrow_is_dead_lettered_alone(sink_server) ->
     assert outcome.rejected[0].record.time == 1_700_000_250.0
     events = sink_server.hec_events("main")
     assert len(events) == 999 and "e250" not in {e["event"]["event_id"] for e in events}
+
+
+def test_an_ingest_pipeline_name_is_escaped_in_the_bulk_url() -> None:
+    from resources.sinks.protocols import ElasticsearchBulk
+
+    sink = ElasticsearchSinkResource(sink_name="es", url="http://127.0.0.1:9", pipeline="geo ip&enrich#1")
+    assert ElasticsearchBulk(sink.settings()).path == "/_bulk?pipeline=geo%20ip%26enrich%231"

@@ -93,14 +93,6 @@ class FileLedger:
             for r in rows.select(["path", "size", "mtime_ns"]).to_pylist()
         )
 
-    def count(self) -> int:
-        try:
-            return (
-                DeltaTable(self.uri, storage_options=self.storage_options).to_pyarrow_dataset().count_rows()
-            )
-        except TableNotFoundError:
-            return 0
-
     def plan(self, batch_id: int, files: list[LandingFile]) -> bool:
         """Record the files of ``batch_id``; False when another run planned that batch first."""
         now = datetime.now(UTC)

@@ -1,6 +1,7 @@
 """Wire protocols: how records become a request body and how a response settles each record."""
 
 from dataclasses import dataclass, field
+from urllib.parse import quote
 
 import numpy as np
 import orjson
@@ -39,7 +40,8 @@ class ElasticsearchBulk:
     def __init__(self, settings: SinkSettings) -> None:
         if not settings.index:
             raise ValueError(f"sink {settings.name!r}: an Elasticsearch index is required")
-        self.path = "/_bulk" + (f"?pipeline={settings.pipeline}" if settings.pipeline else "")
+        # A pipeline name may hold characters a query string must escape ("&", " ", "#").
+        self.path = "/_bulk" + (f"?pipeline={quote(settings.pipeline, safe='')}" if settings.pipeline else "")
         self.op_type = settings.op_type
         self._action_prefix = (
             b'{"' + settings.op_type.encode() + b'":{"_index":' + orjson.dumps(settings.index) + b',"_id":'
