@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from resources.executor_code import SHIPPED_PACKAGES
+from resources.executor_code import SHIPPED_PACKAGES, code_digest, ship_code, source_digest_function
 
 # The post stage's third-party imports on executors (pandas: pyspark's Arrow path on the workers).
 EXECUTOR_PACKAGES = ("pyarrow", "numpy", "pandas", "orjson", "requests", "boto3")
@@ -134,8 +134,6 @@ def check_executors(spark: Any, tasks: int = 2) -> ExecutorReport:
     from pyspark.sql.connect.session import SparkSession as ConnectSession
     from pyspark.sql.types import StringType
 
-    from resources.executor_code import source_digest_function
-
     # Each API builds its own UDFs (the classic one parses the type with a SparkContext).
     if isinstance(spark, ConnectSession):
         from pyspark.sql.connect.functions import udf
@@ -198,8 +196,6 @@ def prepare_executors(spark: Any, tasks: int, check: bool = True) -> ExecutorRep
     application keeps its executors for its life; a Connect session is new per run.
     """
     from pyspark.sql.connect.session import SparkSession as ConnectSession
-
-    from resources.executor_code import code_digest, ship_code
 
     owner = spark.session_id if isinstance(spark, ConnectSession) else spark.sparkContext.applicationId
     digest = code_digest()

@@ -1,4 +1,4 @@
-"""lakerelay's own code for Spark executors: one zip of its packages, built once per code version, shipped per session.
+"""lakerelay's own code for Spark executors: one zip of its packages, built once per code version.
 
 The post op's Spark functions (the read stage, the poster, the sink protocols, the lease guard) are
 pickled by reference to lakerelay's modules, so an executor must import ``pipelines`` and
@@ -6,7 +6,8 @@ pickled by reference to lakerelay's modules, so an executor must import ``pipeli
 and checks them) but not this project: the zip goes to every executor with the session's artifacts,
 ``SparkSession.addArtifacts(pyfile=True)``, which Spark Connect uploads to its server and classic
 Spark hands to ``SparkContext.addPyFile``. Its name carries a hash of its content, so a code change
-is a new file and a session never mixes two versions of one name.
+is a new file and a session never mixes two versions of one name. Where the executors already have
+that very version installed, ``resources.executor_check.prepare_executors`` ships nothing.
 """
 
 import contextlib
