@@ -26,15 +26,11 @@ SHIPPED_PACKAGES = ("pipelines", "resources")
 _ZIP_TIME = (2020, 1, 1, 0, 0, 0)
 
 
-def source_digest_function() -> Callable[[tuple[str, ...]], str | None]:
-    """The function that names a code version: a hash over the ``.py`` files of some packages.
-
-    Returned nested so that cloudpickle ships it by value: the executors' check runs it where
-    lakerelay may be installed (same digest: nothing to ship) or absent (None).
-    """
-
-    def source_digest(packages: tuple[str, ...]) -> str | None:
-        import hashlib
+def _source_files_function() -> Callable[[tuple[str, ...]], list[tuple[str, str]] | None]:
+    # Nested (here and below) so that cloudpickle ships these by value with the executors' check,
+    # which runs them where lakerelay may be missing.
+    def source_files(packages: tuple[str, ...]) -> list[tuple[str, str]] | None:
+        """(name in the zip, path) of every ``.py`` file of ``packages``, sorted; None if one is not a folder."""
         import importlib.util
         from pathlib import Path
 
@@ -46,14 +42,34 @@ def source_digest_function() -> Callable[[tuple[str, ...]], str | None]:
                 return None
             locations = list(spec.submodule_search_locations or []) if spec else []
             if len(locations) != 1 or not Path(locations[0]).is_dir():
-                return None  # absent, a namespace package, or imported from a zip: not this installed code
+                return None  # absent, a namespace package, or imported from a zip: not installed code
             root = Path(locations[0])
             for path in root.rglob("*.py"):
                 if "__pycache__" not in path.parts:
-                    members.append((f"{package}/{path.relative_to(root).as_posix()}", path))
+                    members.append((f"{package}/{path.relative_to(root).as_posix()}", str(path)))
+        return sorted(members)
+
+    return source_files
+
+
+def source_digest_function() -> Callable[[tuple[str, ...]], str | None]:
+    """The function that names a code version: a hash over the ``.py`` files of some packages.
+
+    The executors' check runs it too: the same digest there means this code is installed, nothing
+    to ship; None means lakerelay is absent (or not installed from a folder).
+    """
+    source_files = _source_files_function()
+
+    def source_digest(packages: tuple[str, ...]) -> str | None:
+        import hashlib
+        from pathlib import Path
+
+        members = source_files(packages)
+        if members is None:
+            return None
         digest = hashlib.sha256()
-        for name, path in sorted(members):
-            digest.update(name.encode() + b"\0" + hashlib.sha256(path.read_bytes()).digest())
+        for name, path in members:
+            digest.update(name.encode() + b"\0" + hashlib.sha256(Path(path).read_bytes()).digest())
         return digest.hexdigest()[:16]
 
     return source_digest
@@ -85,14 +101,8 @@ def code_archive(packages: tuple[str, ...] = SHIPPED_PACKAGES, directory: Path |
     _prune(folder)
     partial = target.with_suffix(f".{os.getpid()}.partial")
     with zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED) as archive:
-        for package in packages:
-            root = Path(__import__(package).__file__).resolve().parent
-            for path in sorted(root.rglob("*.py")):
-                if "__pycache__" not in path.parts:
-                    name = f"{package}/{path.relative_to(root).as_posix()}"
-                    archive.writestr(
-                        zipfile.ZipInfo(name, _ZIP_TIME), path.read_bytes(), zipfile.ZIP_DEFLATED
-                    )
+        for name, path in _source_files_function()(packages) or ():
+            archive.writestr(zipfile.ZipInfo(name, _ZIP_TIME), Path(path).read_bytes(), zipfile.ZIP_DEFLATED)
     partial.replace(target)  # atomic: a run starting meanwhile never ships half a zip
     return target
 
