@@ -11,6 +11,10 @@ MANIFEST is a local path or an ``s3://bucket/<prefix>/<dataset>/<export_id>/mani
 Exit codes: 0 success, 1 verification failed, 2 bad input or an error.
 """
 
+# First: it configures the allocators of deltalake and polars, which read it when they load.
+import pipelines.export_alloc  # noqa: F401
+
+# isort: split
 import argparse
 import datetime as dt
 import json

@@ -5,6 +5,10 @@ Encoders and compressors are per part: ``begin()`` gives what opens a part (the 
 heavy work in C without the GIL, so these run well on their own pipeline threads.
 """
 
+# First: it configures the allocators of deltalake and polars, which read it when they load.
+import pipelines.export_alloc  # noqa: F401
+
+# isort: split
 import base64
 import decimal
 import io

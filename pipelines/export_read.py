@@ -10,6 +10,10 @@ an append-only table). String keys have unreliable (truncated) statistics, so th
 sorted query whose memory grows with the table; prefer an integer key.
 """
 
+# First: it configures the allocators of deltalake and polars, which read it when they load.
+import pipelines.export_alloc  # noqa: F401
+
+# isort: split
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,6 +24,11 @@ from deltalake import DeltaTable, QueryBuilder
 from pipelines.export_spec import ExportSpec
 
 log = logging.getLogger(__name__)
+
+# One DataFusion partition: each partition holds a whole row group's column chunks while it decodes
+# it (~25 MB for a 500k-row group here), and the export is paced by encoding and deflate, not by the
+# scan (8M rows/s on one partition). Two partitions cost ~50 MB of peak RSS for no speed.
+READ_PARTITIONS = 1
 
 
 def quote_ident(name: str) -> str:
@@ -151,15 +160,43 @@ def check_append_only_since(
             )
 
 
-def read_batches(table: DeltaTable, plan: ReadPlan, batch_rows: int) -> Iterator[pa.RecordBatch]:
-    """Stream every query of ``plan`` against the pinned snapshot (DataFusion honours deletion vectors)."""
-    builder = QueryBuilder({"datafusion.execution.batch_size": str(batch_rows)}).register("t", table)
+def _views_kept(schema: pa.Schema, read: pa.Schema) -> pa.Schema:
+    """``schema`` where DataFusion hands over string/binary views of its string/binary columns."""
+    fields = []
+    for want, got in zip(schema, read, strict=True):
+        same_kind = (
+            pa.types.is_string_view(got.type)
+            and (pa.types.is_string(want.type) or pa.types.is_large_string(want.type))
+        ) or (
+            pa.types.is_binary_view(got.type)
+            and (pa.types.is_binary(want.type) or pa.types.is_large_binary(want.type))
+        )
+        fields.append(want.with_type(got.type) if same_kind and want.name == got.name else want)
+    return pa.schema(fields, metadata=schema.metadata)
+
+
+def read_batches(
+    table: DeltaTable, plan: ReadPlan, batch_rows: int, keep_views: bool = False
+) -> Iterator[pa.RecordBatch]:
+    """Stream every query of ``plan`` against the pinned snapshot (DataFusion honours deletion vectors).
+
+    ``keep_views``: leave string and binary views as DataFusion gives them instead of casting them to
+    the plan's plain types. Encoders that hand batches to polars (which stores strings as views)
+    want that: the cast was a copy of every string, ~8 MB of peak RSS and CPU for nothing.
+    """
+    builder = QueryBuilder(
+        {
+            "datafusion.execution.batch_size": str(batch_rows),
+            "datafusion.execution.target_partitions": str(READ_PARTITIONS),
+        }
+    ).register("t", table)
     for sql in plan.queries:
         try:
             stream = builder.execute(sql)
         except Exception as exc:
             raise ValueError(f"export query failed: {exc}\n  query: {sql}") from exc
         reader = pa.RecordBatchReader.from_stream(stream)
+        target = _views_kept(plan.schema, reader.schema) if keep_views else plan.schema
         for batch in reader:
             if batch.num_rows:
-                yield batch.cast(plan.schema) if batch.schema != plan.schema else batch
+                yield batch.cast(target) if batch.schema != target else batch

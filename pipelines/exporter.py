@@ -9,6 +9,10 @@ one multipart chunk, whatever the table size. The manifest is created only after
 complete (create-only), so an export is either whole or invisible. ``verify_export`` re-reads it all.
 """
 
+# First: it configures the allocators of deltalake and polars, which read it when they load.
+import pipelines.export_alloc  # noqa: F401
+
+# isort: split
 import datetime as dt
 import hashlib
 import os
@@ -53,9 +57,12 @@ __all__ = [
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_VERSION = 2
-QUEUE_SIZE = 4
+# Items waiting between two stages. Measured (bench.export, 1M rows): 4 -> 2 saved ~30 MB of peak RSS
+# and no speed, since the stages run at the pace of deflate anyway.
+QUEUE_SIZE = 2
 PROBE_ROWS = 64
 COMPRESS_WORKERS = max(1, min(4, os.cpu_count() or 1))
+COMPRESS_IN_FLIGHT = 2 * COMPRESS_WORKERS  # one block compressing and one queued per worker
 
 
 @dataclass(frozen=True)
@@ -227,7 +234,7 @@ def _compress(spec: ExportSpec) -> Callable[[Iterator[_Piece]], Iterator[_Piece]
                     (piece, pool.submit(codec.block, data, tail, piece.last), head, piece.last, crc, size)
                 )
                 tail = data[-window:] if len(data) >= window else (tail + data)[-window:]
-                while len(pending) > 2 * COMPRESS_WORKERS:
+                while len(pending) > COMPRESS_IN_FLIGHT:
                     yield finish(pending.popleft())
             while pending:
                 yield finish(pending.popleft())
@@ -346,7 +353,9 @@ def export_table(
     plan = plan_read(table, spec, since_key)
 
     pieces = staged(
-        read_batches(table, plan, spec.batch_rows),
+        # NDJSON and CSV go through polars, which takes string views as they are; Parquet writes the
+        # plan's schema.
+        read_batches(table, plan, spec.batch_rows, keep_views=spec.format != "parquet"),
         _cut_and_encode(spec, plan.schema),
         _compress(spec),
         maxsize=QUEUE_SIZE,
