@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint java ui clean
+.PHONY: demo test lint java ui clean plain
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,16 @@ demo: $(STAMP) java
 ## Run the whole test suite (pytest's "no tests collected", exit 5, is not a failure).
 test: $(STAMP) java
 	$(BIN)/python -m pytest $(PYTEST_ARGS) || [ $$? -eq 5 ]
+
+## A plain `pip install .` (no extras, not editable) in a venv of its own loads the definitions and runs
+## the demo from outside the checkout, so nothing the code needs at run time hides in a dev extra.
+PLAIN ?= /tmp/lakerelay-plain
+plain: java
+	rm -rf $(PLAIN) && $(PYTHON) -m venv $(PLAIN)/venv
+	$(PLAIN)/venv/bin/python -m pip install --quiet --upgrade pip
+	$(PLAIN)/venv/bin/python -m pip install --quiet .
+	cd $(PLAIN) && venv/bin/python -c "import pipelines.definitions as d; print(len(list(d.defs.resolve_all_asset_keys())), 'assets load')"
+	cd $(PLAIN) && venv/bin/python -m devtools.demo --home $(PLAIN)/demo --files 4
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -49,9 +49,10 @@ def bench_arrow(landing: Path, work: Path) -> float:
 def bench_spark(landing: Path, work: Path, rows: int) -> float:
     from pyspark.sql import SparkSession
 
-    from pipelines.deployment import python_for_spark_workers
+    from pipelines.deployment import spark_config
+    from resources.spark import prepare_classic_environment
 
-    python_for_spark_workers()
+    prepare_classic_environment(spark_config())  # this Python for the workers, loopback for the JVM
     spark = (
         SparkSession.builder.master("local[2]")
         .appName("bench-ingest")

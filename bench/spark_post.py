@@ -57,6 +57,7 @@ from pipelines.post.plan import plan_post
 from pipelines.post.read_stage import read_planned_rows
 from resources.lake import LakeResource
 from resources.sinks.resource import ElasticsearchSinkResource
+from resources.spark import prepare_classic_environment
 
 
 def write_feed(lake: LakeResource, n: int) -> None:
@@ -181,6 +182,7 @@ def main() -> None:
     # work is mostly waiting on HTTP, which is what the seed's Table 1 measures.
     os.environ.setdefault("LAKERELAY_SPARK_MASTER", "local[8]")
     config = spark_config()
+    prepare_classic_environment(config)  # this Python for the workers, loopback for the JVM
     builder = SparkSession.builder
     for key, value in config.items():
         builder = builder.config(key, value)

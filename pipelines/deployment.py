@@ -1,13 +1,19 @@
-"""Resources for this deployment, from environment variables, with embedded defaults for a laptop.
+"""The one place that turns the environment into this deployment's resources, with laptop defaults.
 
-Non-secret settings are read when the code location loads; secrets are passed as ``dg.EnvVar`` so
-Dagster resolves them at run time and never shows their values in the UI.
+Dagster's way: a setting given in the environment reaches its resource field as ``dg.EnvVar``, so the
+Launchpad and the resources page show which variable it came from, the value is resolved when a run
+starts, and secrets are never shown. A setting left unset gets its embedded default. Numbers and
+flags are parsed here: Dagster has no float or boolean ``EnvVar``, and ``dg.EnvVar.int`` stands for
+0 until resolved, which the fields' bounds (``gt=0``) refuse. Every value is checked when the code location loads, so a wrong one stops it with the
+variable's name and the fix, not a run later. Reading the environment shapes the definitions only
+where it must (feeds file, crons, sensor status and interval); nothing here writes the environment.
 """
 
 import json
 import os
 import sys
 from pathlib import Path
+from typing import TypeVar
 
 import dagster as dg
 from dagster_aws.s3 import S3Resource
@@ -20,15 +26,27 @@ from resources.spark import SparkSessionResource, connect_url_has_token, log4j_c
 # The local sink server's default HEC token: a development value, not a secret.
 LOCAL_HEC_TOKEN = "lakerelay-local-hec-token"
 
+Resource = TypeVar("Resource", bound=dg.ConfigurableResource)
+
 
 def home() -> Path:
     """Where embedded-default state lives: ``$LAKERELAY_HOME`` or ``./.lakerelay``."""
     return Path(os.environ.get("LAKERELAY_HOME", ".lakerelay")).resolve()
 
 
+def resolved(resource: Resource) -> Resource:
+    """``resource`` with its ``EnvVar`` fields resolved, for code that uses a resource outside a run (CLIs)."""
+    return resource.process_config_and_initialize()
+
+
 def _env(name: str, default: str | None = None) -> str | None:
     value = os.environ.get(name)
     return value if value not in (None, "") else default
+
+
+def _setting(name: str, default: str | None = None) -> str | None:
+    """``dg.EnvVar(name)`` when the variable is set, else ``default``."""
+    return dg.EnvVar(name) if _env(name) is not None else default
 
 
 def _env_number(name: str, kind: type[int] | type[float], default: float | None = None) -> float | None:
@@ -124,40 +142,30 @@ def executor_python(local: bool) -> str:
 
     ``LAKERELAY_SPARK_EXECUTOR_PYTHON`` when set: on a cluster, the path of a Python on every worker
     that has ``deploy/executor-requirements.txt`` (lakerelay itself is shipped with each session).
-    Otherwise this Python in local mode, and ``$PYSPARK_PYTHON`` or Spark's default ``python3`` on a
-    cluster, whose workers rarely have this process's virtualenv at the same path.
+    Otherwise, in local mode, ``$PYSPARK_PYTHON`` or this Python (which has the project's packages;
+    PySpark's own default ``python3`` is often one without pyarrow); on a cluster ``$PYSPARK_PYTHON``
+    or Spark's default ``python3``, as its workers rarely have this process's virtualenv at the same
+    path. The session resource hands the choice to PySpark when the session starts.
     """
     chosen = _env("LAKERELAY_SPARK_EXECUTOR_PYTHON")
     if chosen:
         return chosen
-    return python_for_spark_workers() if local else os.environ.get("PYSPARK_PYTHON", "python3")
+    return os.environ.get("PYSPARK_PYTHON", sys.executable if local else "python3")
 
 
 def _local_spark_config() -> dict[str, str]:
     """Local mode on loopback only, and a quiet console.
 
     Left alone, Spark resolves the host name, finds it is a loopback address, warns and binds the
-    driver, block manager and UI to the first non-loopback interface instead. ``SPARK_LOCAL_IP`` is
-    read by the JVM when it starts (the session's JVM inherits this process's environment); the driver
-    settings cover a JVM started with another environment. Not for a cluster master, whose executors
-    must reach the driver.
+    driver, block manager and UI to the first non-loopback interface instead. The driver settings
+    keep it on 127.0.0.1 (the session resource also sets ``SPARK_LOCAL_IP`` for the JVM it starts).
+    Not for a cluster master, whose executors must reach the driver.
     """
-    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     config = {"spark.driver.bindAddress": "127.0.0.1", "spark.driver.host": "127.0.0.1"}
     log4j = log4j_config_file()
     if log4j is not None:
         config["spark.driver.extraJavaOptions"] = f"-Dlog4j.configurationFile={log4j}"
     return config
-
-
-def python_for_spark_workers() -> str:
-    """The Python that local Spark workers run: this one, which has the project's packages.
-
-    PySpark starts workers with ``$PYSPARK_PYTHON`` (default ``python3``, often a Python without
-    pyarrow); the ``spark.pyspark.python`` setting alone is only read by spark-submit.
-    """
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    return os.environ["PYSPARK_PYTHON"]
 
 
 def lake_resource() -> LakeResource:
@@ -177,29 +185,29 @@ def sink_resources() -> dict[str, dg.ConfigurableResource]:
     return {
         "elasticsearch": ElasticsearchSinkResource(
             sink_name="elasticsearch",
-            url=_env("LAKERELAY_ES_URL", "http://127.0.0.1:9200"),
-            index=_env("LAKERELAY_ES_INDEX", "events"),
-            op_type=_env("LAKERELAY_ES_OP_TYPE", "index"),
-            pipeline=_env("LAKERELAY_ES_PIPELINE"),
-            id_field=_env("LAKERELAY_ES_ID_FIELD"),
+            url=_setting("LAKERELAY_ES_URL", "http://127.0.0.1:9200"),
+            index=_setting("LAKERELAY_ES_INDEX", "events"),
+            op_type=_setting("LAKERELAY_ES_OP_TYPE", "index"),
+            pipeline=_setting("LAKERELAY_ES_PIPELINE"),
+            id_field=_setting("LAKERELAY_ES_ID_FIELD"),
             api_key=_secret("LAKERELAY_ES_API_KEY"),
-            username=_env("LAKERELAY_ES_USERNAME"),
+            username=_setting("LAKERELAY_ES_USERNAME"),
             password=_secret("LAKERELAY_ES_PASSWORD"),
             bearer_token=_secret("LAKERELAY_ES_BEARER_TOKEN"),
-            ca_bundle=_env("LAKERELAY_ES_CA_BUNDLE"),
-            client_cert=_env("LAKERELAY_ES_CLIENT_CERT"),
-            client_key=_env("LAKERELAY_ES_CLIENT_KEY"),
+            ca_bundle=_setting("LAKERELAY_ES_CA_BUNDLE"),
+            client_cert=_setting("LAKERELAY_ES_CLIENT_CERT"),
+            client_key=_setting("LAKERELAY_ES_CLIENT_KEY"),
             **shared,
         ),
         "splunk": SplunkHecSinkResource(
             sink_name="splunk",
-            url=_env("LAKERELAY_HEC_URL", "http://127.0.0.1:8088"),
+            url=_setting("LAKERELAY_HEC_URL", "http://127.0.0.1:8088"),
             token=_secret("LAKERELAY_HEC_TOKEN") or LOCAL_HEC_TOKEN,
-            index=_env("LAKERELAY_HEC_INDEX"),
+            index=_setting("LAKERELAY_HEC_INDEX"),
             ack=_env_flag("LAKERELAY_HEC_ACK"),
-            ca_bundle=_env("LAKERELAY_HEC_CA_BUNDLE"),
-            client_cert=_env("LAKERELAY_HEC_CLIENT_CERT"),
-            client_key=_env("LAKERELAY_HEC_CLIENT_KEY"),
+            ca_bundle=_setting("LAKERELAY_HEC_CA_BUNDLE"),
+            client_cert=_setting("LAKERELAY_HEC_CLIENT_CERT"),
+            client_key=_setting("LAKERELAY_HEC_CLIENT_KEY"),
             **shared,
         ),
     }
@@ -207,16 +215,19 @@ def sink_resources() -> dict[str, dg.ConfigurableResource]:
 
 def _sink_tuning() -> dict:
     """Batching and flow-control settings shared by the sinks, from ``LAKERELAY_SINK_*`` when set."""
-    numbers = {
-        "max_records_per_call": ("LAKERELAY_SINK_MAX_RECORDS_PER_CALL", int),
-        "max_bytes_per_call": ("LAKERELAY_SINK_MAX_BYTES_PER_CALL", int),
-        "max_in_flight": ("LAKERELAY_SINK_MAX_IN_FLIGHT", int),
-        "gzip_level": ("LAKERELAY_SINK_GZIP_LEVEL", int),
-        "delivery_timeout_s": ("LAKERELAY_SINK_DELIVERY_TIMEOUT_S", float),
-        "rate_limit_requests_per_s": ("LAKERELAY_SINK_RATE_LIMIT_REQUESTS_PER_S", float),
-        "rate_limit_records_per_s": ("LAKERELAY_SINK_RATE_LIMIT_RECORDS_PER_S", float),
+    whole = {
+        "max_records_per_call": "LAKERELAY_SINK_MAX_RECORDS_PER_CALL",
+        "max_bytes_per_call": "LAKERELAY_SINK_MAX_BYTES_PER_CALL",
+        "max_in_flight": "LAKERELAY_SINK_MAX_IN_FLIGHT",
+        "gzip_level": "LAKERELAY_SINK_GZIP_LEVEL",
     }
-    tuning: dict = {key: _env_number(name, kind) for key, (name, kind) in numbers.items() if _env(name)}
+    fractional = {
+        "delivery_timeout_s": "LAKERELAY_SINK_DELIVERY_TIMEOUT_S",
+        "rate_limit_requests_per_s": "LAKERELAY_SINK_RATE_LIMIT_REQUESTS_PER_S",
+        "rate_limit_records_per_s": "LAKERELAY_SINK_RATE_LIMIT_RECORDS_PER_S",
+    }
+    tuning: dict = {key: _env_number(name, int) for key, name in whole.items() if _env(name)}
+    tuning |= {key: _env_number(name, float) for key, name in fractional.items() if _env(name)}
     if _env("LAKERELAY_SINK_ADAPTIVE_CONCURRENCY"):
         tuning["adaptive_concurrency"] = _env_flag("LAKERELAY_SINK_ADAPTIVE_CONCURRENCY")
     return tuning

@@ -153,6 +153,21 @@ def connect_session(
     return builder.config(map=options).create() if options else builder.create()
 
 
+def prepare_classic_environment(spark_config: dict[str, Any]) -> None:
+    """What a classic session reads from this process's environment rather than from its config.
+
+    PySpark's driver hands ``$PYSPARK_PYTHON`` to the executors as their Python (the
+    ``spark.pyspark.python`` setting alone is read only by spark-submit). The JVM binds the block
+    manager and UI by ``SPARK_LOCAL_IP``: loopback when the driver is bound there (local mode), unless
+    the environment says otherwise. Done when a session starts, never when the definitions load.
+    """
+    python = spark_config.get("spark.pyspark.python")
+    if python:
+        os.environ["PYSPARK_PYTHON"] = str(python)
+    if spark_config.get("spark.driver.bindAddress") == "127.0.0.1":
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+
+
 class SparkSessionResource(LazyPySparkResource):
     """``LazyPySparkResource`` (same ``spark_config`` and ``.spark_session``) that also speaks Spark Connect.
 
@@ -186,9 +201,7 @@ class SparkSessionResource(LazyPySparkResource):
         else:
             # PySpark's driver hands $PYSPARK_PYTHON to the executors as their Python; the
             # spark.pyspark.python setting alone is read only by spark-submit, not by this process.
-            python = self.spark_config.get("spark.pyspark.python")
-            if python:
-                os.environ["PYSPARK_PYTHON"] = str(python)
+            prepare_classic_environment(self.spark_config)
             self._spark_session = spark_session_from_config(self.spark_config)
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:

@@ -314,9 +314,7 @@ POST_SCRIPT = """
 import json
 import sys
 
-from dagster_pyspark import LazyPySparkResource
-
-from pipelines.deployment import spark_config
+from pipelines.deployment import spark_resource
 from pipelines.feeds import EVENTS_FEED
 from pipelines.post.job import build_post_job
 from resources.lake import LakeResource
@@ -326,7 +324,7 @@ args = json.loads(sys.argv[1])
 lake = LakeResource(lake_uri=args["lake_uri"], landing_uri=args["landing_uri"])
 sink = ElasticsearchSinkResource(sink_name="es", url=args["url"], index="fence", **args["sink"])
 result = build_post_job("elasticsearch", EVENTS_FEED).execute_in_process(
-    resources={"lake": lake, "pyspark": LazyPySparkResource(spark_config=spark_config()), "elasticsearch": sink},
+    resources={"lake": lake, "pyspark": spark_resource(), "elasticsearch": sink},
     run_config={"ops": {"spark_post_events_to_elasticsearch": {"config": args["config"]}}},
     raise_on_error=False,
 )
