@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
+from devtools.server_cli import log_tail, server_main
+
 HOST = "127.0.0.1"
 DEFAULT_USER = "lakerelay"
 DEFAULT_DB = "dagster"
@@ -214,7 +216,7 @@ def create_database(server: PostgresServer, db: str) -> PostgresServer:
         timeout=60,
     )
     if result.returncode != 0:
-        raise PostgresError(f"createdb {db} failed: {result.stderr.strip()}\n{_tail(server.log)}")
+        raise PostgresError(f"createdb {db} failed: {result.stderr.strip()}\n{log_tail(server.log)}")
     return server.with_db(db)
 
 
@@ -299,47 +301,38 @@ def _server_tool(directory: Path, command: list[str]) -> None:
     if result.returncode != 0:
         raise PostgresError(
             f"{Path(command[0]).name} failed ({result.returncode}):\n{result.stdout[-2000:]}"
-            f"{result.stderr[-2000:]}\n{_tail(directory / 'server.log')}"
+            f"{result.stderr[-2000:]}\n{log_tail(directory / 'server.log')}"
         )
 
 
-def _tail(path: Path, lines: int = 20) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m devtools.postgres",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("action", choices=("start", "stop", "status"))
-    parser.add_argument("--dir", type=Path, required=True, help="the server's folder (removed by stop)")
-    parser.add_argument(
-        "--port", type=int, default=None, help="port on 127.0.0.1 (start; default: a free one)"
-    )
-    args = parser.parse_args(argv)
-    try:
-        if args.action == "start":
-            began = time.monotonic()
-            server = start(args.dir, args.port)
-            print(f"PostgreSQL started in {time.monotonic() - began:.1f}s, log {server.log}", file=sys.stderr)
-            print("".join(f"export {k}={v}\n" for k, v in server.env.items()), end="")
-        elif args.action == "stop":
-            print("PostgreSQL stopped" if stop(args.dir) else "no PostgreSQL server was running")
-        else:
-            server = status(args.dir)
-            if server is None:
-                print("not running")
-                return 1
-            print(f"running: {server.host}:{server.port}, log {server.log}")
-    except PostgresError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    def add_arguments(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--dir", type=Path, required=True, help="the server's folder (removed by stop)")
+        parser.add_argument(
+            "--port", type=int, default=None, help="port on 127.0.0.1 (start; default: a free one)"
+        )
+
+    def start_action(args: argparse.Namespace) -> int:
+        began = time.monotonic()
+        server = start(args.dir, args.port)
+        print(f"PostgreSQL started in {time.monotonic() - began:.1f}s, log {server.log}", file=sys.stderr)
+        print("".join(f"export {k}={v}\n" for k, v in server.env.items()), end="")
+        return 0
+
+    def stop_action(args: argparse.Namespace) -> int:
+        print("PostgreSQL stopped" if stop(args.dir) else "no PostgreSQL server was running")
+        return 0
+
+    def status_action(args: argparse.Namespace) -> int:
+        server = status(args.dir)
+        if server is None:
+            print("not running")
+            return 1
+        print(f"running: {server.host}:{server.port}, log {server.log}")
+        return 0
+
+    actions = {"start": start_action, "stop": stop_action, "status": status_action}
+    return server_main("python -m devtools.postgres", __doc__, add_arguments, actions, (PostgresError,), argv)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from devtools.server_cli import log_tail, server_main
 from resources.spark import LOG4J2_CONSOLE_WARN, log4j_config_file
 
 SERVER_CLASS = "org.apache.spark.sql.connect.service.SparkConnectServer"
@@ -214,11 +215,11 @@ def _wait_until_ready(
         if process.poll() is not None:
             raise ConnectServerError(
                 f"the Spark Connect server exited with code {process.returncode} while starting:\n"
-                f"{_tail(server.log)}\n(full log: {server.log})"
+                f"{log_tail(server.log, 25, '(no log)')}\n(full log: {server.log})"
             )
         if time.monotonic() > deadline:
             raise ConnectServerError(
-                f"the Spark Connect server did not accept a session on {server.url} in time:\n{_tail(server.log)}"
+                f"the Spark Connect server did not accept a session on {server.url} in time:\n{log_tail(server.log, 25, '(no log)')}"
             )
         if not _port_is_free(server.port):
             break
@@ -227,7 +228,7 @@ def _wait_until_ready(
     try:
         session = connect_session(server.url, token, timeout_s=max(5.0, deadline - time.monotonic()))
     except SparkConnectUnavailable as exc:
-        raise ConnectServerError(f"{exc}\n{_tail(server.log)}") from None
+        raise ConnectServerError(f"{exc}\n{log_tail(server.log, 25, '(no log)')}") from None
     try:
         session.range(1).collect()
     finally:
@@ -302,64 +303,61 @@ def _forget(directory: Path) -> None:
         (directory / name).unlink(missing_ok=True)
 
 
-def _tail(path: Path, lines: int = 25) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m devtools.spark_connect",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    def add_arguments(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument(
+            "--dir", type=Path, default=DEFAULT_DIR, help="pid file, log and Spark scratch space"
+        )
+        parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="port on 127.0.0.1 (start)")
+        parser.add_argument("--master", default="local[2]", help="Spark master of the server (start)")
+        parser.add_argument("--driver-memory", default="2g", help="the server's JVM heap (start)")
+        parser.add_argument(
+            "--python", default=sys.executable, help="the Python of its Python workers (start)"
+        )
+        parser.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for start-up")
+        parser.add_argument(
+            "--token-env", default=None, help="require the token held by this environment variable (start)"
+        )
+        parser.add_argument("--ui", action="store_true", help="also serve the Spark UI (on 127.0.0.1:4040)")
+
+    def start_action(args: argparse.Namespace) -> int:
+        began = time.monotonic()
+        before = status(args.dir)
+        server = start(
+            args.dir,
+            args.port,
+            args.master,
+            args.driver_memory,
+            python=args.python,
+            timeout_s=args.timeout,
+            token_env=args.token_env,
+            ui=args.ui,
+        )
+        what = "already running" if before else f"started in {time.monotonic() - began:.1f}s"
+        print(
+            f"Spark Connect server {what}: pid {server.pid}, {server.master}, log {server.log}",
+            file=sys.stderr,
+        )
+        print(server.url)
+        return 0
+
+    def stop_action(args: argparse.Namespace) -> int:
+        stopped = stop(args.dir)
+        print("Spark Connect server stopped" if stopped else "no Spark Connect server was running")
+        return 0
+
+    def status_action(args: argparse.Namespace) -> int:
+        server = status(args.dir)
+        if server is None:
+            print("not running")
+            return 1
+        print(f"running: {server.url} (pid {server.pid}, {server.master}, log {server.log})")
+        return 0
+
+    actions = {"start": start_action, "stop": stop_action, "status": status_action}
+    return server_main(
+        "python -m devtools.spark_connect", __doc__, add_arguments, actions, (ConnectServerError,), argv
     )
-    parser.add_argument("action", choices=("start", "stop", "status"))
-    parser.add_argument("--dir", type=Path, default=DEFAULT_DIR, help="pid file, log and Spark scratch space")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="port on 127.0.0.1 (start)")
-    parser.add_argument("--master", default="local[2]", help="Spark master of the server (start)")
-    parser.add_argument("--driver-memory", default="2g", help="the server's JVM heap (start)")
-    parser.add_argument("--python", default=sys.executable, help="the Python of its Python workers (start)")
-    parser.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for start-up")
-    parser.add_argument(
-        "--token-env", default=None, help="require the token held by this environment variable (start)"
-    )
-    parser.add_argument("--ui", action="store_true", help="also serve the Spark UI (on 127.0.0.1:4040)")
-    args = parser.parse_args(argv)
-    try:
-        if args.action == "start":
-            began = time.monotonic()
-            before = status(args.dir)
-            server = start(
-                args.dir,
-                args.port,
-                args.master,
-                args.driver_memory,
-                python=args.python,
-                timeout_s=args.timeout,
-                token_env=args.token_env,
-                ui=args.ui,
-            )
-            what = "already running" if before else f"started in {time.monotonic() - began:.1f}s"
-            print(
-                f"Spark Connect server {what}: pid {server.pid}, {server.master}, log {server.log}",
-                file=sys.stderr,
-            )
-            print(server.url)
-        elif args.action == "stop":
-            stopped = stop(args.dir)
-            print("Spark Connect server stopped" if stopped else "no Spark Connect server was running")
-        else:
-            server = status(args.dir)
-            if server is None:
-                print("not running")
-                return 1
-            print(f"running: {server.url} (pid {server.pid}, {server.master}, log {server.log})")
-    except ConnectServerError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    return 0
 
 
 if __name__ == "__main__":

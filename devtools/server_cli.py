@@ -1,0 +1,36 @@
+"""What the command lines of the throwaway test servers share: start/stop/status and their log's tail."""
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+
+def log_tail(path: Path, lines: int = 20, missing: str = "") -> str:
+    """The last ``lines`` lines of a server's log, for an error message; ``missing`` when there is none."""
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return missing
+
+
+def server_main(
+    prog: str,
+    description: str | None,
+    add_arguments: Callable[[argparse.ArgumentParser], None],
+    actions: dict[str, Callable[[argparse.Namespace], int]],
+    errors: tuple[type[Exception], ...],
+    argv: Sequence[str] | None = None,
+) -> int:
+    """Parse ``<action> [options]``, run that action; an expected error prints ``error: …`` and exits 1."""
+    parser = argparse.ArgumentParser(
+        prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("action", choices=tuple(actions))
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return actions[args.action](args)
+    except errors as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
