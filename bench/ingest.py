@@ -22,10 +22,12 @@ from deltalake import write_deltalake
 from devtools.sample_events import write_landing_zone
 from pipelines.delta_once import append_once
 from pipelines.feeds import EVENTS_FEED, FeedSpec
+from pipelines.ingest.context import IngestContext, IngestReport
 from pipelines.ingest.ledger import FileLedger
 from pipelines.ingest.maintenance import maintain_feed
+from pipelines.ingest.planning import discover_new_files
 from pipelines.ingest.reader import METADATA_SCHEMA
-from pipelines.ingest.runner import IngestContext, IngestReport, discover_new_files, ingest_feed
+from pipelines.ingest.runner import ingest_feed
 from resources.lake import LakeResource
 
 

@@ -5,9 +5,12 @@ waiting for a second run to be launched and a second sensor tick. The post jobs 
 sensors stay: they retry a sink that failed and catch up whatever else moved the table.
 """
 
+from functools import partial
+
 import dagster as dg
 
 from pipelines.feeds import FeedSpec
+from pipelines.ingest.discovery import files_waiting
 from pipelines.post.job import sink_asset_key
 from pipelines.run_defaults import INFO_LOGS
 from sensors.landing import build_landing_sensor
@@ -33,19 +36,34 @@ def relay_job(feed: FeedSpec, sink_keys: list[str]):  # -> the unresolved job of
     )
 
 
+def landing_sensor(
+    feed: FeedSpec,
+    job_name: str,
+    minimum_interval_seconds: int = 30,
+    default_status: dg.DefaultSensorStatus = dg.DefaultSensorStatus.STOPPED,
+) -> dg.SensorDefinition:
+    """``feed``'s landing sensor, requesting ``job_name``; the ingest domain says what waits."""
+    return build_landing_sensor(
+        feed.name,
+        job_name,
+        partial(files_waiting, feed=feed),
+        minimum_interval_seconds=minimum_interval_seconds,
+        default_status=default_status,
+    )
+
+
 def relay_defs(
     feeds: list[FeedSpec],
     sink_keys: list[str],
     sensor_status: dg.DefaultSensorStatus,
     sensor_interval_s: int,
 ) -> dg.Definitions:
-    jobs = {feed.name: relay_job(feed, sink_keys) for feed in feeds}
     return dg.Definitions(
-        jobs=list(jobs.values()),
+        jobs=[relay_job(feed, sink_keys) for feed in feeds],
         sensors=[
-            build_landing_sensor(
+            landing_sensor(
                 feed,
-                jobs[feed.name],
+                relay_job_name(feed),
                 minimum_interval_seconds=sensor_interval_s,
                 default_status=sensor_status,
             )

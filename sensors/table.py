@@ -10,14 +10,13 @@ longest backoff between tries, so it never becomes a retry storm, and the tick s
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import dagster as dg
 from deltalake import DeltaTable
 from deltalake.exceptions import TableNotFoundError
 
-from pipelines.feeds import FeedSpec
-from pipelines.post.progress import read_progress
 from resources.lake import LakeResource
 from resources.sinks.resource import NEEDS_FIX
 
@@ -35,7 +34,6 @@ UNFINISHED = [
     dg.DagsterRunStatus.STARTED,
     dg.DagsterRunStatus.CANCELING,
 ]
-FAILED = {dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED}
 
 
 @dataclass
@@ -70,22 +68,27 @@ def backoff_s(
 
 
 def build_table_sensor(
-    feed: FeedSpec,
+    feed_name: str,
+    table_name: str,
     sink_key: str,
     sink_name: str,
-    job: dg.JobDefinition,  # or the unresolved job of dg.define_asset_job (not exported by dagster)
+    job_name: str,
+    settled_version: Callable[[LakeResource], int],
     minimum_interval_seconds: int = 30,
     default_status: dg.DefaultSensorStatus = dg.DefaultSensorStatus.STOPPED,
     backoff_first_s: float = BACKOFF_FIRST_S,
     backoff_max_s: float = BACKOFF_MAX_S,
 ) -> dg.SensorDefinition:
+    """Requests job ``job_name`` (in this code location) while Delta table ``table_name`` of feed
+    ``feed_name`` is ahead of ``settled_version(lake)``, the last version the sink settled (-1: none)."""
+
     @dg.sensor(
-        name=f"{feed.name}_to_{sink_key}_sensor",
-        job=job,
+        name=f"{feed_name}_to_{sink_key}_sensor",
+        job_name=job_name,
         minimum_interval_seconds=minimum_interval_seconds,
         default_status=default_status,
         description=(
-            f"Requests job {job.name} when table {feed.table_name!r} has commits sink {sink_name!r} has not "
+            f"Requests job {job_name} when table {table_name!r} has commits sink {sink_name!r} has not "
             f"settled and no post is in flight; requests it again with backoff after a failed run."
         ),
     )
@@ -93,13 +96,11 @@ def build_table_sensor(
         context: dg.SensorEvaluationContext, lake: LakeResource
     ) -> dg.SensorResult | dg.SkipReason:
         try:
-            version = DeltaTable(
-                lake.table_uri(feed.table_name), storage_options=lake.storage_options()
-            ).version()
+            version = DeltaTable(lake.table_uri(table_name), storage_options=lake.storage_options()).version()
         except TableNotFoundError:
-            return dg.SkipReason(f"table {feed.table_name} does not exist yet")
+            return dg.SkipReason(f"table {table_name} does not exist yet")
         cursor = TableSensorCursor.parse(context.cursor)
-        settled = read_progress(lake, sink_name, feed.table_name).delta_version
+        settled = settled_version(lake)
         if version <= settled:
             if cursor.failures:
                 return dg.SensorResult(
@@ -110,8 +111,8 @@ def build_table_sensor(
         instance = context.instance
         # A post of this (sink, feed), or a relay run of the feed (it posts to every sink).
         in_flight = instance.get_runs(
-            dg.RunsFilter(tags={FEED_TAG: feed.name, SINK_TAG: sink_key}, statuses=UNFINISHED), limit=1
-        ) or instance.get_runs(dg.RunsFilter(tags={RELAY_TAG: feed.name}, statuses=UNFINISHED), limit=1)
+            dg.RunsFilter(tags={FEED_TAG: feed_name, SINK_TAG: sink_key}, statuses=UNFINISHED), limit=1
+        ) or instance.get_runs(dg.RunsFilter(tags={RELAY_TAG: feed_name}, statuses=UNFINISHED), limit=1)
         if in_flight:
             return dg.SkipReason(
                 f"run {in_flight[0].run_id} is posting to {sink_name}; it settles what it planned"
@@ -134,7 +135,7 @@ def build_table_sensor(
                     cursor.failures, bool(needs_fix), backoff_first_s, backoff_max_s
                 )
                 context.log.warning(
-                    f"run {last[0].run_id if last else cursor.run_key} of {job.name} "
+                    f"run {last[0].run_id if last else cursor.run_key} of {job_name} "
                     f"{'ended' if ended_well else 'failed'} with sink {sink_name} still behind "
                     f"({cursor.failures} in a row{'; it needs a fix: ' + needs_fix if needs_fix else ''}); "
                     f"requesting it again in {cursor.retry_at - now:.0f}s"
@@ -146,7 +147,7 @@ def build_table_sensor(
                     cursor=cursor.dump(),
                 )
         attempt = cursor.failures
-        run_key = f"{sink_key}:{feed.name}:v{version}" + (f":retry{attempt}" if attempt else "")
+        run_key = f"{sink_key}:{feed_name}:v{version}" + (f":retry{attempt}" if attempt else "")
         if run_key == cursor.run_key:
             return dg.SkipReason(f"a run for version {version} was already requested ({run_key})")
         next_cursor = TableSensorCursor(
@@ -156,7 +157,7 @@ def build_table_sensor(
             run_requests=[
                 dg.RunRequest(
                     run_key=run_key,
-                    tags={"lakerelay/delta_version": str(version), FEED_TAG: feed.name, SINK_TAG: sink_key},
+                    tags={"lakerelay/delta_version": str(version), FEED_TAG: feed_name, SINK_TAG: sink_key},
                 )
             ],
             cursor=next_cursor.dump(),

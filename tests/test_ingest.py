@@ -13,9 +13,10 @@ from deltalake import DeltaTable
 
 from pipelines.feeds import EVENTS_FEED, FeedSpec
 from pipelines.ingest.asset import build_ingest_asset
+from pipelines.ingest.context import IngestContext, IngestReport
 from pipelines.ingest.discovery import list_landing_files
 from pipelines.ingest.ledger import FileLedger
-from pipelines.ingest.runner import IngestContext, IngestReport, _commit_batch, ingest_feed
+from pipelines.ingest.runner import _commit_batch, ingest_feed
 from resources.lake import LakeResource
 
 from helpers import delta_table, land_events, local_lake
@@ -123,15 +124,34 @@ def test_a_bad_schema_hint_names_the_feed_and_the_allowed_types() -> None:
 def test_the_asset_reports_numeric_metadata_and_its_check(tmp_path: Path) -> None:
     lake = local_lake(tmp_path)
     written = land_events(lake, files=3, records_per_file=100)
+    landed_bytes = sum(p.stat().st_size for p in (Path(lake.landing_uri) / "events").iterdir())
+    asset = build_ingest_asset(EVENTS_FEED)
 
-    result = dg.materialize([build_ingest_asset(EVENTS_FEED)], resources={"lake": lake})
+    result = dg.materialize([asset], resources={"lake": lake})
+    land_events(lake, files=1, records_per_file=10, start_seq=written)
+    second = dg.materialize([asset], resources={"lake": lake})
 
     metadata = result.asset_materializations_for_node("events")[0].metadata
-    assert metadata["rows"].value == written
-    assert metadata["files"].value == 3
+    assert metadata["ingest_rows"].value == written
+    assert metadata["ingest_files"].value == 3
+    assert metadata["ingest_bytes"].value == landed_bytes
+    assert metadata["ingest_duration_s"].value > 0
     assert metadata["delta_version"].value == 0
     [check] = result.get_asset_check_evaluations()
     assert check.passed
+    # What the UI shows of the table: where it is, its columns with types, and its rows after the run.
+    assert metadata["dagster/uri"].value == lake.table_uri("events")
+    assert metadata["dagster/table_name"].value == "events"
+    columns = {c.name: c.type for c in metadata["dagster/column_schema"].value.columns}
+    assert columns["event_id"] == "string" and columns["_ingested_at"] == "timestamp[us, tz=UTC]"
+    assert list(columns) == delta_table(lake).column_names
+    assert metadata["dagster/row_count"].value == written
+    later = second.asset_materializations_for_node("events")[0].metadata
+    assert (later["ingest_rows"].value, later["dagster/row_count"].value) == (10, written + 10)
+    # Related keys sort together: every run figure is under one of a few prefixes.
+    prefixes = {key.split("_")[0] for key in metadata if not key.startswith("dagster/")}
+    assert prefixes == {"delta", "ingest", "listing", "overwritten", "quarantine", "schema"}
+    assert {"delta", "json"} <= set(asset.specs_by_key[dg.AssetKey("events")].kinds)
 
 
 def _ingest_in_child(lake_uri: str, landing_uri: str) -> int:
@@ -166,7 +186,7 @@ def test_the_quarantine_rate_check_fails_above_the_feed_threshold(tmp_path: Path
     assert not check.passed and check.severity == dg.AssetCheckSeverity.WARN
     assert check.metadata["quarantine_rate"].value == pytest.approx(0.1)
     metadata = result.asset_materializations_for_node("events")[0].metadata
-    assert (metadata["rows"].value, metadata["bad_records"].value) == (9, 1)
+    assert (metadata["ingest_rows"].value, metadata["quarantine_bad_records"].value) == (9, 1)
 
 
 def test_the_ledger_compacts_itself_so_lookups_do_not_slow_down_between_maintenance_runs(

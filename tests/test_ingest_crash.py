@@ -1,6 +1,5 @@
 """kill -9 of the ingest process after each phase, then a rerun: every record once, every bad line once."""
 
-import os
 import signal
 import subprocess
 import sys
@@ -10,17 +9,12 @@ import pyarrow.compute as pc
 import pytest
 
 from pipelines.feeds import EVENTS_FEED
-from pipelines.ingest.runner import CRASH_AFTER_ENV, ingest_feed
+from pipelines.ingest.runner import ingest_feed
 
 from helpers import delta_table, land_events, local_lake
 
-CHILD = """
-import sys
-from pipelines.feeds import EVENTS_FEED
-from pipelines.ingest.runner import ingest_feed
-from resources.lake import LakeResource
-ingest_feed(EVENTS_FEED, LakeResource(lake_uri=sys.argv[1], landing_uri=sys.argv[2]), max_files_per_batch=2)
-"""
+# Runs a real ingest (2 files per batch) in a child process and SIGKILLs it right after the step.
+CRASH_AT = Path(__file__).resolve().parent / "crash_at.py"
 
 
 @pytest.mark.e2e
@@ -35,8 +29,7 @@ def test_kill_9_after_each_phase_then_rerun_gives_every_record_once(tmp_path: Pa
     written += 1
 
     child = subprocess.run(
-        [sys.executable, "-c", CHILD, lake.lake_uri, lake.landing_uri],
-        env={**os.environ, CRASH_AFTER_ENV: phase},
+        [sys.executable, str(CRASH_AT), phase, lake.lake_uri, lake.landing_uri],
         cwd=Path(__file__).resolve().parents[1],
         capture_output=True,
         timeout=120,

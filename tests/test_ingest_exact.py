@@ -13,7 +13,7 @@ import pyarrow.compute as pc
 import pytest
 
 from pipelines.feeds import EVENTS_FEED, CsvOptions, FeedSpec
-from pipelines.ingest import formats, reader, schema
+from pipelines.ingest import json_format, parsing, reader, schema
 from pipelines.ingest.asset import build_ingest_asset
 from pipelines.ingest.runner import ingest_feed
 
@@ -166,7 +166,7 @@ def test_a_file_that_fails_to_conform_is_quarantined_and_the_rest_lands(tmp_path
 
     assert result.success
     metadata = result.asset_materializations_for_node("events")[0].metadata
-    assert (metadata["rows"].value, metadata["quarantined_files"].value) == (2, 1)
+    assert (metadata["ingest_rows"].value, metadata["quarantine_files"].value) == (2, 1)
     assert sorted(delta_table(lake)["event_id"].to_pylist()) == ["a", "c"]
     [entry] = delta_table(lake, "_lakerelay/quarantine/events").to_pylist()
     assert (entry["source_file"], entry["kind"]) == (str(poison), "unreadable_file")
@@ -351,9 +351,9 @@ def test_big_integers_nested_and_in_string_columns_keep_every_digit(tmp_path: Pa
 def test_normal_files_stay_on_the_fast_path(tmp_path: Path, monkeypatch) -> None:
     lake = local_lake(tmp_path)
     calls = {"scan": 0, "exact": 0}
-    real_scan, real_loads = formats.scan_integers, formats._exact_loads
+    real_scan, real_loads = json_format.scan_integers, json_format._exact_loads
 
-    def scan(text: bytes) -> formats.IntegerScan:
+    def scan(text: bytes) -> parsing.IntegerScan:
         calls["scan"] += 1
         return real_scan(text)
 
@@ -361,8 +361,8 @@ def test_normal_files_stay_on_the_fast_path(tmp_path: Path, monkeypatch) -> None
         calls["exact"] += 1
         return real_loads(text)
 
-    monkeypatch.setattr(formats, "scan_integers", scan)
-    monkeypatch.setattr(formats, "_exact_loads", exact_loads)
+    monkeypatch.setattr(json_format, "scan_integers", scan)
+    monkeypatch.setattr(json_format, "_exact_loads", exact_loads)
     # No floating-point column: Arrow cannot have rounded anything, not even a snowflake id.
     land_file(
         lake, "events", "a.json", json_lines({"event_id": "a", "bytes_in": 1, "id": 1541815603606036480})

@@ -17,7 +17,7 @@ from pipelines.feeds import EVENTS_FEED, FeedSpec, load_feeds
 from pipelines.ingest.asset import build_ingest_asset
 from pipelines.ingest.maintenance import build_maintenance_asset, maintain_feed
 from pipelines.ingest.runner import ingest_feed
-from sensors.landing import build_landing_sensor
+from pipelines.relay import landing_sensor
 
 from helpers import delta_table, local_lake, s3_lake
 
@@ -184,7 +184,7 @@ def test_maintenance_compacts_and_vacuums_table_and_ledger(tmp_path: Path) -> No
 def test_landing_sensor_lists_only_after_the_cursor(tmp_path: Path) -> None:
     lake = local_lake(tmp_path)
     root = Path(lake.landing_uri) / "events"
-    sensor = build_landing_sensor(EVENTS_FEED, dg.define_asset_job("j"))
+    sensor = landing_sensor(EVENTS_FEED, "j")
     _land(root, "a.json", _records(0, 1))
     ingest_feed(EVENTS_FEED, lake)
 
@@ -239,7 +239,7 @@ def test_landing_sensor_requests_a_run_when_a_backfill_listing_is_due(tmp_path: 
     feed = dataclasses.replace(EVENTS_FEED, backfill_interval="1s")
     _land(Path(lake.landing_uri) / "events", "a.json", _records(0, 1))
     ingest_feed(feed, lake)
-    sensor = build_landing_sensor(feed, dg.define_asset_job("j"))
+    sensor = landing_sensor(feed, "j")
 
     time.sleep(1.1)
     request = sensor(

@@ -5,13 +5,15 @@ from pathlib import Path
 
 import dagster as dg
 
-from pipelines.feeds import EVENTS_FEED
+from pipelines.feeds import EVENTS_FEED, FeedSpec
+from pipelines.ingest.discovery import files_waiting
 from pipelines.ingest.runner import ingest_feed
+from pipelines.post.defs import table_sensor
 from pipelines.post.progress import write_progress
-from sensors.landing import build_landing_sensor
-from sensors.table import NEEDS_FIX_TAG, build_table_sensor
+from pipelines.relay import landing_sensor
+from sensors.table import NEEDS_FIX_TAG
 
-from helpers import land_events, local_lake
+from helpers import json_lines, land_events, land_file, local_lake
 
 
 @dg.job
@@ -21,7 +23,7 @@ def dummy_job() -> None:
 
 def test_landing_sensor_requests_one_run_per_change_of_the_landing_zone(tmp_path: Path) -> None:
     lake = local_lake(tmp_path)
-    sensor = build_landing_sensor(EVENTS_FEED, dummy_job)
+    sensor = landing_sensor(EVENTS_FEED, dummy_job.name)
     instance = dg.DagsterInstance.ephemeral()
 
     empty = sensor(dg.build_sensor_context(resources={"lake": lake}, instance=instance))
@@ -52,7 +54,7 @@ def test_landing_sensor_requests_one_run_per_change_of_the_landing_zone(tmp_path
 
 def test_table_sensor_requests_a_post_run_until_the_sink_settles_the_version(tmp_path: Path) -> None:
     lake = local_lake(tmp_path)
-    sensor = build_table_sensor(EVENTS_FEED, "elasticsearch", "elasticsearch", dummy_job)
+    sensor = table_sensor(EVENTS_FEED, "elasticsearch", "elasticsearch", dummy_job.name)
     with dg.DagsterInstance.ephemeral() as instance:
 
         def tick(cursor: str | None = None):
@@ -88,8 +90,8 @@ def test_a_failed_post_is_requested_again_with_backoff_without_new_data(tmp_path
     lake = local_lake(tmp_path)
     land_events(lake, files=1, records_per_file=10)
     ingest_feed(EVENTS_FEED, lake)
-    sensor = build_table_sensor(
-        EVENTS_FEED, "elasticsearch", "es", failing_post_job, backoff_first_s=0.5, backoff_max_s=2.0
+    sensor = table_sensor(
+        EVENTS_FEED, "elasticsearch", "es", failing_post_job.name, backoff_first_s=0.5, backoff_max_s=2.0
     )
     with dg.DagsterInstance.ephemeral() as instance:
 
@@ -143,7 +145,7 @@ def test_no_post_is_requested_while_one_is_in_flight(tmp_path: Path) -> None:
     lake = local_lake(tmp_path)
     land_events(lake, files=1, records_per_file=10)
     ingest_feed(EVENTS_FEED, lake)
-    sensor = build_table_sensor(EVENTS_FEED, "elasticsearch", "es", failing_post_job)
+    sensor = table_sensor(EVENTS_FEED, "elasticsearch", "es", failing_post_job.name)
     with dg.DagsterInstance.ephemeral() as instance:
         # A run of this sink and feed that has not finished (created, not started: e.g. from the UI).
         queued = instance.create_run_for_job(
@@ -151,3 +153,22 @@ def test_no_post_is_requested_while_one_is_in_flight(tmp_path: Path) -> None:
         )
         result = sensor(dg.build_sensor_context(resources={"lake": lake}, instance=instance))
         assert isinstance(result, dg.SkipReason) and queued.run_id in result.skip_message
+
+
+def test_the_landing_sensor_counts_the_files_the_ingest_takes_through_its_filter(tmp_path: Path) -> None:
+    lake = local_lake(tmp_path)
+    feed = FeedSpec(name="f", source="f", path_glob="*.json")
+    land_file(lake, "f", "a.csv", b"id\n1\n")  # outside the feed's glob
+    land_file(lake, "f", "_staging.json", json_lines({"id": 0}))  # a writer's temporary name
+    sensor = landing_sensor(feed, "relay_f")
+    instance = dg.DagsterInstance.ephemeral()
+
+    assert isinstance(
+        sensor(dg.build_sensor_context(resources={"lake": lake}, instance=instance)), dg.SkipReason
+    )
+    taken = land_file(lake, "f", "b.json", json_lines({"id": 1}))
+    [request] = sensor(dg.build_sensor_context(resources={"lake": lake}, instance=instance)).run_requests
+
+    assert request.run_key == f"f::{taken}:1"
+    assert ingest_feed(feed, lake).files == 1  # the file the sensor counted, and only it
+    assert files_waiting(lake, feed).count == 0

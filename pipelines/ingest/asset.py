@@ -1,13 +1,32 @@
-"""The Dagster asset per feed: one materialization ingests every new landing file into the feed's Delta table."""
+"""The Dagster asset per feed: one materialization ingests every new landing file into the feed's Delta table.
+
+Its metadata: Dagster's own keys (``dagster/uri``, ``dagster/table_name``, ``dagster/column_schema``,
+``dagster/row_count``: the table after the run), then the run's figures under a common prefix so that
+related keys sort together — ``ingest_*`` (what landed), ``listing_*``, ``overwritten_*``,
+``quarantine_*``, ``schema_*`` — with units in the names (``_bytes``, ``_s``).
+"""
+
+import time
 
 import dagster as dg
+import pyarrow as pa
 from pydantic import Field
 
 from pipelines.feeds import FeedSpec
+from pipelines.ingest.context import IngestReport
 from pipelines.ingest.runner import ingest_feed
 from resources.lake import LakeResource
 
 QUARANTINE_CHECK = "quarantine_rate_within_threshold"
+# lakerelay's own columns, described in the column schema (README, "What lands in the table").
+COLUMN_DESCRIPTIONS = {
+    "_source_file": "Landing path (bucket/key on S3)",
+    "_source_row": "0-based number of the record among the file's readable records",
+    "_source_modified_at": "The file's mtime / S3 LastModified",
+    "_ingested_at": "When the batch was read",
+    "_batch_id": "Batch number: the commit's application transaction (feed app id, batch)",
+    "_rescued_data": "Values that did not fit (JSON, with _file_path); null when nothing was rescued",
+}
 
 
 class IngestConfig(dg.Config):
@@ -29,7 +48,9 @@ def build_ingest_asset(feed: FeedSpec) -> dg.AssetsDefinition:
     @dg.asset(
         name=feed.name,
         group_name="bronze",
-        kinds={"delta"},
+        # The source format as Dagster's kind names it: a JSON array file is JSON too.
+        kinds={"delta", "json" if feed.format == "json_array" else feed.format},
+        metadata={"dagster/table_name": feed.table_name},
         # One ingest of a feed at a time (the instance allows one slot per pool); overlapping runs
         # would still commit each file once (ledger + app transaction), but only waste work.
         pool=f"lakerelay_ingest_{feed.name}",
@@ -51,6 +72,7 @@ def build_ingest_asset(feed: FeedSpec) -> dg.AssetsDefinition:
     def ingest_asset(
         context: dg.AssetExecutionContext, config: IngestConfig, lake: LakeResource
     ) -> dg.MaterializeResult:
+        started = time.monotonic()
         report = ingest_feed(
             feed,
             lake,
@@ -60,27 +82,28 @@ def build_ingest_asset(feed: FeedSpec) -> dg.AssetsDefinition:
             full_listing=config.full_listing,
             log=context.log,
         )
+        duration_s = time.monotonic() - started
         quarantine_uri = lake.state_uri("quarantine", feed.name)
         return dg.MaterializeResult(
             metadata={
-                "files": report.files,
-                "rows": report.rows,
-                "bytes": report.bytes,
-                "batches": len(report.batches),
-                "replayed_batches": report.replayed_batches,
-                "listed_files": report.listed_files,
-                "full_listing": report.full_listing,
+                **table_metadata(lake.table_uri(feed.table_name), feed.table_name, report),
+                "ingest_files": report.files,
+                "ingest_rows": report.rows,
+                "ingest_bytes": report.bytes,
+                "ingest_batches": len(report.batches),
+                "ingest_batches_replayed": report.replayed_batches,
+                "ingest_duration_s": round(duration_s, 3),
+                "listing_files": report.listed_files,
+                "listing_full": report.full_listing,
                 "overwritten_files_skipped": len(report.overwritten_skipped),
                 "overwritten_files_reingested": len(report.overwritten_reingested),
-                "quarantined_files": len(report.quarantined),
-                "bad_records": report.bad_records,
-                "rescued_rows": report.rescued_rows,
-                "new_columns": dg.MetadataValue.json(report.new_columns),
-                "ignored_columns": dg.MetadataValue.json(report.ignored_columns),
+                "quarantine_files": len(report.quarantined),
+                "quarantine_bad_records": report.bad_records,
+                "quarantine_table_uri": _uri(quarantine_uri),
+                "schema_new_columns": dg.MetadataValue.json(report.new_columns),
+                "schema_ignored_columns": dg.MetadataValue.json(report.ignored_columns),
+                "schema_rescued_rows": report.rescued_rows,
                 "schema_versions_added": len(report.schema_versions),
-                "delta_version": report.delta_version if report.delta_version is not None else -1,
-                "table_uri": dg.MetadataValue.path(lake.table_uri(feed.table_name)),
-                "quarantine_table_uri": dg.MetadataValue.path(quarantine_uri),
             },
             check_results=[
                 dg.AssetCheckResult(
@@ -89,11 +112,11 @@ def build_ingest_asset(feed: FeedSpec) -> dg.AssetsDefinition:
                     severity=dg.AssetCheckSeverity.WARN,
                     metadata={
                         "quarantine_rate": report.quarantine_rate,
-                        "threshold": feed.max_quarantine_rate,
-                        "quarantined_files": len(report.quarantined),
-                        "bad_records": report.bad_records,
-                        "quarantine_table_uri": dg.MetadataValue.path(quarantine_uri),
-                        "examples": dg.MetadataValue.json(
+                        "quarantine_rate_threshold": feed.max_quarantine_rate,
+                        "quarantine_files": len(report.quarantined),
+                        "quarantine_bad_records": report.bad_records,
+                        "quarantine_table_uri": _uri(quarantine_uri),
+                        "quarantine_examples": dg.MetadataValue.json(
                             [{"path": q.path, "error": q.error} for q in report.quarantined[:10]]
                         ),
                     },
@@ -102,3 +125,34 @@ def build_ingest_asset(feed: FeedSpec) -> dg.AssetsDefinition:
         )
 
     return ingest_asset
+
+
+def table_metadata(table_uri: str, table_name: str, report: IngestReport) -> dict[str, dg.MetadataValue]:
+    """Dagster's table keys for the feed's Delta table after the run (no schema or rows before its
+    first commit), and its version (-1: no table yet)."""
+    metadata: dict[str, dg.MetadataValue] = {
+        "dagster/uri": _uri(table_uri),
+        "dagster/table_name": dg.MetadataValue.text(table_name),
+        "delta_version": dg.MetadataValue.int(
+            report.delta_version if report.delta_version is not None else -1
+        ),
+    }
+    if report.table_schema is not None:
+        metadata["dagster/column_schema"] = dg.MetadataValue.table_schema(column_schema(report.table_schema))
+    if report.table_rows is not None:
+        metadata["dagster/row_count"] = dg.MetadataValue.int(report.table_rows)
+    return metadata
+
+
+def column_schema(schema: pa.Schema) -> dg.TableSchema:
+    """The Delta table's columns as Dagster shows them (Arrow type names, lakerelay's columns described)."""
+    return dg.TableSchema(
+        columns=[
+            dg.TableColumn(f.name, str(f.type), description=COLUMN_DESCRIPTIONS.get(f.name)) for f in schema
+        ]
+    )
+
+
+def _uri(uri: str) -> dg.MetadataValue:
+    """A clickable location: a URL for object stores (s3://…), a path for local tables."""
+    return dg.MetadataValue.url(uri) if "://" in uri else dg.MetadataValue.path(uri)

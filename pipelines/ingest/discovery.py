@@ -4,14 +4,20 @@ Incremental listing costs what the *new* files cost: on S3 ``list_objects_v2(Sta
 returns only later keys; locally, directories that sort wholly before the cursor are not entered and
 only files after it are stat'ed. Names that arrive out of lexical order are found by the periodic
 full listing (``backfill_interval``).
+
+The ingest's listing cursor (``start_after``: the greatest path planned; ``last_full_listing_at``)
+lives here too, and ``files_waiting`` is what the landing sensor asks: the files after it that the
+next ingest would take, through the same filter.
 """
 
 import fnmatch
 import os
+import time
 from dataclasses import dataclass
 
 import pyarrow.fs as pafs
 
+from pipelines.feeds import FeedSpec
 from resources.lake import LakeResource
 
 
@@ -38,6 +44,68 @@ class ListingFilter:
         if self.path_glob and not fnmatch.fnmatchcase(relative, self.path_glob):
             return False
         return mtime_ns > self.modified_after_ns
+
+
+@dataclass(frozen=True)
+class FilesWaiting:
+    """A feed's files the next ingest run would take, and whether a full listing is due."""
+
+    files: list[LandingFile]  # after the listing cursor, through the feed's filter, sorted by path
+    start_after: str  # the ingest's listing cursor ("" before its first run)
+    root: str  # where they were listed
+    full_listing_due: bool  # backfill_interval has passed since the ingest's last full listing
+    backfill_interval_s: float
+
+    @property
+    def count(self) -> int:
+        return len(self.files)
+
+    @property
+    def last_path(self) -> str:
+        return self.files[-1].path if self.files else ""
+
+
+def files_waiting(lake: LakeResource, feed: FeedSpec, now: float | None = None) -> FilesWaiting:
+    """What waits in ``feed``'s landing zone: an incremental listing after the ingest's cursor, so it
+    costs the files not yet ingested (new arrivals, plus any backlog a run left for later)."""
+    cursor = read_listing_cursor(lake, feed)
+    start_after = cursor.get("start_after") or ""
+    fs, root = lake.resolve(feed.landing_uri(lake.landing_uri))
+    last_full = cursor.get("last_full_listing_at")
+    now = time.time() if now is None else now
+    return FilesWaiting(
+        files=list_landing_files(
+            fs, root, start_after=start_after or None, keep=feed_filter(feed), lake=lake
+        ),
+        start_after=start_after,
+        root=root,
+        # Before the first run there is no cursor: that run lists everything anyway.
+        full_listing_due=last_full is not None and now - last_full >= feed.backfill_interval_s(),
+        backfill_interval_s=feed.backfill_interval_s(),
+    )
+
+
+def read_listing_cursor(lake: LakeResource, feed: FeedSpec) -> dict:
+    """The ingest's listing cursor of ``feed`` (``start_after``, ``last_full_listing_at`` in epoch
+    seconds); empty before the first run."""
+    return lake.read_state("listing", f"{feed.name}.json") or {}
+
+
+def move_listing_cursor(lake: LakeResource, feed: FeedSpec, cursor: dict, previous: dict) -> None:
+    """Store ``cursor`` as ``feed``'s listing cursor (no write when it equals ``previous``)."""
+    if cursor != previous:
+        lake.write_state(cursor, "listing", f"{feed.name}.json")
+
+
+def feed_filter(feed: FeedSpec) -> ListingFilter:
+    """Which landing files belong to ``feed``: one filter for the ingest and the landing sensor."""
+    return ListingFilter(feed.recursive, feed.path_glob, feed.modified_after_ns())
+
+
+def list_feed(lake: LakeResource, feed: FeedSpec, start_after: str | None = None) -> list[LandingFile]:
+    """``feed``'s landing files (only paths after ``start_after`` when given), sorted by path."""
+    fs, root = lake.resolve(feed.landing_uri(lake.landing_uri))
+    return list_landing_files(fs, root, start_after=start_after, keep=feed_filter(feed), lake=lake)
 
 
 def list_landing_files(

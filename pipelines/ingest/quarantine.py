@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 import pyarrow as pa
 
 from pipelines.delta_once import append_once
-from pipelines.ingest.formats import RAW_TEXT_LIMIT
+from pipelines.ingest.parsing import RAW_TEXT_LIMIT
 from pipelines.ingest.reader import ReadResult
 
 QUARANTINE_SCHEMA = pa.schema(

@@ -17,7 +17,8 @@ from deltalake import Schema as DeltaSchema
 
 from pipelines.feeds import FeedSpec
 from pipelines.ingest.discovery import LandingFile
-from pipelines.ingest.formats import BadRecord, ParsedFile, UnreadableFile, parse
+from pipelines.ingest.formats import parse
+from pipelines.ingest.parsing import BadRecord, ParsedFile, UnreadableFile
 from pipelines.ingest.schema import (
     RESCUED_COLUMN,
     TIMESTAMP_UTC,
