@@ -226,7 +226,9 @@ def main() -> None:
             runs = []
             for attempt in range(args.repeat):
                 elapsed, meta, cpu = lakerelay_run(f"lakerelay-{tasks}-{attempt}", tasks)
-                runs.append((tasks, meta["tasks"], n / elapsed, meta.get("latency_p50_ms"), elapsed, cpu))
+                runs.append(
+                    (tasks, meta["run_tasks"], n / elapsed, meta.get("http_latency_p50_ms"), elapsed, cpu)
+                )
             scaling.append(max(runs, key=lambda row: row[2]))
         best_row = max(scaling, key=lambda row: row[2])
         best = best_row[2]
@@ -246,7 +248,7 @@ def main() -> None:
                 max_records_per_call=args.remote_records_per_call,
             )
             assert meta["accepted"] == n, meta
-            remote.append((tasks, meta["tasks"], n / elapsed, meta.get("latency_p50_ms")))
+            remote.append((tasks, meta["run_tasks"], n / elapsed, meta.get("http_latency_p50_ms")))
         faults()
 
         exhibit1_runs = [exhibit1_run(f"exhibit1-{attempt}") for attempt in range(args.repeat)]

@@ -24,7 +24,6 @@ from pipelines.post.dead_letters import DEAD_LETTER_TABLE, append_dead_letters
 from pipelines.post.replay import REPLAY_TABLE
 from pipelines.post.replay_job import build_replay_job, replay_job_name, replay_op_name
 from resources.lake import LakeResource
-from resources.sinks.records import Record
 from resources.sinks.resource import ElasticsearchSinkResource, RestSinkResource, SplunkHecSinkResource
 from resources.sinks.writer import SinkWriter
 
@@ -55,17 +54,12 @@ def post_batch(
     times = [datetime.fromisoformat(e["ts"]).timestamp() for e in events] + [None] * len(extra_docs or {})
     writer = SinkWriter(sink.settings())
     with writer:
-        # Like the post job: Elasticsearch records carry an id and no time; HEC records a time and no
-        # id. HEC goes record by record: its code-6 split indexes records, which Arrow slices refuse.
-        if es:
-            writer.add_arrow(
-                pa.array(ids, pa.string()),
-                pa.array(docs, pa.binary()),
-                pa.array([None] * len(ids), pa.float64()),
-            )
-        else:
-            for doc, when in zip(docs, times, strict=True):
-                writer.add(Record("", doc, when))
+        # Like the post job: Elasticsearch records carry an id and no time; HEC records a time and no id.
+        writer.add_arrow(
+            pa.array(ids if es else [""] * len(docs), pa.string()),
+            pa.array(docs, pa.binary()),
+            pa.array([None] * len(docs) if es else times, pa.float64()),
+        )
         outcome = writer.close()
     assert outcome.accepted + len(outcome.rejected) == len(docs)
     rejected = pa.table(

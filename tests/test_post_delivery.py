@@ -19,10 +19,10 @@ from localsink.server import LocalSinkServer
 from pipelines.feeds import EVENTS_FEED, FeedSpec
 from pipelines.ingest.runner import ingest_feed
 from pipelines.post.dead_letters import DEAD_LETTER_TABLE
+from pipelines.post.defs import table_sensor
 from pipelines.post.job import build_post_job
 from pipelines.post.progress import read_progress
 from resources.sinks.resource import ElasticsearchSinkResource
-from sensors.table import build_table_sensor
 
 from helpers import local_lake
 
@@ -131,7 +131,7 @@ def test_an_outage_longer_than_the_old_retry_budget_is_waited_out_within_the_del
     healer.join()
     meta = materialization_metadata(result, "elasticsearch")
     assert (meta["accepted"], meta["dead_lettered"], meta["pending"]) == (N, 0, 0)
-    assert meta["retried_records"] > 0 and meta["attempts"] > meta["requests"]
+    assert meta["http_retried_records"] > 0 and meta["http_attempts"] > meta["http_requests"]
     ids = sink_server.es_ids("waits")
     assert len(ids) == len(set(ids)) == N
     injected = sink_server.stats()["faults"]["injected"]
@@ -153,7 +153,7 @@ def test_a_feed_unlike_the_demo_is_posted_by_its_sensor_with_default_configurati
     ingest_feed(feed, lake)
     sink = ElasticsearchSinkResource(sink_name="es", url=sink_server.url, index="metrics")
     job = build_post_job("elasticsearch", feed)
-    sensor = build_table_sensor(feed, "elasticsearch", "es", job)
+    sensor = table_sensor(feed, "elasticsearch", "es", job.name)
 
     with dg.DagsterInstance.ephemeral() as instance:
         [request] = sensor(dg.build_sensor_context(resources={"lake": lake}, instance=instance)).run_requests

@@ -91,11 +91,11 @@ def test_one_file_is_posted_by_several_tasks_and_faults_lose_nothing(
     result = run_post("elasticsearch", sink, lake, spark_resource, max_tasks=4, dead_letter_max_rate=0.0001)
 
     meta = materialization_metadata(result, "elasticsearch")
-    assert meta["tasks"] == 4  # one data file, four tasks
+    assert meta["run_tasks"] == 4  # one data file, four tasks
     assert meta["records"] == 20_000
     assert (meta["accepted"], meta["dead_lettered"]) == (20_000 - 3, 3)
     # Retried records went out again: more attempts than distinct requests.
-    assert meta["retried_records"] > 0 and meta["attempts"] > meta["requests"]
+    assert meta["http_retried_records"] > 0 and meta["http_attempts"] > meta["http_requests"]
     assert sink_server.es_count("events") == 20_000 - 3
     ids = sink_server.es_ids("events")
     assert len(ids) == len(set(ids))
@@ -108,9 +108,16 @@ def test_one_file_is_posted_by_several_tasks_and_faults_lose_nothing(
     assert {orjson.loads(r)["event_id"] for r in dead["record"].to_pylist()} == rejected
     assert set(dead["error_type"].to_pylist()) == {"document_parsing_exception"}
     assert set(dead["status"].to_pylist()) == {400}
-    # The capacity planner and the dead-letter rate check come with every run.
-    assert meta["capacity_cores_serial"] >= 1 and meta["capacity_tasks_measured"] >= 1
-    assert "| H |" in meta["capacity_plan"]
+    # The capacity planner and the dead-letter rate check come with every run; 10 calls per task
+    # are just enough to size from, and each task's start-up is left out of its rate.
+    assert meta["capacity_cores"] >= 1 and meta["capacity_tasks"] >= 1
+    assert meta["capacity_cores_one_call_at_a_time"] >= 1 and meta["capacity_startup_s_per_task"] > 0
+    assert "| O | cores = N / G: size from this one |" in meta["capacity_plan"]
+    assert "too small" not in meta["capacity_plan"]
+    # Keys are grouped by prefix, units in their names; counts are ints, durations floats.
+    assert isinstance(meta["http_latency_p50_ms"], float) and isinstance(meta["run_duration_s"], float)
+    assert isinstance(meta["http_bytes_sent"], int) and meta["http_bytes_sent"] > 0
+    assert meta["source_batch_to"] == 1 and meta["source_files_read"] == 1
     [check] = result.get_asset_check_evaluations()
     assert check.check_name == "dead_letter_rate" and not check.passed
 
@@ -148,7 +155,7 @@ def test_tasks_default_to_the_task_slots_spark_has(tmp_path: Path, sink_server, 
 
     slots = SparkSession.builder.getOrCreate().sparkContext.defaultParallelism  # the session the op used
     meta = materialization_metadata(result, "elasticsearch")
-    assert meta["tasks"] == slots
+    assert meta["run_tasks"] == slots
     assert meta["accepted"] == 30_000 and sink_server.es_count("slots") == 30_000
 
 
@@ -165,7 +172,7 @@ def test_files_are_cut_into_row_ranges_for_the_tasks() -> None:
     assert split_units((3_000, None), 8) == [ReadUnit(0, 0, None), ReadUnit(1, 0, None)]
 
 
-def test_capacity_plan_follows_the_seed_table() -> None:
+def test_capacity_plan_sizes_from_the_measured_rate_without_start_up() -> None:
     from pipelines.post.capacity import plan_capacity
 
     plan = plan_capacity(
@@ -174,10 +181,28 @@ def test_capacity_plan_follows_the_seed_table() -> None:
         records_sent=50_000,  # B = 500 records per call
         mean_latency_s=0.25,  # D; E = 4 calls/s per task
         records_in=50_000,
-        task_seconds=5.0,  # M = 10 000 records/s per task
+        task_seconds=9.0,  # two tasks, 4.5 s each ...
         api_time_fraction=0.75,
+        tasks=2,
+        startup_seconds=4.0,  # ... of which 2 s each waiting for their first records: M = 10 000/s
     )
     assert plan.calls_per_s_needed == 200  # C = A / B
-    assert plan.tasks_serial == 50  # F = C / E
-    assert plan.cores_serial == 67  # H = ceil(F / G)
-    assert (plan.tasks_measured, plan.cores_measured) == (10, 14)
+    assert plan.tasks_one_call_at_a_time == 50  # F = C / E
+    assert plan.cores_one_call_at_a_time == 67  # H = ceil(F / G)
+    assert plan.records_per_s_per_task == 10_000 and plan.startup_s_per_task == 2.0
+    assert (plan.tasks, plan.cores) == (10, 14)  # N = A / M, O = ceil(N / G)
+    meta = plan.metadata()
+    assert meta["capacity_cores"].value == 14 and "capacity_plan" in meta
+    assert "seed" not in plan.markdown() and not plan.too_small_reason
+
+
+def test_capacity_plan_of_a_small_batch_says_it_cannot_size() -> None:
+    from pipelines.post.capacity import plan_capacity
+
+    # 5,000 records over 2 tasks, 1,000 per call: 2.5 calls per task, mostly start-up and drain.
+    plan = plan_capacity(50_000, 5, 5_000, 0.05, 5_000, 30.0, 0.75, tasks=2, startup_seconds=29.0)
+    assert (plan.tasks, plan.cores, plan.cores_one_call_at_a_time) == (None, None, None)
+    assert "too small to size from" in plan.markdown() and "2.5 calls each" in plan.markdown()
+    meta = plan.metadata()
+    assert "capacity_cores" not in meta and "capacity_tasks" not in meta
+    assert meta["capacity_records_per_s_per_task"].value == 5_000.0  # measured, shown, not sized from

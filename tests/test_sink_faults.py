@@ -12,8 +12,9 @@ import pytest
 
 from localsink.server import LocalSinkServer
 from pipelines.deployment import LOCAL_HEC_TOKEN
+from resources.sinks.errors import SinkConfigError
 from resources.sinks.flow import AdaptiveConcurrency
-from resources.sinks.protocols import Record
+from resources.sinks.records import ArrowRecords, Record
 from resources.sinks.resource import (
     ElasticsearchSinkResource,
     GenericRestSinkResource,
@@ -31,10 +32,18 @@ def records(n: int = N) -> list[Record]:
     ]
 
 
+def arrow_columns(batch: list[Record]) -> tuple[pa.Array, pa.Array, pa.Array]:
+    """``batch`` as a Spark task hands it to the writer: id, JSON document and time columns."""
+    return (
+        pa.array([r.id for r in batch], pa.string()),
+        pa.array([r.doc for r in batch], pa.binary()),
+        pa.array([r.time for r in batch], pa.float64()),
+    )
+
+
 def post_all(settings, batch: list[Record]):
     writer = SinkWriter(settings)
-    for record in batch:
-        writer.add(record)
+    writer.add_arrow(*arrow_columns(batch))
     return writer.close()
 
 
@@ -115,8 +124,6 @@ def test_hec_with_indexer_ack_resends_until_acknowledged_and_keeps_every_event()
 
 
 def test_hec_ack_required_but_disabled_on_the_server_is_a_clear_configuration_error(sink_server) -> None:
-    from resources.sinks.writer import SinkConfigError
-
     settings = SplunkHecSinkResource(
         sink_name="hec", url=sink_server.url, token=LOCAL_HEC_TOKEN, ack=True
     ).settings()
@@ -178,10 +185,7 @@ def test_adaptive_concurrency_grows_on_good_responses_and_backs_off_on_429() -> 
 def test_adaptive_writer_stays_below_its_ceiling_and_shrinks_under_throttling(sink_server) -> None:
     sink_server.set_faults({"seed": 9, "request_429_rate": 0.3})
     settings = es(sink_server.url, adaptive_concurrency=True, max_in_flight=6)
-    writer = SinkWriter(settings)
-    for record in records(2_000):
-        writer.add(record)
-    outcome = writer.close()
+    outcome = post_all(settings, records(2_000))
     assert outcome.accepted == 2_000
     assert 1 <= outcome.concurrency_peak <= 6
     assert outcome.concurrency_decreases > 0
@@ -197,25 +201,19 @@ def test_rate_limit_in_requests_per_second_paces_the_calls(sink_server) -> None:
 
 @pytest.mark.parametrize("kind", ["elasticsearch", "splunk_hec", "generic_array", "generic_ndjson"])
 def test_arrow_encoding_is_byte_for_byte_the_per_record_encoding(kind: str) -> None:
-    from resources.sinks.protocols import protocol_for
-    from resources.sinks.records import ArrowRecords
-    from resources.sinks.settings import SinkSettings
-
+    # Per-item retries are lists of Record: both forms must make the same body.
     batch = [*records(50), Record('odd "id"\\', b'{"x":1}', None)]
-    columns = ArrowRecords(
-        pa.array([r.id for r in batch]),
-        pa.array([r.doc for r in batch], pa.binary()),
-        pa.array([r.time for r in batch], pa.float64()),
-    )
-    settings = SinkSettings(
-        kind=kind.split("_")[0] if kind.startswith("generic") else kind,
-        name="x",
-        url="http://x",
-        index="events",
-        hec_source="src",
-        generic_format="ndjson" if kind.endswith("ndjson") else "json_array",
-    )
-    protocol = protocol_for(settings)
+    columns = ArrowRecords(*arrow_columns(batch))
+    sink = {
+        "elasticsearch": ElasticsearchSinkResource(sink_name="x", url="http://x", index="events"),
+        "splunk_hec": SplunkHecSinkResource(
+            sink_name="x", url="http://x", token="t", index="events", source="src"
+        ),
+        "generic_array": GenericRestSinkResource(sink_name="x", url="http://x"),
+        "generic_ndjson": GenericRestSinkResource(sink_name="x", url="http://x", body_format="ndjson"),
+    }[kind]
+    settings = sink.settings()
+    protocol = settings.protocol.open(settings)
 
     def same(arrow_body: bytes, python_body: bytes) -> None:
         if kind == "splunk_hec":  # Arrow writes 1700000000.0 as 1700000000: the same JSON number
@@ -236,12 +234,7 @@ def test_arrow_batches_with_faults_settle_every_record(sink_server) -> None:
     batch = records()
     writer = SinkWriter(es(sink_server.url, max_records_per_call=300))
     for start in range(0, N, 777):  # batch edges that do not line up with calls
-        part = batch[start : start + 777]
-        writer.add_arrow(
-            pa.array([r.id for r in part]),
-            pa.array([r.doc for r in part], pa.binary()),
-            pa.array([r.time for r in part], pa.float64()),
-        )
+        writer.add_arrow(*arrow_columns(batch[start : start + 777]))
     outcome = writer.close()
     assert (outcome.accepted, outcome.dead_lettered) == (N - 3, 3)
     assert outcome.requests >= N // 300

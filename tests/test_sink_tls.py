@@ -6,6 +6,7 @@ from pathlib import Path
 
 import dagster as dg
 import orjson
+import pyarrow as pa
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -13,9 +14,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from localsink.server import LocalSinkServer
-from resources.sinks.protocols import Record
+from resources.sinks.errors import SinkTlsError
 from resources.sinks.resource import ElasticsearchSinkResource
-from resources.sinks.writer import SinkTlsError, SinkWriter
+from resources.sinks.writer import SinkWriter
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +52,11 @@ def self_signed(tmp_path_factory) -> tuple[Path, Path]:
 
 def post(settings, n: int):
     writer = SinkWriter(settings)
-    for i in range(n):
-        writer.add(Record(f"id-{i}", orjson.dumps({"n": i})))
+    writer.add_arrow(
+        pa.array([f"id-{i}" for i in range(n)], pa.string()),
+        pa.array([orjson.dumps({"n": i}) for i in range(n)], pa.binary()),
+        pa.array([None] * n, pa.float64()),
+    )
     return writer.close()
 
 

@@ -1,16 +1,22 @@
 """SinkWriter against the local sink server: batching, per-item policy, retries, auth, HEC codes."""
 
+import dataclasses
+import pickle
+import subprocess
+import sys
 import threading
 import time
 
 import orjson
+import pyarrow as pa
 import pytest
 
 from localsink.server import LocalSinkServer
 from pipelines.deployment import LOCAL_HEC_TOKEN
-from resources.sinks.protocols import Record
-from resources.sinks.resource import ElasticsearchSinkResource, SplunkHecSinkResource
-from resources.sinks.writer import SinkAuthError, SinkWriter
+from resources.sinks.errors import SinkAuthError, SinkRequestError
+from resources.sinks.records import Record
+from resources.sinks.resource import ElasticsearchSinkResource, GenericRestSinkResource, SplunkHecSinkResource
+from resources.sinks.writer import SinkWriter
 
 
 def records(n: int) -> list[Record]:
@@ -24,10 +30,18 @@ def es_settings(url: str, **options):
     return ElasticsearchSinkResource(sink_name="es", url=url, backoff_initial_s=0.01, **options).settings()
 
 
+def arrow_columns(batch: list[Record]) -> tuple[pa.Array, pa.Array, pa.Array]:
+    """``batch`` as a Spark task hands it to the writer: id, JSON document and time columns."""
+    return (
+        pa.array([r.id for r in batch], pa.string()),
+        pa.array([r.doc for r in batch], pa.binary()),
+        pa.array([r.time for r in batch], pa.float64()),
+    )
+
+
 def post_all(settings, batch: list[Record]):
     writer = SinkWriter(settings)
-    for record in batch:
-        writer.add(record)
+    writer.add_arrow(*arrow_columns(batch))
     return writer.close()
 
 
@@ -108,8 +122,6 @@ def test_an_outage_shorter_than_the_delivery_timeout_delivers_everything(sink_se
 
 
 def test_a_request_refused_as_a_whole_is_a_configuration_error_not_dead_letters(sink_server) -> None:
-    from resources.sinks.writer import SinkRequestError
-
     settings = es_settings(sink_server.url + "/not/a/bulk/endpoint")  # answered 400, no handler
     with pytest.raises(SinkRequestError, match=r"HTTP 4\d\d .*nothing was dead-lettered"):
         post_all(settings, records(10))
@@ -140,20 +152,11 @@ def test_hec_posts_envelopes_and_a_bad_event_is_dead_lettered_while_the_rest_lan
 
 def test_hec_invalid_event_fed_from_arrow_is_dead_lettered_alone(sink_server) -> None:
     # The Spark op feeds Arrow columns; HEC's code 6 names one event inside such a call.
-    import pyarrow as pa
-
     sink_server.set_faults({"reject_field": "event_id", "reject_values": ["e250"]})
     settings = SplunkHecSinkResource(
         sink_name="hec", url=sink_server.url, token=LOCAL_HEC_TOKEN, max_records_per_call=100
     ).settings()
-    batch = records(1_000)
-    writer = SinkWriter(settings)
-    writer.add_arrow(
-        pa.array([r.id for r in batch]),
-        pa.array([r.doc for r in batch], pa.binary()),
-        pa.array([r.time for r in batch], pa.float64()),
-    )
-    outcome = writer.close()
+    outcome = post_all(settings, records(1_000))
 
     assert (outcome.accepted, outcome.pending) == (999, 0)
     assert [orjson.loads(r.record.doc)["event_id"] for r in outcome.rejected] == ["e250"]
@@ -163,7 +166,53 @@ def test_hec_invalid_event_fed_from_arrow_is_dead_lettered_alone(sink_server) ->
 
 
 def test_an_ingest_pipeline_name_is_escaped_in_the_bulk_url() -> None:
-    from resources.sinks.protocols import ElasticsearchBulk
+    settings = ElasticsearchSinkResource(
+        sink_name="es", url="http://127.0.0.1:9", pipeline="geo ip&enrich#1"
+    ).settings()
+    with SinkWriter(settings) as writer:
+        assert writer.protocol.path == "/_bulk?pipeline=geo%20ip%26enrich%231"
 
-    sink = ElasticsearchSinkResource(sink_name="es", url="http://127.0.0.1:9", pipeline="geo ip&enrich#1")
-    assert ElasticsearchBulk(sink.settings()).path == "/_bulk?pipeline=geo%20ip%26enrich%231"
+
+@pytest.mark.parametrize(
+    "sink",
+    [
+        ElasticsearchSinkResource(
+            sink_name="es", url="http://x", index="logs", op_type="create", gzip_level=3
+        ),
+        SplunkHecSinkResource(
+            sink_name="hec",
+            url="http://x",
+            token="t",
+            index="sec",
+            ack=True,
+            ack_timeout_s=7,
+            max_in_flight=3,
+        ),
+        GenericRestSinkResource(
+            sink_name="api", url="http://x", path="/v1", method="PUT", success_statuses=[200, 207]
+        ),
+    ],
+    ids=["elasticsearch", "splunk_hec", "generic"],
+)
+def test_executor_settings_take_each_value_from_the_resource_field_of_the_same_name(sink) -> None:
+    settings = sink.settings()
+    for part in (settings, settings.protocol):
+        for f in dataclasses.fields(part):
+            if f.name not in ("headers", "protocol"):
+                value = getattr(sink, f.name)
+                assert getattr(part, f.name) == (tuple(value) if isinstance(value, list) else value), f.name
+    # Executors get a copy by pickle: it must round-trip and stay small.
+    assert pickle.loads(pickle.dumps(settings)) == settings
+    assert len(pickle.dumps(settings)) < 2_000
+    assert settings.kind == {"es": "elasticsearch", "hec": "splunk_hec", "api": "generic"}[sink.sink_name]
+
+
+def test_the_modules_executors_import_need_neither_dagster_nor_pydantic() -> None:
+    script = (
+        "import sys\n"
+        "import resources.sinks.writer, resources.sinks.elasticsearch, resources.sinks.hec, resources.sinks.generic\n"
+        "import pipelines.post.post_stage\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'dagster', 'pydantic'}))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"

@@ -56,9 +56,9 @@ def test_post_job_on_spark_connect_delivers_every_record_once(
 
     [event] = result.asset_materializations_for_node("spark_post_events_to_elasticsearch")
     meta = {k: v.value for k, v in event.metadata.items()}
-    print(f"\npost of 20,000 records via Spark Connect: job {elapsed:.1f}s, op {meta['duration_s']}s")
+    print(f"\npost of 20,000 records via Spark Connect: job {elapsed:.1f}s, op {meta['run_duration_s']}s")
     assert (meta["records"], meta["accepted"], meta["dead_lettered"]) == (20_000, 20_000, 0)
-    assert meta["tasks"] == 2  # the server's local[2], read from its spark.master (no SparkContext here)
+    assert meta["run_tasks"] == 2  # the server's local[2], read from its spark.master (no SparkContext here)
     assert requests.get(f"{sink_server.url}/connect/_count", timeout=10).json()["count"] == 20_000
     ids = sink_server.es_ids("connect")
     assert len(ids) == 20_000 and set(ids) == {f"e{i}" for i in range(20_000)}

@@ -8,8 +8,9 @@ from dataclasses import replace
 import pyarrow as pa
 
 from resources.lease import LeaseGuard
+from resources.sinks.outcome import PostOutcome
 from resources.sinks.settings import SinkSettings
-from resources.sinks.writer import PostOutcome, SinkWriter
+from resources.sinks.writer import SinkWriter
 
 RESULT_SCHEMA = pa.schema(
     [
@@ -29,6 +30,7 @@ RESULT_SCHEMA = pa.schema(
         ("pending", pa.int64()),
         ("bytes", pa.int64()),
         ("elapsed_s", pa.float64()),
+        ("startup_s", pa.float64()),  # of elapsed_s: the wait for the task's first batch (Spark's scan)
         ("concurrency_peak", pa.int64()),
         ("concurrency_decreases", pa.int64()),
         ("latencies_ms", pa.list_(pa.float64())),
@@ -37,8 +39,8 @@ RESULT_SCHEMA = pa.schema(
 RESULT_DDL = (
     "kind string, record_id string, record binary, status int, error_type string, reason string, "
     "records_in bigint, accepted bigint, retried bigint, requests bigint, attempts bigint, "
-    "records_sent bigint, ack_timeouts bigint, pending bigint, bytes bigint, elapsed_s double, concurrency_peak bigint, "
-    "concurrency_decreases bigint, latencies_ms array<double>"
+    "records_sent bigint, ack_timeouts bigint, pending bigint, bytes bigint, elapsed_s double, startup_s double, "
+    "concurrency_peak bigint, concurrency_decreases bigint, latencies_ms array<double>"
 )
 
 
@@ -70,6 +72,7 @@ def make_poster(
     def post(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         records_in = 0
         started = time.perf_counter()
+        startup_s = None  # until the first batch: fixed per task, so the capacity plan leaves it out
         writer = SinkWriter(settings)
         # The watch encloses the writer's exit, so the requests still queued when a task ends early
         # (its input broke because the driver died) are fenced as well.
@@ -77,6 +80,8 @@ def make_poster(
         with watch, writer:
             skipped = 0
             for batch in batches:
+                if startup_s is None:
+                    startup_s = time.perf_counter() - started
                 records_in += batch.num_rows
                 if writer.gave_up:
                     # Out of delivery time, or the lease is lost: the rest stays pending for the next run.
@@ -85,12 +90,17 @@ def make_poster(
                 writer.add_arrow(batch.column("_id"), batch.column("_doc"), batch.column("_time"))
             outcome = writer.close()
             outcome.pending += skipped
-        yield from _result_batches(outcome, records_in, time.perf_counter() - started)
+        elapsed_s = time.perf_counter() - started
+        yield from _result_batches(
+            outcome, records_in, elapsed_s, elapsed_s if startup_s is None else startup_s
+        )
 
     return post
 
 
-def _result_batches(outcome: PostOutcome, records_in: int, elapsed_s: float) -> Iterator[pa.RecordBatch]:
+def _result_batches(
+    outcome: PostOutcome, records_in: int, elapsed_s: float, startup_s: float
+) -> Iterator[pa.RecordBatch]:
     stats = {name: [None] for name in RESULT_SCHEMA.names}
     stats.update(
         kind=["stats"],
@@ -104,6 +114,7 @@ def _result_batches(outcome: PostOutcome, records_in: int, elapsed_s: float) -> 
         pending=[outcome.pending],
         reason=[outcome.pending_reason or None],
         elapsed_s=[elapsed_s],
+        startup_s=[startup_s],
         concurrency_peak=[outcome.concurrency_peak],
         concurrency_decreases=[outcome.concurrency_decreases],
         bytes=[outcome.bytes_sent],

@@ -28,15 +28,10 @@ from deltalake.exceptions import TableNotFoundError
 from pipelines.delta_once import writer_properties
 from pipelines.post.dead_letters import DEAD_LETTER_SCHEMA, DEAD_LETTER_TABLE
 from resources.lake import LakeResource
+from resources.sinks.errors import SinkAuthError, SinkConfigError, SinkRequestError, SinkTlsError
+from resources.sinks.outcome import PostOutcome
 from resources.sinks.resource import RestSinkResource
-from resources.sinks.writer import (
-    PostOutcome,
-    SinkAuthError,
-    SinkConfigError,
-    SinkRequestError,
-    SinkTlsError,
-    SinkWriter,
-)
+from resources.sinks.writer import SinkWriter
 
 REPLAY_TABLE = "dead_letter_replays"
 REPLAY_SCHEMA = pa.schema(

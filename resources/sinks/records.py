@@ -1,11 +1,10 @@
-"""Records: one at a time (`Record`), or straight from Arrow (`ArrowRecords`).
+"""Records as the writer sees them: Arrow column slices (`ArrowRecords`), and one at a time (`Record`).
 
-From Arrow: cut into calls and encoded with Arrow compute, no Python loop per record.
-
+A writer is fed Arrow only: calls are cut and encoded with Arrow compute, no Python loop per record.
 A Spark task hands the writer Arrow batches of ``_id`` (string), ``_doc`` (JSON bytes made by Spark)
 and ``_time`` (epoch seconds). ``ArrowRecords`` is a slice of those columns that behaves like a
 sequence of ``Record`` (length, slicing, iteration), so the retry, split and dead-letter paths work
-on it unchanged, while the common path — encode, post, all accepted — never builds a Python object
+on it unchanged (a per-item retry is a list of ``Record``), while the common path — encode, post, all accepted — never builds a Python object
 per record.
 """
 

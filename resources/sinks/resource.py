@@ -1,4 +1,9 @@
-"""Dagster resources for the REST sinks. They turn configuration (secrets via EnvVar) into settings."""
+"""Dagster resources for the REST sinks. They turn configuration (secrets via EnvVar) into settings.
+
+Each field is written once, here, with its default and description. ``settings()`` copies the values
+by name into the executor-side dataclasses (``SinkSettings`` and the protocol's own settings), so a
+new option needs only its field here and, if executors read it, a same-named field there.
+"""
 
 import base64
 from typing import ClassVar, Literal
@@ -7,8 +12,11 @@ import dagster as dg
 import requests
 from pydantic import Field
 
-from resources.sinks.settings import SinkSettings
-from resources.sinks.writer import auth_error_message
+from resources.sinks.elasticsearch import ElasticsearchSettings
+from resources.sinks.errors import auth_error_message
+from resources.sinks.generic import GenericSettings
+from resources.sinks.hec import HecSettings
+from resources.sinks.settings import SinkSettings, from_fields
 
 # Failure metadata key (and run tag) for failures only a person can fix; the table sensor backs off.
 NEEDS_FIX = "lakerelay/needs_fix"
@@ -28,6 +36,8 @@ class RestSinkResource(dg.ConfigurableResource):
     """Settings every REST sink shares: endpoint, batching, concurrency, retries, TLS."""
 
     asset_kind: ClassVar[str] = "rest"  # the kind the UI shows on the sink's asset
+    # The protocol's settings dataclass: filled from this resource's fields of the same names.
+    protocol_settings: ClassVar[type]
 
     sink_name: str = Field(
         description="Name of this sink in progress records, metadata and the dead-letter table."
@@ -86,7 +96,17 @@ class RestSinkResource(dg.ConfigurableResource):
     )
 
     def settings(self) -> SinkSettings:
-        raise NotImplementedError
+        """What executors need to post: this resource's values, by field name, and the headers."""
+        return from_fields(
+            SinkSettings,
+            self,
+            headers={**self.extra_headers, **self.authorization()},
+            protocol=from_fields(self.protocol_settings, self),
+        )
+
+    def authorization(self) -> dict[str, str]:
+        """The sink's auth header(s); extra_headers are sent too, and these win over them."""
+        return {}
 
     def id_expression(self) -> str | None:
         """Spark SQL for the record id, or None when the sink takes no ids."""
@@ -94,31 +114,6 @@ class RestSinkResource(dg.ConfigurableResource):
 
     def check_connection(self) -> None:
         """Fail fast, before Spark starts, when the endpoint is unreachable or refuses the credentials."""
-
-    def _common(self) -> dict:
-        return {
-            "name": self.sink_name,
-            "url": self.url,
-            "max_records_per_call": self.max_records_per_call,
-            "max_bytes_per_call": self.max_bytes_per_call,
-            "max_in_flight": self.max_in_flight,
-            "gzip_level": self.gzip_level,
-            "delivery_timeout_s": self.delivery_timeout_s,
-            "backoff_initial_s": self.backoff_initial_s,
-            "backoff_max_s": self.backoff_max_s,
-            "connect_timeout_s": self.connect_timeout_s,
-            "read_timeout_s": self.read_timeout_s,
-            "verify_tls": self.verify_tls,
-            "ca_bundle": self.ca_bundle,
-            "client_cert": self.client_cert,
-            "client_key": self.client_key,
-            "adaptive_concurrency": self.adaptive_concurrency,
-            "rate_limit_requests_per_s": self.rate_limit_requests_per_s,
-            "rate_limit_records_per_s": self.rate_limit_records_per_s,
-        }
-
-    def _headers(self, auth: dict[str, str]) -> dict[str, str]:
-        return {**self.extra_headers, **auth}
 
     def _probe(self, method: str, path: str, settings: SinkSettings, **kwargs) -> requests.Response:
         try:
@@ -156,6 +151,7 @@ class ElasticsearchSinkResource(RestSinkResource):
     """Elasticsearch or OpenSearch `_bulk`. Ids are deterministic, so a replay overwrites, never duplicates."""
 
     asset_kind: ClassVar[str] = "elasticsearch"
+    protocol_settings: ClassVar[type] = ElasticsearchSettings
 
     index: str = Field(default="events", description="Target index, alias or data stream.")
     op_type: Literal["index", "create"] = Field(
@@ -179,20 +175,10 @@ class ElasticsearchSinkResource(RestSinkResource):
     password: str | None = Field(default=None, description="Basic-auth password. Use EnvVar.")
     bearer_token: str | None = Field(default=None, description="Bearer token. Use EnvVar.")
 
-    def settings(self) -> SinkSettings:
-        auth = (
-            {"Authorization": f"ApiKey {self.api_key}"}
-            if self.api_key
-            else authorization(self.bearer_token, self.username, self.password)
-        )
-        return SinkSettings(
-            kind="elasticsearch",
-            headers=self._headers(auth),
-            index=self.index,
-            op_type=self.op_type,
-            pipeline=self.pipeline,
-            **self._common(),
-        )
+    def authorization(self) -> dict[str, str]:
+        if self.api_key:
+            return {"Authorization": f"ApiKey {self.api_key}"}
+        return authorization(self.bearer_token, self.username, self.password)
 
     def id_expression(self) -> str:
         if self.id_field:
@@ -210,6 +196,7 @@ class SplunkHecSinkResource(RestSinkResource):
     """Splunk HTTP Event Collector, `/services/collector/event`. HEC has no ids: delivery is at-least-once."""
 
     asset_kind: ClassVar[str] = "splunk"
+    protocol_settings: ClassVar[type] = HecSettings
 
     token: str = Field(description="HEC token (Authorization: Splunk <token>). Use EnvVar.")
     index: str | None = Field(default=None, description="Splunk index; the token's default index when unset.")
@@ -225,19 +212,8 @@ class SplunkHecSinkResource(RestSinkResource):
     ack_timeout_s: float = Field(default=300.0, gt=0, description="Resend a request not acked within this.")
     ack_poll_interval_s: float = Field(default=1.0, gt=0, description="Seconds between /ack polls.")
 
-    def settings(self) -> SinkSettings:
-        return SinkSettings(
-            kind="splunk_hec",
-            headers=self._headers({"Authorization": f"Splunk {self.token}"}),
-            hec_ack=self.ack,
-            hec_ack_timeout_s=self.ack_timeout_s,
-            hec_ack_poll_interval_s=self.ack_poll_interval_s,
-            index=self.index,
-            hec_source=self.source,
-            hec_sourcetype=self.sourcetype,
-            hec_host=self.host,
-            **self._common(),
-        )
+    def authorization(self) -> dict[str, str]:
+        return {"Authorization": f"Splunk {self.token}"}
 
     def check_connection(self) -> None:
         # An empty POST is answered "No data" (400, code 5) with a valid token and 401/403 without one.
@@ -251,6 +227,8 @@ class GenericRestSinkResource(RestSinkResource):
     429/5xx/408 resend the call; 413, 400, 409 and 422 halve it until the refused records stand alone,
     which are dead-lettered; any other status (404, 405, ...) is a configuration error that fails the run.
     """
+
+    protocol_settings: ClassVar[type] = GenericSettings
 
     path: str = Field(default="", description="Path appended to url, e.g. /v1/events.")
     method: Literal["POST", "PUT"] = "POST"
@@ -267,17 +245,8 @@ class GenericRestSinkResource(RestSinkResource):
         default=None, description="GET this path before posting to check reachability and credentials."
     )
 
-    def settings(self) -> SinkSettings:
-        auth = authorization(self.bearer_token, self.username, self.password)
-        return SinkSettings(
-            kind="generic",
-            headers=self._headers(auth),
-            generic_path=self.path,
-            generic_method=self.method,
-            generic_format=self.body_format,
-            generic_success_statuses=tuple(self.success_statuses),
-            **self._common(),
-        )
+    def authorization(self) -> dict[str, str]:
+        return authorization(self.bearer_token, self.username, self.password)
 
     def check_connection(self) -> None:
         if self.health_path is not None:

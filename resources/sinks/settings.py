@@ -1,49 +1,57 @@
-"""Plain, picklable sink settings: what a Spark executor needs to post, and nothing Dagster-specific."""
+"""Plain, picklable sink settings: what a Spark executor needs to post, and nothing Dagster-specific.
 
+The values come from the sink's Dagster resource once, by name (``from_fields``): every field here
+has a resource field of the same name, and the defaults live only on the resource. What only one
+protocol needs lives in that protocol's own settings (``protocol``), e.g. HEC's indexer acknowledgement
+in ``resources/sinks/hec.py``; the common fields below are what the writer (transport and flow
+control) reads.
+"""
+
+import dataclasses
 from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
+
+T = TypeVar("T")
+
+
+class ProtocolSettings(Protocol):
+    """A protocol's own settings: ``kind`` names it, ``open`` makes the per-writer protocol object."""
+
+    kind: str
+
+    def open(self, sink: "SinkSettings") -> Any: ...
 
 
 @dataclass(frozen=True)
 class SinkSettings:
-    kind: str  # "elasticsearch" | "splunk_hec" | "generic"
-    name: str
+    sink_name: str
     url: str
-    headers: dict[str, str] = field(default_factory=dict, repr=False)  # may hold secrets: never printed
-    # Elasticsearch
-    index: str | None = None
-    op_type: str = "index"
-    pipeline: str | None = None
-    # Splunk HEC envelope and indexer acknowledgement
-    hec_source: str | None = None
-    hec_sourcetype: str | None = None
-    hec_host: str | None = None
-    hec_ack: bool = False
-    hec_ack_timeout_s: float = 300.0
-    hec_ack_poll_interval_s: float = 1.0
-    # Generic REST API
-    generic_path: str = ""
-    generic_method: str = "POST"
-    generic_format: str = "json_array"  # "json_array" | "ndjson"
-    generic_success_statuses: tuple[int, ...] = (200, 201, 202, 204)
+    protocol: ProtocolSettings  # the wire protocol's settings (Elasticsearch, HEC, generic REST)
+    headers: dict[str, str] = field(repr=False)  # may hold secrets: never printed
     # Batching and flow control
-    max_records_per_call: int = 1000
-    max_bytes_per_call: int = 5_000_000
-    max_in_flight: int = 4  # the ceiling when adaptive_concurrency is on
-    adaptive_concurrency: bool = False
-    rate_limit_requests_per_s: float | None = None  # per writer (Spark task)
-    rate_limit_records_per_s: float | None = None  # per writer (Spark task)
-    gzip_level: int = 0
+    max_records_per_call: int
+    max_bytes_per_call: int
+    max_in_flight: int  # the ceiling when adaptive_concurrency is on
+    adaptive_concurrency: bool
+    rate_limit_requests_per_s: float | None  # per writer (Spark task) once per_task_settings ran
+    rate_limit_records_per_s: float | None
+    gzip_level: int
     # Retries: transient failures are retried until this long after a request's first attempt
-    delivery_timeout_s: float = 600.0
-    backoff_initial_s: float = 0.5
-    backoff_max_s: float = 30.0
+    delivery_timeout_s: float
+    backoff_initial_s: float
+    backoff_max_s: float
     # HTTP and TLS
-    connect_timeout_s: float = 5.0
-    read_timeout_s: float = 60.0
-    verify_tls: bool = True
-    ca_bundle: str | None = None
-    client_cert: str | None = None  # PEM with the certificate (and the key when client_key is unset)
-    client_key: str | None = None
+    connect_timeout_s: float
+    read_timeout_s: float
+    verify_tls: bool
+    ca_bundle: str | None
+    client_cert: str | None  # PEM with the certificate (and the key when client_key is unset)
+    client_key: str | None
+
+    @property
+    def kind(self) -> str:
+        """The protocol's name: "elasticsearch", "splunk_hec" or "generic"."""
+        return self.protocol.kind
 
     @property
     def verify(self) -> bool | str:
@@ -54,3 +62,16 @@ class SinkSettings:
         if self.client_cert and self.client_key:
             return (self.client_cert, self.client_key)
         return self.client_cert
+
+
+def from_fields(cls: type[T], source: object, **given: Any) -> T:
+    """``cls`` (a dataclass) filled from the same-named attributes of ``source``, except those ``given``.
+
+    Lists become tuples: settings are frozen and travel to executors, so they hold no mutable values.
+    """
+    values = dict(given)
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if f.name not in values:
+            value = getattr(source, f.name)
+            values[f.name] = tuple(value) if isinstance(value, list) else value
+    return cls(**values)

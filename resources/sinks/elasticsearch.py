@@ -1,0 +1,85 @@
+"""Elasticsearch/OpenSearch ``POST /_bulk``: NDJSON action+source pairs; every item of a 200 is read."""
+
+from dataclasses import dataclass
+from typing import ClassVar
+from urllib.parse import quote
+
+import numpy as np
+import orjson
+import pyarrow.compute as pc
+
+from resources.sinks.protocols import Records, Rejection, Settlement, SinkProtocol
+from resources.sinks.records import ArrowRecords, Record, join_columns
+from resources.sinks.settings import SinkSettings
+
+
+@dataclass(frozen=True)
+class ElasticsearchSettings:
+    """Same names as ``ElasticsearchSinkResource``'s fields, which hold the defaults and descriptions."""
+
+    kind: ClassVar[str] = "elasticsearch"
+    index: str
+    op_type: str
+    pipeline: str | None
+
+    def open(self, sink: SinkSettings) -> "ElasticsearchBulk":
+        return ElasticsearchBulk(sink, self)
+
+
+class ElasticsearchBulk(SinkProtocol):
+    kind = "elasticsearch"
+    content_type = "application/x-ndjson"
+
+    def __init__(self, sink: SinkSettings, options: ElasticsearchSettings) -> None:
+        super().__init__(sink)
+        if not options.index:
+            raise ValueError(f"sink {sink.sink_name!r}: an Elasticsearch index is required")
+        # A pipeline name may hold characters a query string must escape ("&", " ", "#").
+        self.path = "/_bulk" + (f"?pipeline={quote(options.pipeline, safe='')}" if options.pipeline else "")
+        self.op_type = options.op_type
+        self._action_prefix = (
+            b'{"' + options.op_type.encode() + b'":{"_index":' + orjson.dumps(options.index) + b',"_id":'
+        )
+
+    def encode(self, records: Records) -> bytes:
+        if isinstance(records, ArrowRecords) and records.ids_are_plain():
+            return join_columns(self._action_prefix + b'"', records.ids, b'"}}\n', records.docs, b"\n")
+        prefix = self._action_prefix
+        dumps = orjson.dumps  # ids taken from a field may need JSON escaping; hashes cost the same
+        parts = []
+        for r in records:
+            parts.append(prefix + dumps(r.id) + b"}}\n" + r.doc + b"\n")
+        return b"".join(parts)
+
+    def overhead(self, records: ArrowRecords) -> np.ndarray:
+        """The action line of each record."""
+        return len(self._action_prefix) + 6 + pc.binary_length(records.ids).to_numpy(zero_copy_only=False)
+
+    def settle(self, records: Records, body: bytes) -> Settlement:
+        response = orjson.loads(body)
+        settlement = Settlement()
+        if not response.get("errors"):
+            settlement.accepted = len(records)
+            return settlement
+        items = response.get("items") or []
+        if len(items) != len(records):
+            raise ValueError(f"_bulk answered {len(items)} items for {len(records)} actions")
+        retry: list[Record] = []
+        for record, item in zip(records, items, strict=True):
+            result = next(iter(item.values()))
+            status = int(result.get("status", 0))
+            error = result.get("error") or {}
+            if 200 <= status < 300:
+                settlement.accepted += 1
+            elif status == 409 and self.op_type == "create":
+                # Same deterministic id already indexed by an earlier attempt: the record is there.
+                settlement.accepted += 1
+            elif status == 429 or status >= 500:
+                retry.append(record)
+                settlement.retry_reasons.append(f"{status} {error.get('type', '')}".strip())
+            else:
+                settlement.rejected.append(
+                    Rejection(record, status, str(error.get("type", "")), str(error.get("reason", ""))[:2000])
+                )
+        settlement.retry = retry
+        return settlement
