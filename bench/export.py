@@ -81,7 +81,7 @@ def generate(path: Path, rows: int) -> None:
 
 
 def _ours(table: str, out: str, fmt: str, compression: str = "gzip") -> int:
-    from pipelines.exporter import export_table
+    from pipelines.export.exporter import export_table
     from resources.export_storage import LocalExportStorage
 
     result = export_table(
@@ -134,9 +134,9 @@ def _peak_rss_mb() -> float:
 
 def run_case(name: str, table: str, out: str) -> None:
     # Imports are not what is measured: load every module a case uses before the clock starts. Every
-    # case loads the same ones, in the order a Dagster run of the export does (pipelines.exporter first:
-    # it sets the allocator options deltalake and polars read as they load), so peers run alike.
-    import pipelines.exporter  # noqa: F401, I001
+    # case loads the same ones, in the order a Dagster run of the export does (the export package
+    # first: it sets the allocator options deltalake and polars read as they load), so peers run alike.
+    import pipelines.export.exporter  # noqa: F401, I001
     import deltalake  # noqa: F401
     import polars  # noqa: F401
     import resources.export_storage  # noqa: F401

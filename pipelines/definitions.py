@@ -9,7 +9,7 @@ import warnings
 import dagster as dg
 
 from pipelines import deployment
-from pipelines.export_assets import export_defs
+from pipelines.export.assets import export_defs
 from pipelines.feeds import EVENTS_FEED, FeedSpec
 from pipelines.ingest.defs import ingest_defs
 from pipelines.post.defs import post_defs
@@ -32,16 +32,17 @@ def build_defs(resources: dict, feeds: list[FeedSpec] = FEEDS) -> dg.Definitions
         ingest_defs(feeds, status, interval),
         post_defs(feeds, sinks, status, interval, deployment.retry_backoff_s()),
         relay_defs(feeds, list(sinks), status, interval),
-        export_defs(feeds),
+        export_defs(feeds, storage=resources.get("export_storage")),
         dg.Definitions(sensors=[build_failure_sensor()], resources=resources),
     )
 
 
+_lake = deployment.lake_resource()
 defs = build_defs(
     {
-        "lake": deployment.lake_resource(),
+        "lake": _lake,
         "pyspark": deployment.spark_resource(),
-        "export_storage": deployment.export_storage_resource(),
+        "export_storage": deployment.export_storage_resource(_lake),  # the same S3 settings
         **deployment.sink_resources(),
     }
 )

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import TypeVar
 
 import dagster as dg
-from dagster_aws.s3 import S3Resource
 
 from resources.export_storage import ExportStorage, LocalExportStorage, S3ExportStorage
 from resources.lake import LakeResource
@@ -169,14 +168,17 @@ def _local_spark_config() -> dict[str, str]:
 
 
 def lake_resource() -> LakeResource:
+    """The lake and its S3 settings: the one S3 setup of the Delta tables, the landing zone, the
+    exports on S3 and the export CLI. Region unset: ``resources.filesystem.DEFAULT_REGION``."""
     root = home()
     return LakeResource(
-        lake_uri=_env("LAKERELAY_LAKE_URI", str(root / "lake")),
-        landing_uri=_env("LAKERELAY_LANDING_URI", str(root / "landing")),
-        aws_endpoint_url=_env("LAKERELAY_S3_ENDPOINT_URL"),
-        aws_region=_env("AWS_REGION", "us-east-1"),
+        lake_uri=_setting("LAKERELAY_LAKE_URI", str(root / "lake")),
+        landing_uri=_setting("LAKERELAY_LANDING_URI", str(root / "landing")),
+        endpoint_url=_setting("LAKERELAY_S3_ENDPOINT_URL") or _setting("AWS_ENDPOINT_URL"),
+        region_name=_setting("AWS_REGION"),
         aws_access_key_id=_secret("AWS_ACCESS_KEY_ID"),
         aws_secret_access_key=_secret("AWS_SECRET_ACCESS_KEY"),
+        aws_session_token=_secret("AWS_SESSION_TOKEN"),
     )
 
 
@@ -233,20 +235,19 @@ def _sink_tuning() -> dict:
     return tuning
 
 
-def export_storage_resource() -> ExportStorage:
-    """S3 (any endpoint) when ``LAKERELAY_EXPORT_BUCKET`` is set, else a local folder standing in for it."""
+def export_storage_resource(lake: LakeResource | None = None) -> ExportStorage:
+    """S3 (any endpoint) when ``LAKERELAY_EXPORT_BUCKET`` is set, else a local folder standing in for it.
+
+    On S3 the connection is ``lake``'s (default: :func:`lake_resource`), so the exports use the same
+    endpoint, region and credentials as the Delta tables; only bucket and prefix are their own.
+    """
     bucket = _env("LAKERELAY_EXPORT_BUCKET")
     if not bucket:
-        return LocalExportStorage(root=_env("LAKERELAY_EXPORT_DIR", str(home() / "exports")))
+        return LocalExportStorage(root=_setting("LAKERELAY_EXPORT_DIR", str(home() / "exports")))
     return S3ExportStorage(
-        s3=S3Resource(
-            endpoint_url=_env("LAKERELAY_S3_ENDPOINT_URL"),
-            region_name=_env("AWS_REGION", "us-east-1"),
-            aws_access_key_id=_secret("AWS_ACCESS_KEY_ID"),
-            aws_secret_access_key=_secret("AWS_SECRET_ACCESS_KEY"),
-        ),
-        bucket=bucket,
-        prefix=_env("LAKERELAY_EXPORT_PREFIX", "exports"),
+        lake=lake or lake_resource(),
+        bucket=_setting("LAKERELAY_EXPORT_BUCKET"),
+        prefix=_setting("LAKERELAY_EXPORT_PREFIX", "exports"),
     )
 
 

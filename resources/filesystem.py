@@ -9,6 +9,10 @@ from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
 
+# The region of every S3 client, delta-rs table and pyarrow filesystem when none is configured (the
+# one place it is written: LakeResource and the executors' settings read it from here).
+DEFAULT_REGION = "us-east-1"
+
 
 def split_uri(uri: str) -> tuple[str, str]:
     """('s3', 'bucket/prefix') or ('file', '/abs/path') for a URI or a plain local path."""
@@ -29,14 +33,16 @@ class FileSystemSettings:
     def __init__(
         self,
         endpoint_url: str | None = None,
-        region: str = "us-east-1",
+        region: str = DEFAULT_REGION,
         access_key: str | None = None,
         secret_key: str | None = None,
+        session_token: str | None = None,
     ) -> None:
         self.endpoint_url = endpoint_url
         self.region = region
         self.access_key = access_key
         self.secret_key = secret_key
+        self.session_token = session_token
 
     def resolve(self, uri: str) -> tuple[pafs.FileSystem, str]:
         scheme, path = split_uri(uri)
@@ -50,6 +56,8 @@ class FileSystemSettings:
         if self.access_key:
             kwargs["access_key"] = self.access_key
             kwargs["secret_key"] = self.secret_key
+            if self.session_token:
+                kwargs["session_token"] = self.session_token
         return pafs.S3FileSystem(**kwargs), path
 
     def __repr__(self) -> str:  # never print a secret

@@ -20,6 +20,8 @@ from typing import Any
 import boto3
 import pytest
 
+from resources.filesystem import DEFAULT_REGION
+
 STARTUP_TIMEOUT_S = 30.0
 
 
@@ -29,7 +31,7 @@ class S3Settings:
 
     endpoint_url: str
     bucket: str
-    region: str = "us-east-1"
+    region: str = DEFAULT_REGION
     access_key: str = "testing"
     secret_key: str = "testing"
 

@@ -25,8 +25,8 @@ def s3_lake(s3: "S3Settings") -> LakeResource:
     return LakeResource(
         lake_uri=f"s3://{s3.bucket}/lake",
         landing_uri=f"s3://{s3.bucket}/landing",
-        aws_endpoint_url=s3.endpoint_url,
-        aws_region=s3.region,
+        endpoint_url=s3.endpoint_url,
+        region_name=s3.region,
         aws_access_key_id=s3.access_key,
         aws_secret_access_key=s3.secret_key,
     )

@@ -14,17 +14,18 @@ from typing import Any
 import dagster as dg
 import pyarrow as pa
 import pytest
-from dagster_aws.s3 import S3Resource
 from deltalake import DeltaTable, write_deltalake
 from pydantic import PrivateAttr
 
-from pipelines.export_assets import ExportConfig, build_export_asset, build_export_check
-from pipelines.export_spec import ExportSpec
-from pipelines.exporter import _redact_uri, export_table, latest_manifest_key, verify_export
+from pipelines.export.assets import ExportConfig, build_export_asset, build_export_check
+from pipelines.export.exporter import export_table
+from pipelines.export.manifest import latest_manifest_key, redact_uri, verify_export
+from pipelines.export.spec import ExportSpec
 from resources.export_storage import LocalExportStorage, PartWriter, S3ExportStorage
 from resources.lake import LakeResource
 
 from fixtures_s3 import S3Settings
+from helpers import s3_lake
 
 APPENDS = 4
 ROWS_PER_APPEND = 750
@@ -127,16 +128,8 @@ def local_parts(root: Path, manifest: dict[str, Any]) -> dict[str, bytes]:
 
 
 def s3_storage(settings: S3Settings, **kwargs: Any) -> S3ExportStorage:
-    return S3ExportStorage(
-        s3=S3Resource(
-            endpoint_url=settings.endpoint_url,
-            region_name=settings.region,
-            aws_access_key_id=settings.access_key,
-            aws_secret_access_key=settings.secret_key,
-        ),
-        bucket=settings.bucket,
-        **kwargs,
-    )
+    """Exports in the test bucket, through the S3 settings of a lake in the same bucket."""
+    return S3ExportStorage(lake=s3_lake(settings), bucket=settings.bucket, **kwargs)
 
 
 # -- failure injection: real storages whose third part fails part-way through ----------------------
@@ -333,8 +326,8 @@ def test_an_export_is_never_overwritten(tmp_path: Path) -> None:
 
 
 def test_manifest_never_carries_credentials() -> None:
-    assert _redact_uri("s3://AKIA:secret@lake/events?X-Amz-Signature=abc") == "s3://lake/events"
-    assert _redact_uri("/data/lake/events") == "/data/lake/events"
+    assert redact_uri("s3://AKIA:secret@lake/events?X-Amz-Signature=abc") == "s3://lake/events"
+    assert redact_uri("/data/lake/events") == "/data/lake/events"
 
 
 def test_latest_manifest_is_the_newest_export_id(tmp_path: Path) -> None:
@@ -374,15 +367,20 @@ def test_asset_materializes_with_metadata_and_passing_check(tmp_path: Path) -> N
     assert EXPORT_ASSET.key == dg.AssetKey("events_export")
     assert dg.AssetKey("events") in EXPORT_ASSET.asset_deps[EXPORT_ASSET.key]
     meta = result.asset_materializations_for_node("events_export")[0].metadata
-    assert meta["rows"] == dg.IntMetadataValue(rows)
-    assert meta["parts"] == dg.IntMetadataValue(3)
-    assert meta["delta_version"] == dg.IntMetadataValue(APPENDS - 1)
-    assert isinstance(meta["bytes"], dg.IntMetadataValue) and meta["bytes"].value > 0
-    assert isinstance(meta["duration_s"], dg.FloatMetadataValue)
-    assert isinstance(meta["rows_per_s"], dg.FloatMetadataValue)
-    manifest_path = meta["manifest_uri"].value
-    assert Path(manifest_path).is_file() and manifest_path == storage.uri_for(meta["manifest_key"].value)
-    assert meta["export_id"].value.endswith(result.run_id.replace("-", "")[:8])
+    assert meta["dagster/row_count"] == meta["size/rows"] == dg.IntMetadataValue(rows)
+    assert meta["size/parts"] == dg.IntMetadataValue(3)
+    assert meta["export/delta_version"] == dg.IntMetadataValue(APPENDS - 1)
+    assert isinstance(meta["size/bytes"], dg.IntMetadataValue) and meta["size/bytes"].value > 0
+    assert meta["size/uncompressed_bytes"].value > meta["size/bytes"].value  # gzip made it smaller
+    for key in ("speed/duration_s", "speed/rows_per_s", "speed/mib_per_s"):
+        assert isinstance(meta[key], dg.FloatMetadataValue) and meta[key].value > 0
+    manifest_path = meta["manifest/uri"].value
+    assert Path(manifest_path).is_file() and manifest_path == storage.uri_for(meta["manifest/key"].value)
+    export_id = meta["export/id"].value
+    assert export_id.endswith(result.run_id.replace("-", "")[:8])
+    assert meta["dagster/uri"].value == str(tmp_path / "exports" / "events" / export_id)
+    # Related keys share a prefix, so they sort together wherever the keys are listed.
+    assert {key.split("/")[0] for key in meta} == {"dagster", "export", "size", "speed", "manifest", "urls"}
     [evaluation] = result.get_asset_check_evaluations()
     assert evaluation.passed and evaluation.check_name == "export_verified"
 
@@ -465,15 +463,7 @@ def test_s3_failure_mid_export_leaves_no_manifest_and_no_pending_upload(
 ) -> None:
     table = tmp_path / "events"
     make_table(table)
-    storage = FailingS3Storage(
-        s3=S3Resource(
-            endpoint_url=s3_settings.endpoint_url,
-            region_name=s3_settings.region,
-            aws_access_key_id=s3_settings.access_key,
-            aws_secret_access_key=s3_settings.secret_key,
-        ),
-        bucket=s3_settings.bucket,
-    )
+    storage = FailingS3Storage(lake=s3_lake(s3_settings), bucket=s3_settings.bucket)
     with pytest.raises(ConnectionError, match="injected"):
         export_table(str(table), None, storage, "events", "e1", part_max_rows=700, batch_rows=100)
 
@@ -517,9 +507,9 @@ def test_asset_and_check_against_s3(tmp_path: Path, s3_settings: S3Settings) -> 
     )
     assert result.success
     meta = result.asset_materializations_for_node("events_export")[0].metadata
-    assert meta["rows"] == dg.IntMetadataValue(rows) and meta["parts"] == dg.IntMetadataValue(2)
-    assert meta["manifest_uri"] == dg.MetadataValue.url(
-        f"s3://{s3_settings.bucket}/exports/v1/{meta['manifest_key'].value}"
+    assert meta["size/rows"] == dg.IntMetadataValue(rows) and meta["size/parts"] == dg.IntMetadataValue(2)
+    assert meta["manifest/uri"] == dg.MetadataValue.url(
+        f"s3://{s3_settings.bucket}/exports/v1/{meta['manifest/key'].value}"
     )
     [evaluation] = result.get_asset_check_evaluations()
     assert evaluation.passed

@@ -15,15 +15,17 @@ import pytest
 from deltalake import DeltaTable, write_deltalake
 from test_export import SCHEMA, make_table, table_rows
 
-from pipelines.export_assets import ExportConfig, build_cleanup_asset, build_export_asset, export_defs
-from pipelines.export_cli import main as cli
-from pipelines.export_encode import NdjsonEncoder
-from pipelines.export_retention import cleanup_exports
-from pipelines.export_spec import ExportSpec, load_specs
-from pipelines.exporter import export_table, verify_export
+from pipelines.export import cli as cli_module
+from pipelines.export.assets import ExportConfig, build_cleanup_asset, build_export_asset, export_defs
+from pipelines.export.cli import main as cli
+from pipelines.export.encode import NdjsonEncoder
+from pipelines.export.exporter import export_table
+from pipelines.export.manifest import verify_export
+from pipelines.export.retention import cleanup_exports
+from pipelines.export.spec import COMPRESSIONS, FORMATS, ExportSpec, load_specs
 from pipelines.feeds import EVENTS_FEED
-from resources.export_storage import LocalExportStorage
-from resources.lake import LakeResource
+from resources.export_storage import LocalExportStorage, S3ExportStorage
+from resources.lake import DEFAULT_REGION, LakeResource
 
 FLAT = [f.name for f in SCHEMA if not pa.types.is_nested(f.type)]  # what CSV can hold
 
@@ -299,13 +301,13 @@ def test_assets_incremental_mode_urls_and_cleanup(tmp_path: Path) -> None:
         cleanup = dg.materialize(assets[1:], resources=resources, instance=instance)
     meta1 = first.asset_materializations_for_node("events_export")[0].metadata
     meta2 = second.asset_materializations_for_node("events_export")[0].metadata
-    assert (meta1["rows"].value, meta2["rows"].value) == (100, 30)
-    assert meta2["since"].value == meta1["next_cursor"].value
-    assert meta2["format"].value == "parquet"
-    assert meta2["manifest_url"].value.startswith("file://")
-    assert len(meta2["part_urls"].value) == 1 and "urls_expire_at" in meta2
+    assert (meta1["size/rows"].value, meta2["size/rows"].value) == (100, 30)
+    assert meta2["export/since"].value == meta1["export/next_cursor"].value
+    assert meta2["export/format"].value == "parquet"
+    assert meta2["urls/manifest"].value.startswith("file://")
+    assert len(meta2["urls/parts"].value) == 1 and "urls/expire_at" in meta2
     clean = cleanup.asset_materializations_for_node("events_export_cleanup")[0].metadata
-    assert clean["expired"].value == [meta1["export_id"].value]
+    assert clean["expired"].value == [meta1["export/id"].value]
 
 
 def test_export_defs_from_a_config_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -327,6 +329,75 @@ def test_export_defs_from_a_config_file(tmp_path: Path, monkeypatch: pytest.Monk
     config.write_text("exports:\n  - {dataset: e, table: t, fromat: csv}\n")
     with pytest.raises(ValueError, match="unknown option\\(s\\) fromat"):
         load_specs(config)
+
+
+def test_asset_kinds_and_destination_follow_the_export_storage(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "exports.yaml"
+    config.write_text(
+        "exports:\n  - {dataset: events, table: events}\n  - {dataset: errors, table: events, format: csv}\n"
+    )
+    monkeypatch.setenv("LAKERELAY_EXPORTS_FILE", str(config))
+    monkeypatch.setenv("LAKERELAY_TEST_EXPORT_DIR", str(tmp_path / "out"))
+
+    def specs_of(storage: Any) -> dict[str, dg.AssetSpec]:
+        defs = export_defs([EVENTS_FEED], storage=storage)
+        return {spec.key.to_user_string(): spec for asset in defs.assets for spec in asset.specs}
+
+    # A folder: written as local files, never labelled S3; the folder may come from an EnvVar.
+    local = specs_of(LocalExportStorage(root=dg.EnvVar("LAKERELAY_TEST_EXPORT_DIR")))
+    assert local["events_export"].kinds == {"delta", "file", "ndjson"}
+    assert local["errors_export"].kinds == {"delta", "file", "csv"}
+    assert local["events_export_cleanup"].kinds == {"file"}
+    assert local["errors_export"].metadata["dagster/uri"] == dg.MetadataValue.path(
+        str(tmp_path / "out/errors")
+    )
+    assert local["errors_export"].metadata["export/format"] == "csv"
+
+    lake = LakeResource(lake_uri="s3://lake/root", landing_uri="s3://lake/landing")
+    remote = specs_of(S3ExportStorage(lake=lake, bucket="exports-bucket", prefix="v1"))
+    assert remote["events_export"].kinds == {"delta", "s3", "ndjson"}
+    assert remote["events_export"].metadata["dagster/uri"] == dg.MetadataValue.url(
+        "s3://exports-bucket/v1/events"
+    )
+
+    unknown = specs_of(None)  # storage not given: no storage kind is claimed
+    assert unknown["events_export"].kinds == {"delta", "ndjson"}
+    assert "dagster/uri" not in unknown["events_export"].metadata
+
+
+def test_run_config_offers_the_spec_choices_and_refuses_others() -> None:
+    fields = ExportConfig.model_fields
+    assert fields["format"].annotation.__args__ == ("default", *FORMATS)
+    assert fields["compression"].annotation.__args__ == ("default", *COMPRESSIONS)
+    assert fields["mode"].annotation.__args__ == ("full", "incremental")
+    with pytest.raises(ValueError, match="mode"):
+        ExportConfig(mode="partial")
+    with pytest.raises(ValueError, match="format"):
+        ExportConfig(format="xml")
+
+
+def test_cli_reaches_s3_with_the_deployment_lake_and_plain_http_only_for_http(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "key-id")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
+    monkeypatch.delenv("AWS_REGION", raising=False)
+    monkeypatch.setenv("LAKERELAY_S3_ENDPOINT_URL", "https://s3.example.test")
+    lake = cli_module._lake()
+    options = lake.storage_options("s3://bucket/t")
+    assert options["AWS_ENDPOINT_URL"] == "https://s3.example.test" and "AWS_ALLOW_HTTP" not in options
+    assert (options["AWS_ACCESS_KEY_ID"], options["AWS_REGION"]) == ("key-id", DEFAULT_REGION)  # resolved
+    storage = cli_module.storage_at("s3://bucket/some/prefix")
+    assert isinstance(storage, S3ExportStorage) and storage.lake == lake
+    assert storage.uri_for("t/e1/manifest.json") == "s3://bucket/some/prefix/t/e1/manifest.json"
+
+    monkeypatch.delenv("LAKERELAY_S3_ENDPOINT_URL")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9000")
+    options = cli_module._lake().storage_options("s3://bucket/t")
+    assert options["AWS_ENDPOINT_URL"] == "http://127.0.0.1:9000" and options["AWS_ALLOW_HTTP"] == "true"
+    assert cli_module._lake().storage_options("/local/table") == {}
 
 
 def test_delta_table_is_read_at_one_pinned_version(tmp_path: Path) -> None:

@@ -1,7 +1,10 @@
 """Memory stays bounded: exporting a table 10x larger than another (and 10x larger than one part)
-must not raise peak RSS with it. Measured in fresh subprocesses, so nothing else skews the peak."""
+must not raise peak RSS with it. Measured in fresh subprocesses, so nothing else skews the peak.
+The allocator settings that make it flat must be in place before deltalake and polars load."""
 
+import ast
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +19,7 @@ ROWS_PER_COMMIT = 100_000
 
 _MEASURE = """
 import json, resource, sys
-from pipelines.exporter import export_table
+from pipelines.export.exporter import export_table
 from resources.export_storage import LocalExportStorage
 from deltalake import DeltaTable
 table, root = sys.argv[1:3]
@@ -72,3 +75,34 @@ def test_peak_rss_does_not_grow_with_the_table(tmp_path: Path) -> None:
     print(f"peak RSS {small['peak_mb']:.0f} MB at 100k rows, {large['peak_mb']:.0f} MB at 1M rows")
     # What a 10x larger table may add: noise of the allocator, not a share of the data (~150 MB of NDJSON).
     assert large["peak_mb"] <= 1.1 * small["peak_mb"] + 20, (small, large)
+
+
+_FIRST_IMPORTS = """
+import os, sys
+seen = {}
+class Watch:  # records the allocator setting at the moment each library starts loading
+    def find_spec(self, name, path=None, target=None):
+        if name in ("deltalake", "polars") and name not in seen:
+            seen[name] = os.environ.get("_RJEM_MALLOC_CONF")
+sys.meta_path.insert(0, Watch())
+import MODULE
+print(repr(seen))
+"""
+
+
+@pytest.mark.parametrize("module", ["pipelines.definitions", "pipelines.export.cli"])
+def test_allocator_is_configured_before_deltalake_and_polars_load(module: str) -> None:
+    from pipelines.export.alloc import JEMALLOC_CONF
+
+    env = {k: v for k, v in os.environ.items() if k != "_RJEM_MALLOC_CONF"}
+    out = subprocess.run(
+        [sys.executable, "-c", _FIRST_IMPORTS.replace("MODULE", module)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+    )
+    seen = ast.literal_eval(out.stdout.strip().splitlines()[-1])
+    assert seen == {"deltalake": JEMALLOC_CONF, "polars": JEMALLOC_CONF}

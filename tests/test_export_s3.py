@@ -14,8 +14,9 @@ import pytest
 from deltalake import write_deltalake
 from test_export import make_table, s3_storage
 
-from pipelines.export_cli import main as cli
-from pipelines.exporter import export_table, latest_manifest_key, verify_export
+from pipelines.export.cli import main as cli
+from pipelines.export.exporter import export_table
+from pipelines.export.manifest import latest_manifest_key, verify_export
 
 from fixtures_s3 import S3Settings
 
@@ -113,9 +114,9 @@ def test_signed_urls_resume_with_range_and_tampering_fails(
 
 _SLOW_EXPORT = """
 import sys, time
-from dagster_aws.s3 import S3Resource
-from pipelines.exporter import export_table
+from pipelines.export.exporter import export_table
 from resources.export_storage import S3ExportStorage
+from resources.lake import LakeResource
 
 class SlowS3(S3ExportStorage):  # real S3 writes, slowed so the test can kill the run mid-way
     def open_part(self, key, content_type="application/octet-stream"):
@@ -128,8 +129,9 @@ class SlowS3(S3ExportStorage):  # real S3 writes, slowed so the test can kill th
         return writer
 
 endpoint, bucket, table = sys.argv[1:4]
-storage = SlowS3(s3=S3Resource(endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="testing",
-                               aws_secret_access_key="testing"), bucket=bucket)
+lake = LakeResource(lake_uri=f"s3://{bucket}/lake", landing_uri=f"s3://{bucket}/landing",
+                    endpoint_url=endpoint, aws_access_key_id="testing", aws_secret_access_key="testing")
+storage = SlowS3(lake=lake, bucket=bucket)
 export_table(table, None, storage, "events", "killed", part_max_rows=300, batch_rows=100)
 """
 

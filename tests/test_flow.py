@@ -70,7 +70,7 @@ def test_every_record_reaches_both_sinks_once_and_replays_add_nothing(
     assert check.passed
     exports = Path(lake.lake_uri).parent / "exports"
     metadata = export.asset_materializations_for_node("events_export")[0].metadata
-    manifest = json.loads((exports / metadata["manifest_key"].value).read_text())
+    manifest = json.loads((exports / metadata["manifest/key"].value).read_text())
     assert manifest["total_rows"] == rows
     exported_ids = set()
     for part in manifest["parts"]:

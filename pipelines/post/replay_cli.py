@@ -19,7 +19,7 @@ from typing import Any
 from dagster import DagsterInstance, DagsterInvalidConfigError
 
 from pipelines import deployment
-from pipelines.post.replay import REPLAY_TABLE, LetterFilter, parse_instant, summarize_dead_letters
+from pipelines.post.letters import REPLAY_TABLE, LetterFilter, parse_instant, summarize_dead_letters
 from pipelines.post.replay_job import build_replay_job, replay_op_name
 
 _FAILURE_PREFIX = "dagster._core.definitions.events.Failure: "  # how Dagster names a dg.Failure's message
@@ -68,7 +68,7 @@ def _positive(text: str) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
-    rows = summarize_dead_letters(deployment.lake_resource(), args.sink, args.table)
+    rows = summarize_dead_letters(deployment.resolved(deployment.lake_resource()), args.sink, args.table)
     if not rows:
         print("no dead letters" + (f" for sink {args.sink}" if args.sink else ""))
         return 0

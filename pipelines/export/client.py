@@ -8,7 +8,6 @@ renamed to its final name only once its sha256, size and row count match.
 """
 
 import json
-import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -16,20 +15,19 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-import boto3
 import requests
 from tqdm import tqdm
 
-from pipelines.export_check import CHUNK, inspect_part, manifest_problems
+from pipelines import deployment
+from pipelines.export.check import CHUNK, inspect_part, manifest_problems
 
 ATTEMPTS = 4
 TIMEOUT_S = 60
 
 
 def s3_client() -> Any:
-    """boto3 S3 client from the environment (``LAKERELAY_S3_ENDPOINT_URL`` or ``AWS_ENDPOINT_URL``)."""
-    endpoint = os.environ.get("LAKERELAY_S3_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL") or None
-    return boto3.client("s3", endpoint_url=endpoint, region_name=os.environ.get("AWS_REGION", "us-east-1"))
+    """boto3 S3 client of this deployment's lake: the same S3 settings, from the same environment."""
+    return deployment.resolved(deployment.lake_resource()).s3_client()
 
 
 def _sibling(location: str, name: str) -> str:

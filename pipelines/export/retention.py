@@ -9,7 +9,7 @@ import datetime as dt
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from pipelines.exporter import MANIFEST_NAME
+from pipelines.export.manifest import MANIFEST_NAME
 from resources.export_storage import ExportStorage
 
 DEFAULT_INCOMPLETE_GRACE_S = 24 * 3600

@@ -10,12 +10,15 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import yaml
 
-FORMATS = ("ndjson", "csv", "parquet")
-COMPRESSIONS = ("gzip", "zstd", "none")
+# The choices, written once: run config (Literal shows them in the Launchpad), the CLI and the checks.
+Format = Literal["ndjson", "csv", "parquet"]
+Compression = Literal["gzip", "zstd", "none"]
+FORMATS: tuple[str, ...] = get_args(Format)
+COMPRESSIONS: tuple[str, ...] = get_args(Compression)
 MAX_URL_EXPIRY_S = 7 * 24 * 3600  # SigV4 presigned URLs cannot live longer
 
 DEFAULT_PART_MAX_BYTES = 256 * 1024 * 1024
@@ -45,8 +48,8 @@ class ExportSpec:
     columns: tuple[str, ...] = ()
     where: str = ""
     order_by: str = ""
-    format: str = "ndjson"
-    compression: str = "gzip"
+    format: Format = "ndjson"
+    compression: Compression = "gzip"
     level: int | None = None
     part_max_bytes: int = DEFAULT_PART_MAX_BYTES
     part_max_rows: int = DEFAULT_PART_MAX_ROWS

@@ -10,18 +10,14 @@ an append-only table). String keys have unreliable (truncated) statistics, so th
 sorted query whose memory grows with the table; prefer an integer key.
 """
 
-# First: it configures the allocators of deltalake and polars, which read it when they load.
-import pipelines.export_alloc  # noqa: F401
-
-# isort: split
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import pyarrow as pa
 from deltalake import DeltaTable, QueryBuilder
 
-from pipelines.export_spec import ExportSpec
+from pipelines.export.spec import ExportSpec
 
 log = logging.getLogger(__name__)
 
@@ -132,16 +128,19 @@ def plan_read(table: DeltaTable, spec: ExportSpec, since_key: int | str | None =
 
 def check_append_only_since(
     table: DeltaTable,
-    storage_options: dict[str, str] | None,
+    open_version: Callable[[int], DeltaTable],
     key: str,
     cursor_version: int,
     since_key: int | str,
 ) -> None:
-    """Refuse an incremental export that would miss rows: files added after the cursor with keys <= it."""
+    """Refuse an incremental export that would miss rows: files added after the cursor with keys <= it.
+
+    ``open_version(v)`` opens the same table at version ``v`` (with the same storage settings).
+    """
     if not isinstance(since_key, int):
         return  # string statistics may be truncated: no reliable check
     try:
-        old = DeltaTable(table.table_uri, version=cursor_version, storage_options=storage_options or None)
+        old = open_version(cursor_version)
         old_paths = set(pa.table(old.get_add_actions()).column("path").to_pylist())
     except Exception as exc:  # the log of that version may have been cleaned up
         raise ValueError(

@@ -2,41 +2,54 @@
 
 Resource keys: ``lake`` (LakeResource: where the Delta tables are) and ``export_storage``
 (ExportStorage: where exports go). What to export comes from ``ExportSpec``s (one per feed by default,
-or ``$LAKERELAY_EXPORTS_FILE``); the export logic itself lives in ``pipelines.exporter``.
+or ``$LAKERELAY_EXPORTS_FILE``); the export logic lives in ``exporter``, what the UI shows (kinds,
+metadata) in ``metadata``.
 """
 
-import datetime as dt
 import json
+from typing import Literal
 
 import dagster as dg
 from pydantic import Field
 
 from pipelines import deployment
-from pipelines.export_retention import DEFAULT_INCOMPLETE_GRACE_S, cleanup_exports
-from pipelines.export_spec import MAX_URL_EXPIRY_S, ExportSpec, default_specs, load_specs
-from pipelines.exporter import ExportResult, export_table, latest_manifest_key, new_export_id, verify_export
+from pipelines.export.exporter import export_table
+from pipelines.export.manifest import latest_manifest_key, new_export_id, verify_export
+from pipelines.export.metadata import asset_kinds, definition_metadata, location, run_metadata, storage_kinds
+from pipelines.export.retention import DEFAULT_INCOMPLETE_GRACE_S, cleanup_exports
+from pipelines.export.spec import (
+    MAX_URL_EXPIRY_S,
+    ExportSpec,
+    default_specs,
+    load_specs,
+)
 from pipelines.feeds import FeedSpec
 from resources.export_storage import ExportStorage
 from resources.lake import LakeResource
 
 EXPORT_GROUP = "exports"
 CHECK_NAME = "export_verified"
-MAX_URLS_IN_METADATA = 100  # beyond that, use `lakerelay-export sign` on demand
 
 
 class ExportConfig(dg.Config):
     """Run-time knobs of one export (Launchpad / run config); unset fields keep the dataset's spec."""
 
-    mode: str = Field(
+    mode: Literal["full", "incremental"] = Field(
         default="full",
         description="'full' exports the whole pinned version; 'incremental' continues from the latest "
         "export's next_cursor (or from 'since').",
     )
     since: str = Field(default="", description="A manifest's next_cursor: export only newer rows.")
-    format: str | None = Field(default=None, description="ndjson, csv or parquet.")
-    compression: str | None = Field(default=None, description="gzip, zstd or none.")
+    # Dagster shows a Literal's choices in the Launchpad, but not an optional one: "default" stands
+    # for "the dataset's own".
+    format: Literal["default", "ndjson", "csv", "parquet"] = Field(
+        default="default", description="Format of the parts; 'default': the dataset's."
+    )
+    compression: Literal["default", "gzip", "zstd", "none"] = Field(
+        default="default", description="Compression of the parts; 'default': the dataset's."
+    )
+    # The range depends on the compression, so the spec checks it (with a message naming both).
     level: int | None = Field(default=None, description="Compression level (gzip 0-9, zstd 1-22).")
-    gzip_level: int | None = Field(default=None, ge=0, le=9, description="Older name of 'level' for gzip.")
     part_max_bytes: int | None = Field(default=None, ge=1, description="Maximum uncompressed bytes per part.")
     part_max_rows: int | None = Field(default=None, ge=1, description="Maximum rows per part.")
     batch_rows: int | None = Field(default=None, ge=1, description="Rows read at once: bounds memory.")
@@ -65,13 +78,7 @@ def cleanup_asset_key(dataset: str) -> dg.AssetKey:
     return dg.AssetKey(f"{dataset}_export_cleanup")
 
 
-def _location(uri: str) -> dg.MetadataValue:
-    return dg.MetadataValue.url(uri) if "://" in uri else dg.MetadataValue.path(uri)
-
-
 def _since(config: ExportConfig, spec: ExportSpec, storage: ExportStorage) -> str | None:
-    if config.mode not in ("full", "incremental"):
-        raise ValueError(f"mode {config.mode!r} must be 'full' or 'incremental'")
     if config.since:
         return config.since
     if config.mode == "full":
@@ -82,23 +89,18 @@ def _since(config: ExportConfig, spec: ExportSpec, storage: ExportStorage) -> st
     return json.loads(storage.read_bytes(latest)).get("next_cursor")
 
 
-def _url_metadata(storage: ExportStorage, result: ExportResult, expiry_s: int) -> dict[str, object]:
-    expires = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=expiry_s)
-    parts = result.manifest["parts"][:MAX_URLS_IN_METADATA]
-    return {
-        "manifest_url": dg.MetadataValue.url(storage.presign(result.manifest_key, expiry_s)),
-        "part_urls": dg.MetadataValue.json([storage.presign(p["key"], expiry_s) for p in parts]),
-        "urls_expire_at": expires.isoformat().replace("+00:00", "Z"),
-    }
+def build_export_asset(spec: ExportSpec, storage: ExportStorage | None = None) -> dg.AssetsDefinition:
+    """Asset ``<dataset>_export``: one export of the spec's Delta table per materialization.
 
-
-def build_export_asset(spec: ExportSpec) -> dg.AssetsDefinition:
-    """Asset ``<dataset>_export``: one export of the spec's Delta table per materialization."""
+    ``storage`` is the deployment's export storage, when known at definition time: it gives the
+    asset its storage kind (``s3`` or ``file``) and the ``dagster/uri`` of the destination.
+    """
 
     @dg.asset(
         name=export_asset_key(spec.dataset).path[-1],
         group_name=EXPORT_GROUP,
-        kinds={"delta", "s3"},
+        kinds=asset_kinds(spec, storage),
+        metadata=definition_metadata(spec, storage),
         deps=[dg.AssetKey(spec.source_asset or spec.table)],
         # One export of a dataset at a time: a new one aborts the uploads a crashed one left behind.
         pool=f"export_{spec.dataset}",
@@ -115,9 +117,9 @@ def build_export_asset(spec: ExportSpec) -> dg.AssetsDefinition:
         export_storage: ExportStorage,
     ) -> dg.MaterializeResult:
         run_spec = spec.replace(
-            format=config.format,
-            compression=config.compression,
-            level=config.level if config.level is not None else config.gzip_level,
+            format=None if config.format == "default" else config.format,
+            compression=None if config.compression == "default" else config.compression,
+            level=config.level,
             part_max_bytes=config.part_max_bytes,
             part_max_rows=config.part_max_rows,
             batch_rows=config.batch_rows,
@@ -125,12 +127,9 @@ def build_export_asset(spec: ExportSpec) -> dg.AssetsDefinition:
         )
         since = _since(config, run_spec, export_storage)
         export_id = new_export_id(context.run_id)
-        table_uri = (
-            spec.table if "://" in spec.table or spec.table.startswith("/") else lake.table_uri(spec.table)
-        )
         result = export_table(
-            table_uri,
-            lake.storage_options(),
+            spec.table,  # a table name under the lake, or a path/URI opened with the lake's settings
+            lake,
             export_storage,
             spec.dataset,
             export_id,
@@ -148,23 +147,7 @@ def build_export_asset(spec: ExportSpec) -> dg.AssetsDefinition:
             )
         )
         return dg.MaterializeResult(
-            metadata={
-                "rows": result.rows,
-                "bytes": result.bytes,
-                "parts": result.parts,
-                "duration_s": round(result.duration_s, 3),
-                "rows_per_s": round(result.rows_per_s, 1),
-                "delta_version": manifest["delta_version"],
-                "format": manifest["format"],
-                "compression": manifest["compression"],
-                "export_id": export_id,
-                "since": since or "",
-                "next_cursor": manifest["next_cursor"] or "",
-                "manifest_key": result.manifest_key,
-                "manifest_uri": _location(result.manifest_uri),
-                "aborted_uploads": result.aborted_uploads,
-                **_url_metadata(export_storage, result, run_spec.url_expiry_s),
-            }
+            metadata=run_metadata(export_storage, result, export_id, since, run_spec.url_expiry_s)
         )
 
     return _export
@@ -188,7 +171,7 @@ def build_export_check(dataset: str) -> dg.AssetChecksDefinition:
         key = None
         event = context.instance.get_latest_materialization_event(asset_key)
         if event is not None and event.asset_materialization is not None:
-            entry = event.asset_materialization.metadata.get("manifest_key")
+            entry = event.asset_materialization.metadata.get("manifest/key")
             key = entry.value if entry is not None else None
         key = key or latest_manifest_key(export_storage, dataset)
         if key is None:
@@ -198,20 +181,21 @@ def build_export_check(dataset: str) -> dg.AssetChecksDefinition:
             passed=not problems,
             description="; ".join(problems[:20]) or "all parts match the manifest",
             metadata={
-                "manifest_uri": _location(export_storage.uri_for(str(key))),
-                "problems": len(problems),
+                "manifest/uri": location(export_storage.uri_for(str(key))),
+                "problems": dg.MetadataValue.int(len(problems)),
             },
         )
 
     return _check
 
 
-def build_cleanup_asset(spec: ExportSpec) -> dg.AssetsDefinition:
+def build_cleanup_asset(spec: ExportSpec, storage: ExportStorage | None = None) -> dg.AssetsDefinition:
     """Asset ``<dataset>_export_cleanup``: apply the retention rules (keep last N, TTL) to the exports."""
 
     @dg.asset(
         name=cleanup_asset_key(spec.dataset).path[-1],
         group_name=EXPORT_GROUP,
+        kinds=storage_kinds(storage),
         deps=[export_asset_key(spec.dataset)],
         pool=f"export_{spec.dataset}",
         description=f"Deletes exports of '{spec.dataset}' beyond the retention rules and crashed leftovers.",
@@ -230,12 +214,12 @@ def build_cleanup_asset(spec: ExportSpec) -> dg.AssetsDefinition:
         )
         return dg.MaterializeResult(
             metadata={
-                "kept": len(result.kept),
+                "kept": dg.MetadataValue.int(len(result.kept)),
                 "expired": dg.MetadataValue.json(result.expired),
                 "incomplete": dg.MetadataValue.json(result.incomplete),
-                "deleted_objects": result.deleted_objects,
-                "keep_last": keep_last,
-                "ttl_days": ttl_days,
+                "deleted_objects": dg.MetadataValue.int(result.deleted_objects),
+                "keep_last": dg.MetadataValue.int(keep_last),
+                "ttl_days": dg.MetadataValue.float(float(ttl_days)),
             }
         )
 
@@ -248,17 +232,23 @@ def export_specs(feeds: list[FeedSpec]) -> list[ExportSpec]:
     return load_specs(path) if path else default_specs(feeds)
 
 
-def export_defs(feeds: list[FeedSpec], specs: list[ExportSpec] | None = None) -> dg.Definitions:
+def export_defs(
+    feeds: list[FeedSpec], specs: list[ExportSpec] | None = None, storage: ExportStorage | None = None
+) -> dg.Definitions:
     """Exports' share of the Definitions: per dataset the export asset, its check, a cleanup asset,
-    an ``export_<dataset>`` job; one ``export_cleanup`` job on a schedule for all of them."""
+    an ``export_<dataset>`` job; one ``export_cleanup`` job on a schedule for all of them.
+
+    ``storage``: the ``export_storage`` resource the definitions will run with, for the assets' kinds
+    and destination URI (the resource itself is still injected at run time).
+    """
     specs = export_specs(feeds) if specs is None else specs
     cleanup_job = dg.define_asset_job(
         "export_cleanup", selection=dg.AssetSelection.assets(*(cleanup_asset_key(s.dataset) for s in specs))
     )
     return dg.Definitions(
         assets=[
-            *(build_export_asset(spec) for spec in specs),
-            *(build_cleanup_asset(spec) for spec in specs),
+            *(build_export_asset(spec, storage) for spec in specs),
+            *(build_cleanup_asset(spec, storage) for spec in specs),
         ],
         asset_checks=[build_export_check(spec.dataset) for spec in specs],
         jobs=[

@@ -1,19 +1,13 @@
-"""Record batches -> bytes of one export part: NDJSON, CSV (RFC 4180) or Parquet, then compressed.
+"""Record batches -> bytes of one export part: NDJSON, CSV (RFC 4180) or Parquet (``compress`` follows).
 
-Encoders and compressors are per part: ``begin()`` gives what opens a part (the CSV header),
-``encode(batch)`` the rows, ``end()`` what closes it (the Parquet footer). Arrow, zlib and zstd do the
-heavy work in C without the GIL, so these run well on their own pipeline threads.
+Encoders are per part: ``begin()`` gives what opens a part (the CSV header), ``encode(batch)`` the
+rows, ``end()`` what closes it (the Parquet footer). Arrow and polars do the heavy work in C and Rust
+without the GIL, so these run well on their own pipeline thread.
 """
 
-# First: it configures the allocators of deltalake and polars, which read it when they load.
-import pipelines.export_alloc  # noqa: F401
-
-# isort: split
 import base64
 import decimal
 import io
-import struct
-import zlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any
@@ -24,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipelines.export_spec import ExportSpec
+from pipelines.export.spec import ExportSpec
 
 CONTENT_TYPES = {
     ("ndjson", "none"): "application/x-ndjson",
@@ -304,70 +298,3 @@ def encoder_factory(spec: ExportSpec, schema: pa.Schema) -> Callable[[], PartEnc
         CsvEncoder(schema)
         return lambda: CsvEncoder(schema)
     return lambda: ParquetEncoder(schema, spec.compression, spec.compression_level)
-
-
-# -- compression ---------------------------------------------------------------------------------------
-
-
-class BlockCodec(ABC):
-    """Compresses a part as independent blocks, so several threads can compress one part at once.
-
-    ``block()`` is a pure function of its input (safe to run in parallel); ``header()``/``trailer()``
-    frame the part. The concatenation is one standard stream that any decoder reads.
-    """
-
-    def header(self) -> bytes:
-        return b""
-
-    @abstractmethod
-    def block(self, data: bytes, previous: bytes, last: bool) -> bytes:
-        """Compressed ``data``; ``previous`` is the uncompressed tail before it (a dictionary)."""
-
-    def trailer(self, crc: int, size: int) -> bytes:
-        return b""
-
-
-class _Identity(BlockCodec):
-    def block(self, data: bytes, previous: bytes, last: bool) -> bytes:
-        return data
-
-
-class _Gzip(BlockCodec):
-    """One gzip member per part, pigz style: each block is raw deflate primed with the previous 32 KiB
-    and ended by a sync flush (the last one by a final block), then the CRC-32 and size trailer."""
-
-    WINDOW = 32 * 1024
-
-    def __init__(self, level: int) -> None:
-        self._level = level
-
-    def header(self) -> bytes:
-        return b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"  # gzip, deflate, no name, mtime 0, OS unknown
-
-    def block(self, data: bytes, previous: bytes, last: bool) -> bytes:
-        if previous:
-            z = zlib.compressobj(self._level, zlib.DEFLATED, -15, zdict=previous)
-        else:
-            z = zlib.compressobj(self._level, zlib.DEFLATED, -15)
-        return z.compress(data) + z.flush(zlib.Z_FINISH if last else zlib.Z_SYNC_FLUSH)
-
-    def trailer(self, crc: int, size: int) -> bytes:
-        return struct.pack("<II", crc & 0xFFFFFFFF, size & 0xFFFFFFFF)
-
-
-class _Zstd(BlockCodec):
-    """One zstd frame per block: concatenated frames are a valid zstd stream (no zstd package needed)."""
-
-    def __init__(self, level: int) -> None:
-        self._codec = pa.Codec("zstd", compression_level=level)
-
-    def block(self, data: bytes, previous: bytes, last: bool) -> bytes:
-        return self._codec.compress(data, asbytes=True) if data else b""
-
-
-def block_codec(spec: ExportSpec) -> BlockCodec:
-    if spec.format == "parquet" or spec.compression == "none":
-        return _Identity()  # Parquet compresses its pages itself
-    if spec.compression == "gzip":
-        return _Gzip(spec.compression_level)
-    return _Zstd(spec.compression_level)

@@ -10,8 +10,10 @@ Measured (bench.export profile, 8k-row batches): returning freed pages at once (
 0.5 s of dirty decay and no MADV_FREE stage kept the speed (bench.export at 12M rows: gzip NDJSON
 2.20x the deltalake stream, gzip CSV 1.05x polars) for part of the gain (322 / 341 MB).
 
-This only works if it runs before either library is first imported, hence the import at the top of
-the export modules; a value already in the environment is left as it is.
+This only works if it runs before either library is first imported, hence its import at the top of
+``pipelines/export/__init__.py``, which Python runs before any module of the package; a value already
+in the environment is left as it is. Modules imported earlier (``pipelines.deployment``,
+``resources.lake``) must not import deltalake or polars at their top for the same reason.
 """
 
 import os

@@ -6,15 +6,12 @@
     lakerelay-export verify MANIFEST                             # re-read an export in place
 
 MANIFEST is a local path or an ``s3://bucket/<prefix>/<dataset>/<export_id>/manifest.json`` URI
-(``fetch`` also takes an http(s) URL). S3 settings come from the environment: ``AWS_ACCESS_KEY_ID``,
-``AWS_SECRET_ACCESS_KEY``, ``AWS_REGION`` and ``LAKERELAY_S3_ENDPOINT_URL`` (or ``AWS_ENDPOINT_URL``).
-Exit codes: 0 success, 1 verification failed, 2 bad input or an error.
+(``fetch`` also takes an http(s) URL). S3 settings are the deployment's lake settings, read from the
+same environment as the Dagster code location (``pipelines.deployment.lake_resource``):
+``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_REGION`` and ``LAKERELAY_S3_ENDPOINT_URL``
+(or ``AWS_ENDPOINT_URL``). Exit codes: 0 success, 1 verification failed, 2 bad input or an error.
 """
 
-# First: it configures the allocators of deltalake and polars, which read it when they load.
-import pipelines.export_alloc  # noqa: F401
-
-# isort: split
 import argparse
 import datetime as dt
 import json
@@ -23,28 +20,25 @@ import sys
 import uuid
 from pathlib import Path
 
-from dagster_aws.s3 import S3Resource
-
-from pipelines.export_client import fetch_export
-from pipelines.export_spec import COMPRESSIONS, DEFAULT_URL_EXPIRY_S, FORMATS, MAX_URL_EXPIRY_S, ExportSpec
-from pipelines.exporter import MANIFEST_NAME, export_table, new_export_id, verify_export
+from pipelines import deployment
+from pipelines.export.client import fetch_export
+from pipelines.export.exporter import export_table
+from pipelines.export.manifest import MANIFEST_NAME, new_export_id, verify_export
+from pipelines.export.spec import COMPRESSIONS, DEFAULT_URL_EXPIRY_S, FORMATS, MAX_URL_EXPIRY_S, ExportSpec
 from resources.export_storage import ExportStorage, LocalExportStorage, S3ExportStorage
+from resources.lake import LakeResource
 
 
-def _s3_storage(bucket: str, prefix: str) -> S3ExportStorage:
-    endpoint = os.environ.get("LAKERELAY_S3_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL") or None
-    return S3ExportStorage(
-        s3=S3Resource(endpoint_url=endpoint, region_name=os.environ.get("AWS_REGION", "us-east-1")),
-        bucket=bucket,
-        prefix=prefix,
-    )
+def _lake() -> LakeResource:
+    """The deployment's lake, its EnvVar settings resolved: this process is not a Dagster run."""
+    return deployment.resolved(deployment.lake_resource())
 
 
 def storage_at(root: str) -> ExportStorage:
-    """Export storage rooted at a folder or at ``s3://bucket/prefix``."""
+    """Export storage rooted at a folder or at ``s3://bucket/prefix`` (with the lake's S3 settings)."""
     if root.startswith("s3://"):
         bucket, _, prefix = root[len("s3://") :].partition("/")
-        return _s3_storage(bucket, prefix.strip("/"))
+        return S3ExportStorage(lake=_lake(), bucket=bucket, prefix=prefix.strip("/"))
     return LocalExportStorage(root=root)
 
 
@@ -54,16 +48,6 @@ def storage_of_manifest(location: str) -> tuple[ExportStorage, str]:
     if len(segments) < 4 or segments[-1] != MANIFEST_NAME:
         raise ValueError(f"{location!r} is not a manifest location (…/<dataset>/<export_id>/{MANIFEST_NAME})")
     return storage_at("/".join(segments[:-3]) or "/"), "/".join(segments[-3:])
-
-
-def _storage_options_from_env(table: str) -> dict[str, str] | None:
-    if not table.startswith("s3://"):
-        return None
-    options = {"AWS_REGION": os.environ.get("AWS_REGION", "us-east-1")}
-    endpoint = os.environ.get("LAKERELAY_S3_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL")
-    if endpoint:
-        options.update(AWS_ENDPOINT_URL=endpoint, AWS_ALLOW_HTTP="true")
-    return options
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -81,9 +65,11 @@ def _run(args: argparse.Namespace) -> int:
         batch_rows=args.batch_rows,
     )
     export_id = args.export_id or new_export_id(uuid.uuid4().hex)
+    # A path is the user's, relative to the shell's folder; the lake would read it as a table name.
+    table = args.table if "://" in args.table else os.path.abspath(args.table)
     result = export_table(
-        args.table,
-        _storage_options_from_env(args.table),
+        table,
+        _lake(),
         storage_at(args.to),
         args.dataset,
         export_id,

@@ -1,0 +1,115 @@
+"""What the export assets show in Dagster: their kinds, definition metadata and run metadata.
+
+Run metadata keys are grouped by a prefix so related ones sort together, with the unit in the name:
+
+- ``export/``: what was exported (id, format, compression, Delta version, cursors, aborted uploads)
+- ``size/``: ``rows``, ``bytes`` (stored), ``uncompressed_bytes``, ``parts``
+- ``speed/``: ``duration_s``, ``rows_per_s``, ``mib_per_s`` (uncompressed MiB per second)
+- ``manifest/``: ``key`` (storage-relative, what the check reads) and ``uri``
+- ``urls/``: presigned links to the manifest and parts, and when they expire
+
+plus Dagster's own ``dagster/row_count`` and ``dagster/uri`` (where this export is).
+"""
+
+import datetime as dt
+from typing import Any
+
+import dagster as dg
+
+from pipelines.export.exporter import ExportResult
+from pipelines.export.manifest import export_prefix
+from pipelines.export.spec import ExportSpec
+from resources.export_storage import ExportStorage
+
+MAX_URLS_IN_METADATA = 100  # beyond that, use `lakerelay-export sign` on demand
+MiB = 1024 * 1024
+
+
+def location(uri: str) -> dg.MetadataValue:
+    """A clickable URL for ``s3://``-style URIs, a path for local files."""
+    return dg.MetadataValue.url(uri) if "://" in uri else dg.MetadataValue.path(uri)
+
+
+def asset_kinds(spec: ExportSpec, storage: ExportStorage | None) -> set[str]:
+    """``delta`` (what is read), the storage written to (``s3``/``file``) when known, and the format."""
+    kinds = {"delta", spec.format}
+    if storage is not None and storage.storage_kind:
+        kinds.add(storage.storage_kind)
+    return kinds
+
+
+def storage_kinds(storage: ExportStorage | None) -> set[str] | None:
+    return {storage.storage_kind} if storage is not None and storage.storage_kind else None
+
+
+def destination_uri(storage: ExportStorage | None, dataset: str) -> str | None:
+    """Where the exports of ``dataset`` go, read when the definitions load; None when unknown.
+
+    The deployment gives settings as ``dg.EnvVar`` (resolved in a run), so the storage is resolved
+    here first; only the root/bucket/prefix are read, never a credential.
+    """
+    if storage is None:
+        return None
+    try:
+        # The context-manager form: a storage with a nested resource (S3's lake) needs it.
+        with storage.process_config_and_initialize_cm() as resolved:
+            return resolved.uri_for(dataset)
+    except dg.DagsterInvalidConfigError:  # an unset variable: the run reports it; the definitions load
+        return None
+
+
+def definition_metadata(spec: ExportSpec, storage: ExportStorage | None) -> dict[str, Any]:
+    metadata: dict[str, Any] = {
+        "export/format": spec.format,
+        # Parquet compresses its pages itself; the part file is not compressed again.
+        "export/compression": f"{spec.compression} (Parquet pages)"
+        if spec.format == "parquet"
+        else spec.compression,
+        "export/order_by": spec.order_by or "(storage order)",
+        "export/source_table": spec.table,
+    }
+    uri = destination_uri(storage, spec.dataset)
+    if uri is not None:
+        metadata["dagster/uri"] = location(uri)
+    return metadata
+
+
+def _url_metadata(storage: ExportStorage, result: ExportResult, expiry_s: int) -> dict[str, Any]:
+    expires = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=expiry_s)
+    parts = result.manifest["parts"][:MAX_URLS_IN_METADATA]
+    return {
+        "urls/manifest": dg.MetadataValue.url(storage.presign(result.manifest_key, expiry_s)),
+        "urls/parts": dg.MetadataValue.json([storage.presign(p["key"], expiry_s) for p in parts]),
+        "urls/expire_at": dg.MetadataValue.text(expires.isoformat().replace("+00:00", "Z")),
+    }
+
+
+def run_metadata(
+    storage: ExportStorage, result: ExportResult, export_id: str, since: str | None, expiry_s: int
+) -> dict[str, Any]:
+    """The materialization's metadata of one export, typed (ints, floats, URLs), in key order."""
+    manifest = result.manifest
+    seconds = result.duration_s
+    return {
+        "dagster/row_count": dg.MetadataValue.int(result.rows),
+        "dagster/uri": location(storage.uri_for(export_prefix(manifest["dataset"], export_id))),
+        "export/id": dg.MetadataValue.text(export_id),
+        "export/format": dg.MetadataValue.text(manifest["format"]),
+        "export/compression": dg.MetadataValue.text(manifest["compression"]),
+        "export/delta_version": dg.MetadataValue.int(manifest["delta_version"]),
+        "export/since": dg.MetadataValue.text(since or ""),
+        "export/next_cursor": dg.MetadataValue.text(manifest["next_cursor"] or ""),
+        "export/aborted_uploads": dg.MetadataValue.int(result.aborted_uploads),
+        "size/rows": dg.MetadataValue.int(result.rows),
+        "size/bytes": dg.MetadataValue.int(result.bytes),
+        "size/uncompressed_bytes": dg.MetadataValue.int(result.uncompressed_bytes),
+        "size/parts": dg.MetadataValue.int(result.parts),
+        "speed/duration_s": dg.MetadataValue.float(round(seconds, 3)),
+        "speed/rows_per_s": dg.MetadataValue.float(round(result.rows_per_s, 1)),
+        "speed/mib_per_s": dg.MetadataValue.float(
+            round(result.uncompressed_bytes / MiB / seconds, 2) if seconds > 0 else 0.0
+        ),
+        "manifest/key": dg.MetadataValue.text(result.manifest_key),
+        "manifest/uri": location(result.manifest_uri),
+        **_url_metadata(storage, result, expiry_s),
+    }
