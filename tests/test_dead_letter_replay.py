@@ -21,7 +21,7 @@ from dagster._core.instance.ref import InstanceRef
 
 from localsink import LocalSinkServer
 from pipelines.post.dead_letters import DEAD_LETTER_TABLE, append_dead_letters
-from pipelines.post.replay import REPLAY_TABLE
+from pipelines.post.letters import REPLAY_TABLE
 from pipelines.post.replay_job import build_replay_job, replay_job_name, replay_op_name
 from resources.lake import LakeResource
 from resources.sinks.resource import ElasticsearchSinkResource, RestSinkResource, SplunkHecSinkResource

@@ -66,4 +66,7 @@ def test_loading_the_definitions_leaves_the_environment_alone(tmp_path: Path) ->
     done = subprocess.run(
         [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True, cwd=ROOT
     )
-    assert json.loads(done.stdout.strip().splitlines()[-1]) == []
+    changed = {name for name, _ in json.loads(done.stdout.strip().splitlines()[-1])}
+    # The one exception, on purpose: deltalake's and polars' jemalloc read their options once, when
+    # the library loads, so the export package sets them (if unset) before either can be imported.
+    assert changed <= {"_RJEM_MALLOC_CONF"}

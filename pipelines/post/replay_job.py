@@ -9,17 +9,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field
 
-from pipelines.post.replay import (
-    REJECTED,
-    REPLAY_TABLE,
-    LetterFilter,
-    new_replay_id,
-    parse_instant,
-    post_letters,
-    record_replay,
-    replay_rows,
-    select_dead_letters,
-)
+from pipelines.post.letters import REJECTED, REPLAY_TABLE, LetterFilter, parse_instant, select_dead_letters
+from pipelines.post.replay import new_replay_id, post_letters, record_replay, replay_rows
 from resources.lake import LakeResource
 from resources.sinks.resource import RestSinkResource
 
