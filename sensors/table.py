@@ -14,7 +14,6 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import dagster as dg
-from deltalake import DeltaTable
 from deltalake.exceptions import TableNotFoundError
 
 from resources.lake import LakeResource
@@ -96,7 +95,7 @@ def build_table_sensor(
         context: dg.SensorEvaluationContext, lake: LakeResource
     ) -> dg.SensorResult | dg.SkipReason:
         try:
-            version = DeltaTable(lake.table_uri(table_name), storage_options=lake.storage_options()).version()
+            version = lake.table(table_name).version()
         except TableNotFoundError:
             return dg.SkipReason(f"table {table_name} does not exist yet")
         cursor = TableSensorCursor.parse(context.cursor)

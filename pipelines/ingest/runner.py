@@ -11,7 +11,6 @@ import logging
 import time
 
 import pyarrow as pa
-from deltalake import DeltaTable
 from deltalake.exceptions import TableNotFoundError
 
 from pipelines.delta_once import append_once, transaction_version
@@ -106,7 +105,7 @@ def ingest_feed(
     move_listing_cursor(lake, feed, state, cursor)
 
     try:
-        table = DeltaTable(ctx.table_uri, storage_options=options)
+        table = ctx.lake.table(ctx.table_uri)
     except TableNotFoundError:
         return ctx.report  # nothing landed yet: no version, schema or row count
     ctx.report.delta_version = table.version()
@@ -117,7 +116,7 @@ def ingest_feed(
 
 def _table_schema(ctx: IngestContext) -> pa.Schema | None:
     try:
-        return pa.schema(DeltaTable(ctx.table_uri, storage_options=ctx.options).schema().to_arrow())
+        return pa.schema(ctx.lake.table(ctx.table_uri).schema().to_arrow())
     except TableNotFoundError:
         return None
 

@@ -9,7 +9,7 @@ import dagster as dg
 
 from pipelines.feeds import FeedSpec
 from pipelines.post.config import PostConfig
-from pipelines.post.run import run_post
+from pipelines.post.run import PostRun, run_post
 from pipelines.run_defaults import INFO_LOGS
 from resources.lake import LakeResource
 from resources.sinks.resource import NEEDS_FIX, RestSinkResource
@@ -60,13 +60,15 @@ def build_post_asset(sink_key: str, feed: FeedSpec, kind: str = "rest") -> dg.As
         sink: RestSinkResource = getattr(context.resources, sink_key)
         try:
             run_post(
-                context,
-                lake,
-                sink,
-                lambda: context.resources.pyspark.spark_session,  # Spark starts only once there is work
-                feed,
-                sink_asset_key(sink_key, feed),
-                config,
+                PostRun(
+                    context,
+                    lake,
+                    sink,
+                    lambda: context.resources.pyspark.spark_session,  # Spark starts only once there is work
+                    feed,
+                    sink_asset_key(sink_key, feed),
+                    config,
+                )
             )
         except dg.Failure as failure:
             if NEEDS_FIX in (failure.metadata or {}):

@@ -17,7 +17,6 @@ from typing import Any
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
-from deltalake import DeltaTable
 from deltalake.exceptions import TableNotFoundError
 
 from pipelines.post.dead_letters import DEAD_LETTER_SCHEMA, DEAD_LETTER_TABLE
@@ -103,7 +102,7 @@ class Selection:
 
 def _read_table(lake: LakeResource, name: str, filters: Any) -> pa.Table | None:
     try:
-        table = DeltaTable(lake.table_uri(name), storage_options=lake.storage_options())
+        table = lake.table(name)
     except TableNotFoundError:
         return None
     return table.to_pyarrow_table(filters=filters)

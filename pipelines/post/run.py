@@ -6,6 +6,7 @@ The op of ``job.py`` calls ``run_post``; the totals, failures and metadata it re
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import dagster as dg
 import pyarrow as pa
@@ -30,15 +31,20 @@ from resources.sinks.resource import RestSinkResource
 from resources.spark_errors import root_cause
 
 
-def run_post(
-    context: dg.OpExecutionContext,
-    lake: LakeResource,
-    sink: RestSinkResource,
-    spark_session: Callable[[], SparkSession],
-    feed: FeedSpec,
-    asset_key: dg.AssetKey,
-    config: PostConfig,
-) -> None:
+@dataclass(frozen=True)
+class PostRun:
+    """What one post run works with: its context, resources, feed, sink asset and config."""
+
+    context: dg.OpExecutionContext
+    lake: LakeResource
+    sink: RestSinkResource
+    spark_session: Callable[[], SparkSession]
+    feed: FeedSpec
+    asset_key: dg.AssetKey
+    config: PostConfig
+
+
+def run_post(run: PostRun) -> None:
     """Post the feed's unsettled records as the one holder of the (sink, table) lease.
 
     The lease is taken before planning (the plan starts from the progress it carries), renewed from a
@@ -46,12 +52,13 @@ def run_post(
     holds it) and released at the end, success or failure. Dagster's pools normally keep two runs of
     one (sink, feed) apart; this is the guarantee when they do not.
     """
-    lease = _acquire_post_lease(context, lake, sink, feed, config)
+    context, config = run.context, run.config
+    lease = _acquire_post_lease(context, run.lake, run.sink, run.feed, config)
     try:
         with lease.keep_alive(
             on_error=lambda exc: context.log.warning(f"{lease.label}: renewing the lease failed: {exc}")
         ):
-            _post_under_lease(context, lake, sink, spark_session, feed, asset_key, config, lease)
+            _post_under_lease(run, lease)
     except LeaseLost as lost:
         raise dg.Failure(
             description=(
@@ -113,17 +120,9 @@ def _acquire_post_lease(
     return lease
 
 
-def _post_under_lease(
-    context: dg.OpExecutionContext,
-    lake: LakeResource,
-    sink: RestSinkResource,
-    spark_session: Callable[[], SparkSession],
-    feed: FeedSpec,
-    asset_key: dg.AssetKey,
-    config: PostConfig,
-    lease: Lease,
-) -> None:
+def _post_under_lease(run: PostRun, lease: Lease) -> None:
     started = time.perf_counter()
+    context, lake, sink, feed, config = run.context, run.lake, run.sink, run.feed, run.config
     options = lake.storage_options()
     table_uri = lake.table_uri(feed.table_name)
     progress = progress_of(lease.state)  # what this run plans from: the truth while it holds the lease
@@ -152,7 +151,7 @@ def _post_under_lease(
     sink.check_connection()
     expressions = enrichment_for(feed, plan.schema, config)
 
-    spark = spark_session()
+    spark = run.spark_session()
     slots = config.max_tasks or default_parallelism(spark)
     _prepare_executors(context, spark, slots, config.check_executors)
     frame, tasks = read_planned_rows(spark, plan, lake.filesystem_settings(), slots)
@@ -197,8 +196,10 @@ def _post_under_lease(
 
     elapsed = time.perf_counter() - started
     metadata = post_metadata(totals, plan, config, written, elapsed)
-    context.log_event(dg.AssetMaterialization(asset_key=asset_key, metadata=metadata))
-    context.log_event(dead_letter_evaluation(asset_key, dead, totals.records_in, config.dead_letter_max_rate))
+    context.log_event(dg.AssetMaterialization(asset_key=run.asset_key, metadata=metadata))
+    context.log_event(
+        dead_letter_evaluation(run.asset_key, dead, totals.records_in, config.dead_letter_max_rate)
+    )
     dead_letter_rate = dead / totals.records_in if totals.records_in else 0.0
     if dead_letter_rate > config.dead_letter_max_rate:
         context.log.warning(
