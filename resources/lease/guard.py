@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable, Iterator
 
 from resources.lease.log import LeaseLog
-from resources.lease.record import LeaseRecord, iso_time
+from resources.lease.record import LeaseRecord, iso_time, ticking
 
 log = logging.getLogger(__name__)
 
@@ -94,18 +94,12 @@ class LeaseGuard:
             on_lost(reason)
             yield self
             return
-        stop = threading.Event()
 
-        def watch() -> None:
-            while not stop.wait(self._next_wait()):
-                reason = self.lost_reason()
-                if reason:
-                    on_lost(reason)
-                    return
+        def check() -> bool:
+            reason = self.lost_reason()
+            if reason:
+                on_lost(reason)
+            return bool(reason)
 
-        thread = threading.Thread(target=watch, name="lease-watch", daemon=True)
-        thread.start()
-        try:
+        with ticking(check, self._next_wait, "lease-watch"):
             yield self
-        finally:
-            stop.set()

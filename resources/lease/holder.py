@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 
 from resources.lease.guard import LeaseGuard
 from resources.lease.log import LeaseLog
-from resources.lease.record import LeaseHeld, LeaseLost, LeaseRecord, iso_time, writer_id
+from resources.lease.record import LeaseHeld, LeaseLost, LeaseRecord, iso_time, successor, ticking
 
 log = logging.getLogger(__name__)
 
@@ -59,16 +59,14 @@ class Lease:
                 self._unsure = None
             current = self._record
             now = time.time()
-            record = LeaseRecord(
-                seq=current.seq + 1,
+            record = successor(
+                current,
+                now,
                 token=0 if release else current.token,
                 owner="" if release else current.owner,
                 expires_at=0.0 if release else now + self.ttl_s,
                 state=current.state if state is None else state,
                 action=action,
-                written_at=now,
-                writer=writer_id(),
-                prev=current.nonce,
             )
             try:
                 appended = self.log.append(record)
@@ -125,25 +123,19 @@ class Lease:
         lapses. A renewal that finds the lease lost stops; ``self.lost`` then says so.
         """
         interval = interval_s or self.ttl_s / 4
-        stop = threading.Event()
 
-        def renew() -> None:
-            while not stop.wait(interval):
-                try:
-                    self.renew()
-                except LeaseLost:
-                    return
-                except Exception as exc:  # transient storage errors: try again at the next tick
-                    if on_error is not None:
-                        on_error(exc)
+        def renew() -> bool:
+            try:
+                self.renew()
+            except LeaseLost:
+                return True
+            except Exception as exc:  # transient storage errors: try again at the next tick
+                if on_error is not None:
+                    on_error(exc)
+            return False
 
-        thread = threading.Thread(target=renew, name="lease-renew", daemon=True)
-        thread.start()
-        try:
+        with ticking(renew, lambda: interval, "lease-renew", join_s=60):
             yield self
-        finally:
-            stop.set()
-            thread.join(timeout=60)
 
 
 def acquire(
@@ -181,16 +173,8 @@ def acquire(
             continue
         seq = latest.seq + 1 if latest is not None else 1
         state = latest.state if latest is not None else (seed() if seed else None) or {}
-        record = LeaseRecord(
-            seq=seq,
-            token=seq,
-            owner=owner,
-            expires_at=now + ttl_s,
-            state=state,
-            action="acquire",
-            written_at=now,
-            writer=writer_id(),
-            prev=latest.nonce if latest is not None else "",
+        record = successor(
+            latest, now, token=seq, owner=owner, expires_at=now + ttl_s, state=state, action="acquire"
         )
         if log.append(record):
             return Lease(log, record, ttl_s, label)
@@ -207,13 +191,6 @@ def put_state(log: LeaseLog, state: dict, label: str = "") -> LeaseRecord:
         now = time.time()
         if latest is not None and latest.live(now):
             raise LeaseHeld(latest, label or log.uri)
-        record = LeaseRecord(
-            seq=latest.seq + 1 if latest is not None else 1,
-            state=state,
-            action="set",
-            written_at=now,
-            writer=writer_id(),
-            prev=latest.nonce if latest is not None else "",
-        )
+        record = successor(latest, now, state=state, action="set")
         if log.append(record):
             return record

@@ -1,10 +1,13 @@
 """The records of a lease's sequence, and the errors a holder or a contender is told."""
 
+import contextlib
 import json
 import os
 import socket
+import threading
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -97,3 +100,36 @@ class LeaseLost(RuntimeError):
     def __init__(self, message: str, holder: LeaseRecord | None) -> None:
         self.holder = holder
         super().__init__(message)
+
+
+def successor(latest: "LeaseRecord | None", now: float, **fields: object) -> "LeaseRecord":
+    """The record to append after ``latest`` (None: the first), written now by this process."""
+    return LeaseRecord(
+        seq=latest.seq + 1 if latest is not None else 1,
+        written_at=now,
+        writer=writer_id(),
+        prev=latest.nonce if latest is not None else "",
+        **fields,  # type: ignore[arg-type]
+    )
+
+
+@contextlib.contextmanager
+def ticking(
+    tick: Callable[[], bool], wait_s: Callable[[], float], name: str, join_s: float = 0.0
+) -> Iterator[None]:
+    """Call ``tick()`` from a daemon thread after every ``wait_s()`` until it returns True or the block ends."""
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.wait(wait_s()):
+            if tick():
+                return
+
+    thread = threading.Thread(target=loop, name=name, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        if join_s:
+            thread.join(timeout=join_s)
