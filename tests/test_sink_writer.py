@@ -216,3 +216,34 @@ def test_the_modules_executors_import_need_neither_dagster_nor_pydantic() -> Non
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    ("reply", "accepted", "rejected"),
+    [
+        (b'{"took":3,"errors":false,"items":[{"index":{"status":201}},{"index":{"status":201}}]}', 2, 0),
+        (b'{"errors":false,"took":3,"items":[{"index":{"status":201}},{"index":{"status":201}}]}', 2, 0),
+        # A flag inside an item is not the reply's: the full parse reads each item.
+        (
+            b'{"took":3,"errors":true,"items":[{"index":{"status":201,"errors":false}},'
+            b'{"index":{"status":400,"error":{"type":"mapper_parsing_exception","reason":"bad"}}}]}',
+            1,
+            1,
+        ),
+        (
+            b'{"items":[{"index":{"status":201,"errors":false}},{"index":{"status":400,"error":{}}}],"errors":true}',
+            1,
+            1,
+        ),
+        # Another spelling of "no errors" (pretty-printed) still settles by the full parse.
+        (b'{\n  "took" : 3,\n  "errors" : false,\n  "items" : [{}, {}]\n}', 2, 0),
+    ],
+)
+def test_bulk_replies_settle_the_same_with_or_without_the_no_errors_shortcut(
+    reply: bytes, accepted: int, rejected: int
+) -> None:
+    settings = ElasticsearchSinkResource(sink_name="es", url="http://127.0.0.1:1", index="x").settings()
+    protocol = settings.protocol.open(settings)
+    records = [Record("a", b"{}", None), Record("b", b"{}", None)]
+    settled = protocol.settle(records, reply)
+    assert (settled.accepted, len(settled.rejected), len(settled.retry)) == (accepted, rejected, 0)
