@@ -247,3 +247,22 @@ def test_bulk_replies_settle_the_same_with_or_without_the_no_errors_shortcut(
     records = [Record("a", b"{}", None), Record("b", b"{}", None)]
     settled = protocol.settle(records, reply)
     assert (settled.accepted, len(settled.rejected), len(settled.retry)) == (accepted, rejected, 0)
+
+
+def test_the_environment_requests_would_read_per_call_is_read_once_with_the_same_answers(
+    monkeypatch: pytest.MonkeyPatch, tmp_path
+) -> None:
+    bundle = tmp_path / "corporate-ca.pem"
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(bundle))
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
+    monkeypatch.setenv("NO_PROXY", "localhost")
+    plain = ElasticsearchSinkResource(sink_name="es", url="https://search.example:9200", index="x")
+    session = SinkWriter(plain.settings())._session()
+    assert session.verify == str(bundle) and not session.trust_env
+    assert session.proxies["https"] == "http://proxy.internal:3128"
+    configured = ElasticsearchSinkResource(
+        sink_name="es", url="https://localhost:9200", index="x", ca_bundle=str(tmp_path / "own.pem")
+    )
+    session = SinkWriter(configured.settings())._session()
+    assert session.verify == str(tmp_path / "own.pem")  # the sink's own setting wins, as before
+    assert session.proxies == {}  # NO_PROXY still applies

@@ -11,6 +11,7 @@ from resources.lease import LeaseGuard
 from resources.sinks.outcome import PostOutcome
 from resources.sinks.settings import SinkSettings
 from resources.sinks.writer import SinkWriter
+from resources.worker_heap import freeze_imported_heap
 
 RESULT_SCHEMA = pa.schema(
     [
@@ -70,6 +71,7 @@ def make_poster(
     """
 
     def post(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        freeze_imported_heap()
         records_in = 0
         started = time.perf_counter()
         startup_s = None  # until the first batch: fixed per task, so the capacity plan leaves it out

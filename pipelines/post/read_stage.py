@@ -14,6 +14,7 @@ from pyspark.sql.pandas.types import from_arrow_schema
 
 from pipelines.post.plan import PostPlan, ReadUnit, split_units
 from resources.filesystem import FileSystemSettings
+from resources.worker_heap import freeze_imported_heap
 
 _BATCH_ROWS = 8192  # rows per Arrow batch handed to Spark: small enough to start posting early
 
@@ -38,6 +39,7 @@ def _unit_reader(
     batch_to: int,
 ) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
     def read(index_batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        freeze_imported_heap()
         for index_batch in index_batches:
             for index in index_batch.column(0).to_pylist():
                 unit = units[index]
