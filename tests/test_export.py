@@ -20,6 +20,7 @@ from pydantic import PrivateAttr
 from pipelines.export.assets import ExportConfig, build_export_asset, build_export_check
 from pipelines.export.exporter import export_table
 from pipelines.export.manifest import latest_manifest_key, redact_uri, verify_export
+from pipelines.export.read import plan_read
 from pipelines.export.spec import ExportSpec
 from resources.export_storage import LocalExportStorage, PartWriter, S3ExportStorage
 from resources.lake import LakeResource
@@ -519,3 +520,46 @@ def test_asset_and_check_against_s3(tmp_path: Path, s3_settings: S3Settings) -> 
         "part-00000.ndjson.gz",
         "part-00001.ndjson.gz",
     ]
+
+
+def _exported_rows(tmp_path: Path, table: Path, export_id: str, **options: Any) -> list[dict[str, Any]]:
+    storage = LocalExportStorage(root=str(tmp_path / "exports"))
+    result = export_table(str(table), None, storage, "evolving", export_id, **options)
+    rows = []
+    for part in result.manifest["parts"]:
+        rows += [
+            json.loads(line)
+            for line in gzip.decompress((tmp_path / "exports" / part["key"]).read_bytes()).splitlines()
+        ]
+    return sorted(rows, key=lambda row: row["id"])
+
+
+def test_files_written_before_a_column_was_added_export_it_as_null(tmp_path: Path) -> None:
+    """A plain scan reads the data files directly, and the files written before the merge lack the column."""
+    table = tmp_path / "evolving"
+    write_deltalake(
+        str(table), pa.table({"id": pa.array([1, 2], pa.int64()), "n": pa.array([10, 20], pa.int32())})
+    )
+    newer = pa.table(
+        {"id": pa.array([3], pa.int64()), "n": pa.array([30], pa.int32()), "note": pa.array(["new"])}
+    )
+    write_deltalake(str(table), newer, mode="append", schema_mode="merge")
+    assert (
+        plan_read(DeltaTable(str(table)), ExportSpec(dataset="evolving", table=str(table))).files is not None
+    )
+    rows = _exported_rows(tmp_path, table, "e1", batch_rows=1)
+    assert rows == [
+        {"id": 1, "n": 10, "note": None},
+        {"id": 2, "n": 20, "note": None},
+        {"id": 3, "n": 30, "note": "new"},
+    ]
+
+
+def test_a_partitioned_table_is_read_through_its_log_with_the_partition_values(tmp_path: Path) -> None:
+    """Partition values live in the Delta log, not in the files: such tables keep the DataFusion read."""
+    table = tmp_path / "partitioned"
+    data = pa.table({"id": pa.array([1, 2, 3], pa.int64()), "day": pa.array(["d1", "d1", "d2"])})
+    write_deltalake(str(table), data, partition_by=["day"])
+    assert plan_read(DeltaTable(str(table)), ExportSpec(dataset="p", table=str(table))).files is None
+    rows = _exported_rows(tmp_path, table, "e2")
+    assert rows == [{"id": 1, "day": "d1"}, {"id": 2, "day": "d1"}, {"id": 3, "day": "d2"}]

@@ -116,7 +116,13 @@ def export_table(
     pieces = staged(
         # NDJSON and CSV go through polars, which takes string views as they are; Parquet writes the
         # plan's schema.
-        read_batches(delta, plan, spec.batch_rows, keep_views=spec.format != "parquet"),
+        read_batches(
+            delta,
+            plan,
+            spec.batch_rows,
+            keep_views=spec.format != "parquet",
+            filesystem=lake.filesystem_settings() if lake is not None else None,
+        ),
         cut_and_encode(spec, plan.schema),
         compress(spec),
         maxsize=QUEUE_SIZE,

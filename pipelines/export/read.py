@@ -15,9 +15,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 from deltalake import DeltaTable, QueryBuilder
 
+from pipelines.arrow_batches import conform
 from pipelines.export.spec import ExportSpec
+from resources.filesystem import FileSystemSettings
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +28,7 @@ log = logging.getLogger(__name__)
 # it (~25 MB for a 500k-row group here), and the export is paced by encoding and deflate, not by the
 # scan (8M rows/s on one partition). Two partitions cost ~50 MB of peak RSS for no speed.
 READ_PARTITIONS = 1
+READ_BUFFER_BYTES = 1 << 20  # pyarrow's read size for files read directly (ReadPlan.files)
 
 
 def quote_ident(name: str) -> str:
@@ -39,10 +43,19 @@ def sql_literal(value: int | str) -> str:
 
 @dataclass(frozen=True)
 class ReadPlan:
-    """The SQL queries that together stream the export, in output order."""
+    """The SQL queries that together stream the export, in output order.
+
+    ``files``: set when the export is a plain scan (no order, no filter) of a table whose data files
+    hold exactly its rows (no deletion vectors, no column mapping, no partition columns). They are
+    then read one by one with pyarrow, page by page, instead of through DataFusion, which holds a
+    whole row group's column chunks while it decodes one (12M rows in 500k-row groups: +151 MB over
+    the imports for DataFusion on one partition, +79 MB for pyarrow). pyarrow's 5-6M rows/s on one
+    thread is ten times what encoding and deflate take, so the export is no slower.
+    """
 
     queries: list[str]
     schema: pa.Schema
+    files: tuple[str, ...] | None = None
 
 
 def _output_schema(table: DeltaTable, spec: ExportSpec) -> pa.Schema:
@@ -103,7 +116,8 @@ def plan_read(table: DeltaTable, spec: ExportSpec, since_key: int | str | None =
     select = "SELECT " + ", ".join(quote_ident(n) for n in schema.names) + " FROM t"
     filters = [f"({spec.where})"] if spec.where.strip() else []
     if not spec.order_by:
-        return ReadPlan([select + (" WHERE " + " AND ".join(filters) if filters else "")], schema)
+        files = tuple(table.file_uris()) if not filters and _rows_are_the_files(table) else None
+        return ReadPlan([select + (" WHERE " + " AND ".join(filters) if filters else "")], schema, files)
     key = quote_ident(spec.order_by)
     if since_key is not None:
         filters.append(f"{key} > {sql_literal(since_key)}")
@@ -174,15 +188,36 @@ def _views_kept(schema: pa.Schema, read: pa.Schema) -> pa.Schema:
     return pa.schema(fields, metadata=schema.metadata)
 
 
+def _rows_are_the_files(table: DeltaTable) -> bool:
+    """True when reading the snapshot's data files as they are gives exactly its rows and columns."""
+    metadata = table.metadata()
+    features = set(table.protocol().reader_features or ())
+    return (
+        not metadata.partition_columns  # partition values live in the log, not in the files
+        and "deletionVectors" not in features  # deleted rows are still in the files
+        and "columnMapping" not in features  # files name columns by id or physical name
+        and metadata.configuration.get("delta.columnMapping.mode", "none") == "none"
+    )
+
+
 def read_batches(
-    table: DeltaTable, plan: ReadPlan, batch_rows: int, keep_views: bool = False
+    table: DeltaTable,
+    plan: ReadPlan,
+    batch_rows: int,
+    keep_views: bool = False,
+    filesystem: FileSystemSettings | None = None,
 ) -> Iterator[pa.RecordBatch]:
     """Stream every query of ``plan`` against the pinned snapshot (DataFusion honours deletion vectors).
 
     ``keep_views``: leave string and binary views as DataFusion gives them instead of casting them to
     the plan's plain types. Encoders that hand batches to polars (which stores strings as views)
     want that: the cast was a copy of every string, ~8 MB of peak RSS and CPU for nothing.
+    ``filesystem`` reaches the data files of a plan with ``files`` (default: local or the AWS
+    environment).
     """
+    if plan.files is not None:
+        yield from _read_files(plan.files, plan.schema, batch_rows, filesystem or FileSystemSettings())
+        return
     builder = QueryBuilder(
         {
             "datafusion.execution.batch_size": str(batch_rows),
@@ -199,3 +234,17 @@ def read_batches(
         for batch in reader:
             if batch.num_rows:
                 yield batch.cast(target) if batch.schema != target else batch
+
+
+def _read_files(
+    files: tuple[str, ...], schema: pa.Schema, batch_rows: int, filesystem: FileSystemSettings
+) -> Iterator[pa.RecordBatch]:
+    """Each data file in turn, ``batch_rows`` at a time, read in 1 MiB pieces rather than whole chunks."""
+    for uri in files:
+        fs, path = filesystem.resolve(uri)
+        with fs.open_input_file(path) as source:
+            parquet = pq.ParquetFile(source, pre_buffer=False, buffer_size=READ_BUFFER_BYTES)
+            present = [name for name in schema.names if name in parquet.schema_arrow.names]
+            for batch in parquet.iter_batches(batch_size=batch_rows, columns=present, use_threads=False):
+                if batch.num_rows:
+                    yield conform(batch, schema)

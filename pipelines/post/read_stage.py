@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.pandas.types import from_arrow_schema
 
+from pipelines.arrow_batches import conform
 from pipelines.post.plan import PostPlan, ReadUnit, split_units
 from resources.filesystem import FileSystemSettings
 from resources.worker_heap import freeze_imported_heap
@@ -52,7 +53,7 @@ def _unit_reader(
                     )
                     selected = batch.filter(in_range)
                     if selected.num_rows:
-                        yield _conform(selected, schema)
+                        yield conform(selected, schema)
 
     return read
 
@@ -78,13 +79,3 @@ def _batches_in_range(parquet: pq.ParquetFile, start: int, stop: int | None) -> 
                 if position >= stop:
                     break
         group_start = group_stop
-
-
-def _conform(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
-    """Give a file written before a schema change the table's current columns (missing ones as nulls)."""
-    columns = []
-    for field in schema:
-        index = batch.schema.get_field_index(field.name)
-        column = batch.column(index) if index >= 0 else pa.nulls(batch.num_rows, field.type)
-        columns.append(column if column.type == field.type else column.cast(field.type))
-    return pa.RecordBatch.from_arrays(columns, schema=schema)

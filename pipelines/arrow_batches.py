@@ -1,0 +1,17 @@
+"""Record batches read from one Delta data file, given the table's current schema."""
+
+import pyarrow as pa
+
+
+def conform(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
+    """``batch`` with ``schema``'s columns: a file written before a column was added has it as nulls.
+
+    Delta keeps old files as they were written when the schema evolves, so a column may be missing
+    from a file or stored with the narrower type it had then; both are made what the table says now.
+    """
+    columns = []
+    for field in schema:
+        index = batch.schema.get_field_index(field.name)
+        column = batch.column(index) if index >= 0 else pa.nulls(batch.num_rows, field.type)
+        columns.append(column if column.type == field.type else column.cast(field.type))
+    return pa.RecordBatch.from_arrays(columns, schema=schema)
