@@ -69,7 +69,9 @@ def _alive_workers(master_ui: str) -> int:
     try:
         with urllib.request.urlopen(f"{master_ui}/json/", timeout=2) as response:
             state = json.load(response)
-    except OSError:
+    except (OSError, ValueError):
+        # Not up yet, or up but still wiring its handlers: the master can answer /json/ with its
+        # HTML page for a moment while it starts (seen once in CI). Both mean "ask again".
         return 0
     return sum(1 for worker in state.get("workers", []) if worker.get("state") == "ALIVE")
 
