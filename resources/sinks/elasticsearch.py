@@ -97,5 +97,5 @@ def _no_errors(body: bytes) -> bool:
     spelling, gets the full parse: this is a shortcut, never a different answer.
     """
     head = body[:96]
-    flag = head.find(b'"errors":false')
-    return flag > 0 and (head.find(b'"items"') < 0 or flag < head.find(b'"items"'))
+    flag, items = head.find(b'"errors":false'), head.find(b'"items"')
+    return flag > 0 and (items < 0 or flag < items)
