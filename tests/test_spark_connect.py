@@ -168,6 +168,8 @@ def test_spark_config_keeps_the_token_out_of_the_url_and_local_spark_on_loopback
     config = deployment.spark_config()
     assert config["spark.driver.bindAddress"] == config["spark.driver.host"] == "127.0.0.1"
     assert "-Dlog4j.configurationFile=" in config["spark.driver.extraJavaOptions"]
+    # Local Spark's JIT thresholds (many short queries): see deployment.LOCAL_JIT_OPTION.
+    assert "-XX:CompileThresholdScaling=15" in config["spark.driver.extraJavaOptions"].split()
 
     # A cluster's executors must reach its driver: no loopback binding there.
     monkeypatch.setenv("LAKERELAY_SPARK_MASTER", "spark://spark-master:7077")
