@@ -9,7 +9,7 @@ from deltalake import DeltaTable
 
 from pipelines.delta_once import ROW_GROUP_ROWS, append_once
 from pipelines.post.plan import split_units
-from pipelines.post.read_stage import _batches_in_range
+from pipelines.post.read_stage import _batches_in_range, _in_batch_range
 
 
 def _one_file_table(tmp_path: Path, rows: int) -> pq.ParquetFile:
@@ -44,3 +44,23 @@ def test_row_ranges_cover_every_row_once_in_order(tmp_path: Path, tasks: int) ->
 
     assert read == list(range(rows))
     assert len(units) <= max(tasks, 1)
+
+
+@pytest.mark.parametrize(
+    ("batch_ids", "kept"),
+    [
+        ([3, 3, 3], [0, 1, 2]),  # wholly inside (2, 3]: the batch as it is
+        ([2, 2], []),  # wholly before
+        ([4, 5], []),  # wholly after
+        ([2, 3, 4, 3], [1, 3]),  # straddling: filtered
+        ([3, None, 3], [0, 2]),  # a row without a batch id is never posted
+    ],
+)
+def test_only_rows_of_the_planned_ingest_batches_are_read(batch_ids: list, kept: list[int]) -> None:
+    batch = pa.record_batch(
+        {"n": pa.array(range(len(batch_ids)), pa.int64()), "_batch_id": pa.array(batch_ids, pa.int64())}
+    )
+
+    selected = _in_batch_range(batch, 2, 3)
+
+    assert selected.column("n").to_pylist() == kept

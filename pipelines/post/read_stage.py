@@ -47,15 +47,29 @@ def _unit_reader(
                 filesystem, path = fs_settings.resolve(files[unit.file_index])
                 parquet = pq.ParquetFile(filesystem.open_input_file(path))
                 for batch in _batches_in_range(parquet, unit.row_start, unit.row_stop):
-                    in_range = pc.and_(
-                        pc.greater(batch.column("_batch_id"), batch_from),
-                        pc.less_equal(batch.column("_batch_id"), batch_to),
-                    )
-                    selected = batch.filter(in_range)
+                    selected = _in_batch_range(batch, batch_from, batch_to)
                     if selected.num_rows:
                         yield conform(selected, schema)
 
     return read
+
+
+def _in_batch_range(batch: pa.RecordBatch, batch_from: int, batch_to: int) -> pa.RecordBatch:
+    """The rows of ingest batches ``(batch_from, batch_to]``.
+
+    A data file holds one ingest batch, so a read batch is nearly always wholly in the range or
+    wholly out of it: one min/max pass decides those without the filter, which copied every column
+    (py-spy: 13% of the workers' samples).
+    """
+    ids = batch.column("_batch_id")
+    if ids.null_count == 0 and len(ids):
+        bounds = pc.min_max(ids)
+        low, high = bounds["min"].as_py(), bounds["max"].as_py()
+        if batch_from < low and high <= batch_to:
+            return batch
+        if high <= batch_from or batch_to < low:
+            return batch.slice(0, 0)
+    return batch.filter(pc.and_(pc.greater(ids, batch_from), pc.less_equal(ids, batch_to)))
 
 
 def _batches_in_range(parquet: pq.ParquetFile, start: int, stop: int | None) -> Iterator[pa.RecordBatch]:
