@@ -60,6 +60,10 @@ class ArrowRecords:
         """True when every id can go into JSON between quotes as is (hex digests always can)."""
         if self.ids.null_count:
             return False
+        # Letters and digits only (hashes, numbers) is the common case, and its kernel is ~4x cheaper
+        # than the regular expression, which decides for any other id.
+        if pc.all(pc.ascii_is_alnum(self.ids)).as_py():
+            return True
         return not pc.any(pc.match_substring_regex(self.ids, _NEEDS_ESCAPE)).as_py()
 
 
