@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from devtools.server_cli import log_tail, server_main
-from resources.spark import LOG4J2_CONSOLE_WARN, log4j_config_file
+from resources.spark import LOCAL_JIT_OPTION, LOG4J2_CONSOLE_WARN, log4j_config_file
 
 SERVER_CLASS = "org.apache.spark.sql.connect.service.SparkConnectServer"
 HOST = "127.0.0.1"
@@ -97,7 +97,9 @@ def start(
         folder.mkdir(parents=True, exist_ok=True)
     log4j = log4j_config_file(_SERVER_LOG4J2, directory)
     pyspark_home = _pyspark_home()
-    java_options = f"-Dderby.system.home={work}" + (f" -Dlog4j.configurationFile={log4j}" if log4j else "")
+    java_options = f"{LOCAL_JIT_OPTION} -Dderby.system.home={work}" + (
+        f" -Dlog4j.configurationFile={log4j}" if log4j else ""
+    )
     conf = {
         "spark.connect.grpc.binding.address": HOST,
         "spark.connect.grpc.binding.port": str(port),

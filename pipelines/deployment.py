@@ -20,7 +20,7 @@ import dagster as dg
 from resources.export_storage import ExportStorage, LocalExportStorage, S3ExportStorage
 from resources.lake import LakeResource
 from resources.sinks.resource import ElasticsearchSinkResource, SplunkHecSinkResource
-from resources.spark import SparkSessionResource, connect_url_has_token, log4j_config_file
+from resources.spark import LOCAL_JIT_OPTION, SparkSessionResource, connect_url_has_token, log4j_config_file
 
 # The local sink server's default HEC token: a development value, not a secret.
 LOCAL_HEC_TOKEN = "lakerelay-local-hec-token"
@@ -150,14 +150,6 @@ def executor_python(local: bool) -> str:
     if chosen:
         return chosen
     return os.environ.get("PYSPARK_PYTHON", sys.executable if local else "python3")
-
-
-# Local Spark runs many short queries (one per micro-batch). With the JVM's default thresholds its JIT
-# kept compiling Catalyst's lukewarm planning code on every run: 0.4-1.6 s of compile time per
-# 100k-record post, half of the JVM's CPU. Fifteen times the thresholds leaves that code to the
-# interpreter and still compiles the per-record loops (bench.spark_post profile: JIT 0.1-0.2 s per
-# run, JVM CPU median 1.33 -> 1.11 CPU-s per 100k, the first run 22 -> 18 CPU-s; 40 times was slower).
-LOCAL_JIT_OPTION = "-XX:CompileThresholdScaling=15"
 
 
 def _local_spark_config() -> dict[str, str]:

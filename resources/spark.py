@@ -53,6 +53,14 @@ class SparkConnectUnavailable(dg.Failure):
         super().__init__(description=description, allow_retries=False)
 
 
+# Local Spark runs many short queries (one per micro-batch). With the JVM's default thresholds its JIT
+# kept compiling Catalyst's lukewarm planning code on every run: 0.4-1.6 s of compile time per
+# 100k-record post, half of the JVM's CPU. Fifteen times the thresholds leaves that code to the
+# interpreter and still compiles the per-record loops (bench.spark_post profile: JIT 0.1-0.2 s per
+# run, JVM CPU median 1.33 -> 1.11 CPU-s per 100k, the first run 22 -> 18 CPU-s; 40 times was slower).
+LOCAL_JIT_OPTION = "-XX:CompileThresholdScaling=15"
+
+
 def log4j_config_file(text: str = LOG4J2_CONSOLE_WARN, directory: Path | None = None) -> Path | None:
     """A log4j2 properties file holding ``text`` (written once, named by its content), or None.
 
