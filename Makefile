@@ -7,10 +7,14 @@ PYTEST_ARGS ?=
 
 .PHONY: demo test lint java ui clean plain
 
-$(STAMP): pyproject.toml
+# Every install takes requirements.lock as pip's constraints: the whole closure is pinned, so a clean
+# clone installs the same versions whatever the registry published since (upgrade: python -m devtools.lock).
+LOCK := requirements.lock
+
+$(STAMP): pyproject.toml $(LOCK)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -c $(LOCK) --upgrade pip
+	$(BIN)/python -m pip install --quiet -c $(LOCK) -e '.[dev]'
 	@touch $(STAMP)
 
 java:
@@ -29,8 +33,8 @@ test: $(STAMP) java
 PLAIN ?= /tmp/lakerelay-plain
 plain: java
 	rm -rf $(PLAIN) && $(PYTHON) -m venv $(PLAIN)/venv
-	$(PLAIN)/venv/bin/python -m pip install --quiet --upgrade pip
-	$(PLAIN)/venv/bin/python -m pip install --quiet .
+	$(PLAIN)/venv/bin/python -m pip install --quiet -c $(LOCK) --upgrade pip
+	$(PLAIN)/venv/bin/python -m pip install --quiet -c $(LOCK) .
 	cd $(PLAIN) && venv/bin/python -c "import pipelines.definitions as d; print(len(list(d.defs.resolve_all_asset_keys())), 'assets load')"
 	cd $(PLAIN) && venv/bin/python -m devtools.demo --home $(PLAIN)/demo --files 4
 

@@ -1,6 +1,7 @@
 """What the executors get from lakerelay: its code as one zip, a pinned list of packages, and readable errors."""
 
 import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -78,10 +79,26 @@ def test_the_code_zip_is_named_by_its_content_and_imports_on_a_python_without_la
     assert "No module named 'pipelines'" in without.stderr
 
 
+def _pins(path: Path) -> dict[str, str]:
+    lines = [line for line in path.read_text().splitlines() if line and not line.startswith("#")]
+    return {name.lower(): version for name, version in (line.split("==") for line in lines)}
+
+
 def test_the_executor_requirements_file_matches_this_environment() -> None:
     assert (ROOT / "deploy" / "executor-requirements.txt").read_text() == requirements_text(), (
-        "regenerate it: python -m resources.executor_check > deploy/executor-requirements.txt"
+        "regenerate both files: python -m devtools.lock"
     )
+
+
+def test_the_lock_pins_every_installed_distribution_at_its_installed_version() -> None:
+    """A clean clone installs only what requirements.lock names: nothing unpinned can drift in."""
+    from devtools.lock import lock_lines
+
+    locked = _pins(ROOT / "requirements.lock")
+    installed = dict(line.lower().split("==") for line in lock_lines(Path(sys.executable)))
+    assert installed == locked, "this environment differs from requirements.lock: `make` reinstalls from it"
+    executors = _pins(ROOT / "deploy" / "executor-requirements.txt")
+    assert {name: locked.get(name) for name in executors} == executors
 
 
 def test_cluster_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:

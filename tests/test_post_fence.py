@@ -30,9 +30,9 @@ from pipelines.post.progress import (
     read_progress,
     write_progress,
 )
-from resources import lease as lease_module
 from resources.lake import LakeResource
 from resources.lease import LeaseHeld, LeaseLog, LeaseLost, LeaseRecord, acquire
+from resources.lease import log as lease_log_module
 from resources.sinks.resource import ElasticsearchSinkResource, SplunkHecSinkResource
 
 from helpers import dagster_cli_env, local_lake, s3_lake
@@ -51,7 +51,7 @@ def lake(request: pytest.FixtureRequest, tmp_path: Path) -> LakeResource:
 @pytest.fixture
 def keep_every_record(monkeypatch: pytest.MonkeyPatch) -> None:
     """No pruning in this process, so a test can read the whole record sequence afterwards."""
-    monkeypatch.setattr(lease_module, "KEEP_RECORDS", 1_000_000)
+    monkeypatch.setattr(lease_log_module, "KEEP_RECORDS", 1_000_000)
 
 
 def records(log: LeaseLog) -> list[LeaseRecord]:

@@ -21,11 +21,12 @@ hosts must agree to well within a TTL (NTP does), or a takeover comes early or l
 
 from resources.lease.guard import LeaseGuard
 from resources.lease.holder import Lease, acquire, put_state
-from resources.lease.log import KEEP_RECORDS, LeaseLog
+
+# KEEP_RECORDS stays in resources.lease.log, the one module that reads it (patch it there).
+from resources.lease.log import LeaseLog
 from resources.lease.record import LeaseHeld, LeaseLost, LeaseRecord
 
 __all__ = [
-    "KEEP_RECORDS",
     "Lease",
     "LeaseGuard",
     "LeaseHeld",
