@@ -14,12 +14,12 @@ import sys
 import time
 from pathlib import Path
 
-import pyarrow as pa
 import requests
 from deltalake import DeltaTable
 
 from devtools.sample_events import write_landing_zone
 from devtools.sink_process import SinkProcess
+from resources.delta_arrow import read_delta
 
 DEFS = ["-m", "pipelines.definitions"]
 
@@ -69,7 +69,7 @@ def main() -> int:
         es_docs = requests.get(f"{sink.url}/events/_count", timeout=10).json()["count"]
         hec_events = sink.stats()["hec"]["indices"].get("main", 0)
 
-    delta_rows = pa.table(DeltaTable(str(home / "lake" / "events")).to_pyarrow_table()).num_rows
+    delta_rows = read_delta(DeltaTable(str(home / "lake" / "events")), columns=[]).num_rows
     manifests = sorted((home / "exports").glob("events/*/manifest.json"))
     manifest = json.loads(manifests[-1].read_text()) if manifests else {"total_rows": -1}
 

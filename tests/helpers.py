@@ -6,10 +6,10 @@ from typing import TYPE_CHECKING
 
 import orjson
 import pyarrow as pa
-from deltalake import DeltaTable
 
 from devtools.dagster_home import prepare as prepare_dagster_home
 from devtools.sample_events import write_landing_zone
+from resources.delta_arrow import read_delta
 from resources.lake import LakeResource
 
 if TYPE_CHECKING:
@@ -53,9 +53,7 @@ def json_lines(*records: dict) -> bytes:
 
 
 def delta_table(lake: LakeResource, name: str = "events") -> pa.Table:
-    return pa.table(
-        DeltaTable(lake.table_uri(name), storage_options=lake.storage_options()).to_pyarrow_table()
-    )
+    return read_delta(lake.table(name), lake.filesystem_settings())
 
 
 def dagster_cli_env(home: Path, sink_url: str, **extra: str) -> dict[str, str]:

@@ -24,6 +24,7 @@ from pipelines.export.manifest import verify_export
 from pipelines.export.retention import cleanup_exports
 from pipelines.export.spec import COMPRESSIONS, FORMATS, ExportSpec, load_specs
 from pipelines.feeds import EVENTS_FEED
+from resources.delta_arrow import read_delta
 from resources.export_storage import LocalExportStorage, S3ExportStorage
 from resources.lake import DEFAULT_REGION, LakeResource
 
@@ -411,7 +412,7 @@ def test_delta_table_is_read_at_one_pinned_version(tmp_path: Path) -> None:
 def test_fast_ndjson_path_writes_the_same_json_as_the_exact_path(tmp_path: Path) -> None:
     table = tmp_path / "t"
     make_table(table, appends=1, rows_per_append=200)
-    data = DeltaTable(str(table)).to_pyarrow_table(columns=[*FLAT, "tags"])
+    data = read_delta(DeltaTable(str(table)), columns=[*FLAT, "tags"])
     data = data.append_column("nan", pa.array([float("nan"), 1e20, -0.0, 1e-7] * 50))
     encoder = NdjsonEncoder(data.schema)
     assert encoder.fast

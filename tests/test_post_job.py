@@ -10,13 +10,13 @@ from pathlib import Path
 import orjson
 import pyarrow as pa
 import pytest
-from deltalake import DeltaTable
 from pyspark.sql import SparkSession
 
 from pipelines.delta_once import append_once
 from pipelines.feeds import EVENTS_FEED
 from pipelines.post.dead_letters import DEAD_LETTER_TABLE
 from pipelines.post.job import build_post_job
+from resources.delta_arrow import read_delta
 from resources.lake import LakeResource
 from resources.sinks.resource import ElasticsearchSinkResource, GenericRestSinkResource
 
@@ -99,11 +99,7 @@ def test_one_file_is_posted_by_several_tasks_and_faults_lose_nothing(
     assert sink_server.es_count("events") == 20_000 - 3
     ids = sink_server.es_ids("events")
     assert len(ids) == len(set(ids))
-    dead = pa.table(
-        DeltaTable(
-            lake.table_uri(DEAD_LETTER_TABLE), storage_options=lake.storage_options()
-        ).to_pyarrow_table()
-    )
+    dead = read_delta(lake.table(DEAD_LETTER_TABLE), lake.filesystem_settings())
     assert dead.num_rows == 3
     assert {orjson.loads(r)["event_id"] for r in dead["record"].to_pylist()} == rejected
     assert set(dead["error_type"].to_pylist()) == {"document_parsing_exception"}

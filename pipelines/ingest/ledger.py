@@ -20,6 +20,8 @@ from deltalake.exceptions import TableNotFoundError
 from pipelines.delta_once import append_once, transaction_version
 from pipelines.feeds import FeedSpec
 from pipelines.ingest.discovery import LandingFile
+from resources.delta_arrow import read_delta
+from resources.filesystem import FileSystemSettings
 from resources.lake import LakeResource
 
 # Planned batches between two automatic compactions of the ledger.
@@ -39,10 +41,16 @@ LEDGER_SCHEMA = pa.schema(
 
 class FileLedger:
     def __init__(
-        self, uri: str, storage_options: dict[str, str], feed_name: str, landing_root: str = ""
+        self,
+        uri: str,
+        storage_options: dict[str, str],
+        feed_name: str,
+        landing_root: str = "",
+        filesystem: FileSystemSettings | None = None,
     ) -> None:
         self.uri = uri
         self.storage_options = storage_options
+        self.filesystem = filesystem  # what scans read the ledger's files with (delta_arrow says why)
         self.landing_root = landing_root.rstrip("/") + "/" if landing_root else ""
         # Planning a batch number is itself an application transaction, so two runs of one feed
         # can never plan the same number with different files.
@@ -51,7 +59,13 @@ class FileLedger:
     @classmethod
     def for_feed(cls, feed: FeedSpec, lake: LakeResource) -> "FileLedger":
         root = lake.resolve(feed.landing_uri(lake.landing_uri))[1]
-        return cls(lake.state_uri("ledger", feed.name), lake.storage_options(), feed.name, root)
+        return cls(
+            lake.state_uri("ledger", feed.name),
+            lake.storage_options(),
+            feed.name,
+            root,
+            lake.filesystem_settings(),
+        )
 
     def key(self, path: str) -> str:
         return path[len(self.landing_root) :] if path.startswith(self.landing_root) else path
@@ -65,7 +79,7 @@ class FileLedger:
             table = DeltaTable(self.uri, storage_options=self.storage_options)
         except TableNotFoundError:
             return LEDGER_SCHEMA.empty_table()
-        return table.to_pyarrow_dataset().to_table(filter=condition)
+        return read_delta(table, self.filesystem, filter=condition)
 
     def lookup(self, paths: list[str]) -> dict[str, LandingFile]:
         """The latest recorded identity of each of ``paths`` that the ledger knows."""

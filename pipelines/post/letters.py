@@ -20,6 +20,7 @@ import pyarrow.compute as pc
 from deltalake.exceptions import TableNotFoundError
 
 from pipelines.post.dead_letters import DEAD_LETTER_SCHEMA, DEAD_LETTER_TABLE
+from resources.delta_arrow import read_delta
 from resources.lake import LakeResource
 
 REPLAY_TABLE = "dead_letter_replays"
@@ -105,7 +106,7 @@ def _read_table(lake: LakeResource, name: str, filters: Any) -> pa.Table | None:
         table = lake.table(name)
     except TableNotFoundError:
         return None
-    return table.to_pyarrow_table(filters=filters)
+    return read_delta(table, lake.filesystem_settings(), filter=filters)
 
 
 def _equals(column: str, value: Any, kind: pa.DataType) -> Any:
