@@ -3,6 +3,7 @@
 import argparse
 import os
 import random
+import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -43,7 +44,13 @@ def generate_event(rng: random.Random, when: datetime, seq: int) -> dict:
 
 
 def write_landing_zone(
-    root: Path, files: int, records_per_file: int, seed: int = 7, start_seq: int = 0, prefix: str = "events"
+    root: Path,
+    files: int,
+    records_per_file: int,
+    seed: int = 7,
+    start_seq: int = 0,
+    prefix: str = "events",
+    start_file: int | None = None,
 ) -> int:
     """Write ``files`` JSON-lines files under ``root``; returns the number of records written.
 
@@ -59,11 +66,31 @@ def write_landing_zone(
         for _ in range(records_per_file):
             lines.append(orjson.dumps(generate_event(rng, start + timedelta(seconds=seq * 0.37), seq)))
             seq += 1
-        final = root / f"{prefix}-{start_seq // max(records_per_file, 1) + f:05d}.json"
+        first = start_seq // max(records_per_file, 1) if start_file is None else start_file
+        final = root / f"{prefix}-{first + f:05d}.json"
         tmp = root / f".{final.name}.tmp"
         tmp.write_bytes(b"\n".join(lines) + b"\n")
         os.replace(tmp, final)
     return seq - start_seq
+
+
+def next_free(root: Path, prefix: str = "events") -> tuple[int, int]:
+    """(file number, event number) after what ``root`` already holds, so a new drop never overwrites one.
+
+    A landing zone ingests a name once: writing ``events-00000.json`` again would be a changed file,
+    not new events. Numbers continue after the highest ``<prefix>-NNNNN.json`` and its last event.
+    """
+    numbered = [
+        (int(match.group(1)), path)
+        for path in root.glob(f"{prefix}-*.json")
+        if (match := re.fullmatch(rf"{re.escape(prefix)}-(\d+)\.json", path.name))
+    ]
+    if not numbered:
+        return 0, 0
+    number, last = max(numbered)
+    tail = last.read_bytes().rstrip(b"\n").rsplit(b"\n", 1)[-1]
+    event_id = orjson.loads(tail)["event_id"] if tail else "evt--1"
+    return number + 1, int(event_id.rsplit("-", 1)[-1]) + 1
 
 
 def main() -> None:
@@ -73,8 +100,14 @@ def main() -> None:
     parser.add_argument("--records-per-file", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args()
-    n = write_landing_zone(args.root, args.files, args.records_per_file, args.seed)
-    print(f"wrote {n} events in {args.files} files under {args.root}")
+    start_file, start_seq = next_free(args.root)
+    n = write_landing_zone(
+        args.root, args.files, args.records_per_file, args.seed + start_file, start_seq, start_file=start_file
+    )
+    last = start_file + args.files - 1
+    print(
+        f"wrote {n} events in {args.files} files (events-{start_file:05d} … events-{last:05d}) under {args.root}"
+    )
 
 
 if __name__ == "__main__":
