@@ -21,6 +21,6 @@ def test_each_drop_of_sample_events_adds_new_files_and_new_events(tmp_path: Path
     ids = [
         orjson.loads(line)["event_id"]
         for path in sorted(landing.iterdir())
-        for line in path.read_bytes().split()
+        for line in path.read_bytes().splitlines()
     ]
     assert len(ids) == len(set(ids)) == 24
