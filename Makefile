@@ -42,19 +42,28 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-## The Dagster UI and daemon on http://127.0.0.1:3000 over the embedded defaults. Runs post through one
-## Spark Connect server on 127.0.0.1 (started here, stopped when dagster dev exits), so no run starts a
-## JVM of its own; `dagster job execute`, `make demo` and the tests keep local per-run Spark.
+## The Dagster UI and daemon on http://127.0.0.1:3000 over the embedded defaults, with the local sink
+## server (Elasticsearch _bulk and Splunk HEC on one port, started here) and one Spark Connect server on
+## 127.0.0.1, so no run starts a JVM of its own; both stop when dagster dev exits. Land sample files with
+## `.venv/bin/python -m devtools.sample_events .lakerelay/landing/events --files 2` (new names each time).
 ui: SPARK_CONNECT_DIR ?= .lakerelay/spark-connect
 ui: SPARK_CONNECT_PORT ?= 15002
+ui: SINK_DIR ?= .lakerelay/sink
 ui: $(STAMP) java
 	$(BIN)/python -m devtools.spark_connect start --dir $(SPARK_CONNECT_DIR) --port $(SPARK_CONNECT_PORT)
-# The shell runs its traps once dagster dev has exited (Ctrl-C reaches dagster, not the server, which
-# has a session of its own); the EXIT trap then stops the server whichever way the shell ends.
-	@trap '$(BIN)/python -m devtools.spark_connect stop --dir $(SPARK_CONNECT_DIR)' EXIT; \
+# The shell runs its traps once dagster dev has exited (Ctrl-C reaches dagster, not the servers, which
+# have sessions of their own); the EXIT trap then stops them whichever way the shell ends.
+	@mkdir -p $(SINK_DIR) && rm -f $(SINK_DIR)/port; \
+	setsid $(BIN)/python -m localsink --host 127.0.0.1 --port 0 --port-file $(SINK_DIR)/port \
+	  > $(SINK_DIR)/log 2>&1 & echo $$! > $(SINK_DIR)/pid; \
+	trap 'kill $$(cat $(SINK_DIR)/pid) 2>/dev/null; $(BIN)/python -m devtools.spark_connect stop --dir $(SPARK_CONNECT_DIR)' EXIT; \
 	trap 'exit 130' INT TERM HUP; \
+	for i in $$(seq 100); do test -s $(SINK_DIR)/port && break; sleep 0.1; done; \
+	test -s $(SINK_DIR)/port || { echo "the local sink server did not start: see $(SINK_DIR)/log"; exit 1; }; \
+	SINK_URL=http://127.0.0.1:$$(cat $(SINK_DIR)/port); echo "local sink server: $$SINK_URL"; \
 	DAGSTER_HOME=$$($(BIN)/python -m devtools.dagster_home .lakerelay/dagster) \
 	LAKERELAY_SPARK_REMOTE=sc://127.0.0.1:$(SPARK_CONNECT_PORT) \
+	LAKERELAY_ES_URL=$${LAKERELAY_ES_URL:-$$SINK_URL} LAKERELAY_HEC_URL=$${LAKERELAY_HEC_URL:-$$SINK_URL} \
 	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
 
 clean:
