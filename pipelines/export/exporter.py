@@ -19,12 +19,14 @@ from typing import Any
 from deltalake import DeltaTable
 
 from pipelines.export.cursor import Cursor, decode_cursor
+from pipelines.export.late_rows import check_append_only_since, commit_reader
 from pipelines.export.manifest import build_manifest, export_prefix, manifest_key, put_manifest
 from pipelines.export.parts import compress, cut_and_encode, store_parts
-from pipelines.export.read import check_append_only_since, plan_read, read_batches
+from pipelines.export.read import plan_read, read_batches
 from pipelines.export.spec import ExportSpec
 from pipelines.export.stages import staged
 from resources.export_storage import ExportStorage
+from resources.filesystem import FileSystemSettings
 from resources.lake import LakeResource
 
 __all__ = ["ExportResult", "export_table"]
@@ -99,6 +101,7 @@ def export_table(
 
     delta = open_table()
     version = delta.version()  # every query below reads this one snapshot
+    filesystem = lake.filesystem_settings() if lake is not None else FileSystemSettings()
     cursor = None
     if since:
         if not spec.order_by:
@@ -109,7 +112,9 @@ def export_table(
                 f"cursor is at Delta version {cursor.delta_version}, the table only at {version}"
             )
         if cursor.last_key is not None:
-            check_append_only_since(delta, open_table, spec.order_by, cursor.delta_version, cursor.last_key)
+            check_append_only_since(
+                delta, commit_reader(delta, filesystem), spec.order_by, cursor.delta_version, cursor.last_key
+            )
     since_key = cursor.last_key if cursor else None
     plan = plan_read(delta, spec, since_key)
 
@@ -121,7 +126,7 @@ def export_table(
             plan,
             spec.batch_rows,
             keep_views=spec.format != "parquet",
-            filesystem=lake.filesystem_settings() if lake is not None else None,
+            filesystem=filesystem,
         ),
         cut_and_encode(spec, plan.schema),
         compress(spec),
