@@ -171,8 +171,10 @@ def _local_spark_config() -> dict[str, str]:
 
 def lake_resource() -> LakeResource:
     """The lake and its S3 settings: the one S3 setup of the Delta tables, the landing zone, the
-    exports on S3 and the export CLI. Region unset: ``resources.filesystem.DEFAULT_REGION``."""
+    exports on S3, the lease log and the export CLI. Region unset: ``resources.filesystem.DEFAULT_REGION``;
+    ``LAKERELAY_S3_MAX_ATTEMPTS`` unset: each client's own retries."""
     root = home()
+    max_attempts = _env_number("LAKERELAY_S3_MAX_ATTEMPTS", int)
     return LakeResource(
         lake_uri=_setting("LAKERELAY_LAKE_URI", str(root / "lake")),
         landing_uri=_setting("LAKERELAY_LANDING_URI", str(root / "landing")),
@@ -181,6 +183,7 @@ def lake_resource() -> LakeResource:
         aws_access_key_id=_secret("AWS_ACCESS_KEY_ID"),
         aws_secret_access_key=_secret("AWS_SECRET_ACCESS_KEY"),
         aws_session_token=_secret("AWS_SESSION_TOKEN"),
+        **({"max_attempts": int(max_attempts)} if max_attempts is not None else {}),
     )
 
 
