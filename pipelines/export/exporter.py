@@ -6,9 +6,10 @@ threads:
     read (DataFusion) -> cut into parts + encode -> compress -> upload (this thread, sha256 as it goes)
 
 so reading, encoding, compressing and uploading overlap while memory stays bounded by the queues and
-one multipart chunk, whatever the table size. The manifest is created only after every part is
-complete (create-only), so an export is either whole or invisible; ``manifest.verify_export`` re-reads
-it all.
+one multipart chunk, whatever the table size. Parts are stored under no visible name (a hidden temp
+file, an open multipart upload) and get their names only once every part is stored, just before the
+manifest is created (create-only): an export is either whole or invisible, and a failed one leaves
+nothing under a part name. ``manifest.verify_export`` re-reads it all.
 """
 
 import datetime as dt
@@ -133,17 +134,23 @@ def export_table(
         maxsize=QUEUE_SIZE,
     )
     try:
-        parts = store_parts(pieces, storage, prefix, spec)
+        stored = store_parts(pieces, storage, prefix, spec)
     finally:
         pieces.close()  # stops and joins the stage threads, also on error
 
-    last_key = parts[-1]["last_key"] if parts else since_key
-    next_cursor = Cursor(dataset, spec.order_by, version, last_key).encode() if spec.order_by else None
-    manifest = build_manifest(
-        spec, export_id, table_uri, version, plan.schema, parts, since, next_cursor, created_at
-    )
+    parts = stored.parts
     key = manifest_key(dataset, export_id)
-    put_manifest(storage, key, manifest)
+    try:
+        last_key = parts[-1]["last_key"] if parts else since_key
+        next_cursor = Cursor(dataset, spec.order_by, version, last_key).encode() if spec.order_by else None
+        manifest = build_manifest(
+            spec, export_id, table_uri, version, plan.schema, parts, since, next_cursor, created_at
+        )
+        stored.publish()  # the parts get their names only now, just before the manifest
+        put_manifest(storage, key, manifest)
+    except BaseException:
+        stored.discard()  # a failed export leaves nothing under a part name
+        raise
     return ExportResult(
         manifest=manifest,
         manifest_key=key,
