@@ -244,15 +244,18 @@ def export_storage_resource(lake: LakeResource | None = None) -> ExportStorage:
     """S3 (any endpoint) when ``LAKERELAY_EXPORT_BUCKET`` is set, else a local folder standing in for it.
 
     On S3 the connection is ``lake``'s (default: :func:`lake_resource`), so the exports use the same
-    endpoint, region and credentials as the Delta tables; only bucket and prefix are their own.
+    endpoint, region and credentials as the Delta tables; only bucket, prefix and how long S3 calls
+    are retried (``LAKERELAY_EXPORT_RETRY_DEADLINE_S``, default 600) are their own.
     """
     bucket = _env("LAKERELAY_EXPORT_BUCKET")
     if not bucket:
         return LocalExportStorage(root=_setting("LAKERELAY_EXPORT_DIR", str(home() / "exports")))
+    deadline = _env_number("LAKERELAY_EXPORT_RETRY_DEADLINE_S", float)
     return S3ExportStorage(
         lake=lake or lake_resource(),
         bucket=_setting("LAKERELAY_EXPORT_BUCKET"),
         prefix=_setting("LAKERELAY_EXPORT_PREFIX", "exports"),
+        **({"retry_deadline_s": deadline} if deadline is not None else {}),
     )
 
 
