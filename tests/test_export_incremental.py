@@ -109,3 +109,22 @@ def test_a_late_append_after_a_compaction_is_still_refused(tmp_path: Path) -> No
     assert len(DeltaTable(uri).file_uris()) == 1
     with pytest.raises(ValueError, match=r"rows with k <= 3 \(e\.g\. 2\) were written after"):
         export_table(uri, None, storage, "t", "e2", spec=spec, since=first.next_cursor)
+
+
+def test_a_delete_between_two_exports_does_not_break_the_cursor(tmp_path: Path) -> None:
+    """A DELETE rewrites old keys with dataChange true, but brings no row: the chain goes on."""
+    uri = str(tmp_path / "t")
+    for batch in range(1, 4):
+        write_deltalake(uri, pa.table({"k": pa.array([batch] * 3, pa.int64())}), mode="append")
+    storage = LocalExportStorage(root=str(tmp_path / "exports"))
+    spec = ExportSpec(dataset="t", table=uri, order_by="k")
+    first = export_table(uri, None, storage, "t", "e1", spec=spec)
+    DeltaTable(uri).delete("k = 2")  # e.g. a retention or erasure request
+    write_deltalake(uri, pa.table({"k": pa.array([4], pa.int64())}), mode="append")
+    second = export_table(uri, None, storage, "t", "e2", spec=spec, since=first.next_cursor)
+    assert (first.rows, second.rows) == (9, 1)
+
+    # An UPDATE writes rows whose keys may be old: still refused.
+    DeltaTable(uri).update(updates={"k": "0"}, predicate="k = 1")
+    with pytest.raises(ValueError, match="were written after the cursor's version"):
+        export_table(uri, None, storage, "t", "e3", spec=spec, since=second.next_cursor)

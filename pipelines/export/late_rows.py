@@ -4,7 +4,8 @@ A ``since`` cursor names a Delta version and the last key exported; the next exp
 it. That is complete only if every row committed after the cursor's version has a greater key. The
 commits after that version say which files brought rows: their adds with ``dataChange: true``.
 Compaction (``optimize.compact``), Z-ordering and other rewrites commit adds with
-``dataChange: false`` (the same rows under new file names), so they are not late writes. Comparing
+``dataChange: false`` (the same rows under new file names), so they are not late writes; nor is a
+DELETE, whose adds hold rows copied from the files it removes. Comparing
 the file lists of two snapshots cannot tell them apart: every cursor older than a compaction looked
 stale, and the daily maintenance stopped every incremental export.
 """
@@ -19,6 +20,7 @@ from deltalake import DeltaTable
 from resources.filesystem import FileSystemSettings
 
 LOG_DIR = "_delta_log"
+ROW_REMOVING_OPERATIONS = frozenset({"DELETE"})
 # Commits fetched at once: one small GET each on S3, where they are latency bound.
 READ_THREADS = 8
 
@@ -35,12 +37,21 @@ def commit_reader(table: DeltaTable, filesystem: FileSystemSettings) -> Callable
 
 
 def data_adds(commit: bytes) -> Iterator[dict[str, Any]]:
-    """The add actions of one commit that brought rows (``dataChange`` true, Delta's default)."""
-    for line in commit.splitlines():
-        if line.strip():
-            add = orjson.loads(line).get("add")
-            if add is not None and add.get("dataChange", True):
-                yield add
+    """The add actions of one commit that brought rows (``dataChange`` true, Delta's default).
+
+    A DELETE brings no row either: it rewrites the files it touches without the deleted rows
+    (Spark and delta-rs name it in ``commitInfo``). An add carrying a deletion vector re-adds a file
+    that already existed with some rows marked deleted. Rows an UPDATE or MERGE writes come in plain
+    adds of new files, which are checked: their keys may be old.
+    """
+    actions = [orjson.loads(line) for line in commit.splitlines() if line.strip()]
+    operations = {a["commitInfo"].get("operation") for a in actions if "commitInfo" in a}
+    if operations & ROW_REMOVING_OPERATIONS:
+        return  # the files it writes hold rows copied from the files it removes
+    for action in actions:
+        add = action.get("add")
+        if add is not None and add.get("dataChange", True) and not add.get("deletionVector"):
+            yield add
 
 
 def lowest_key(add: dict[str, Any], column: str) -> int | None:
