@@ -10,6 +10,8 @@ A run that failed, was canceled, or was dropped (requested but never created, de
 never started) while files still wait is requested again after the table sensors' backoff
 (``sensors.table.backoff_s``: 15 s doubling up to 15 min, the longest for a run only a person can
 fix). Before this, a dropped run's files waited until some other file landed, possibly forever.
+A periodic full listing (nothing waits after the cursor) has one run key per backfill interval: a
+failed one is asked again at the next interval.
 """
 
 import json
@@ -87,14 +89,11 @@ class LandingSensorCursor:
         return json.dumps(asdict(self), sort_keys=True)
 
 
-def _backlog(waiting: LandingBacklog, now: float) -> str:
-    """What waits, as a key that changes whenever a run would take something else ("" : nothing)."""
+def _backlog(waiting: LandingBacklog) -> str:
+    """What waits, as a key that changes whenever a run would take something else ("": nothing)."""
     if waiting.count:
         # The cursor and the last path: a run that left a backlog (max_batches) moves the cursor.
         return f"{waiting.start_after}:{waiting.last_path}:{waiting.count}"
-    if waiting.full_listing_due:
-        # The ingest run does the full listing that finds out-of-order and overwritten files.
-        return f"backfill:{int(now // max(1.0, waiting.backfill_interval_s))}"
     return ""
 
 
@@ -130,13 +129,20 @@ def build_landing_sensor(
         instance = context.instance
         waiting = files_waiting(lake)
         cursor = LandingSensorCursor.parse(context.cursor)
-        backlog = _backlog(waiting, now)
+        backlog = _backlog(waiting)
         if not backlog:
+            forget = cursor.failures or cursor.retry_at  # nothing left for a retry to do
+            cursor.failures, cursor.retry_at = 0, 0.0
+            if waiting.full_listing_due:
+                # The ingest run does the full listing that finds out-of-order and overwritten files.
+                # One run key per interval: one that fails is asked again at the next interval.
+                bucket = int(now // max(1.0, waiting.backfill_interval_s))
+                backfill = dg.RunRequest(
+                    run_key=f"{feed_name}:backfill:{bucket}", tags={FEED_TAG: feed_name, RELAY_TAG: feed_name}
+                )
+                return dg.SensorResult(run_requests=[backfill], cursor=cursor.dump()) if forget else backfill
             idle = f"no files under {waiting.root} after {waiting.start_after or 'the start'}"
-            if cursor.failures or cursor.retry_at:  # nothing left for a retry to do
-                cursor.failures, cursor.retry_at = 0, 0.0
-                return dg.SensorResult(skip_reason=idle, cursor=cursor.dump())
-            return dg.SkipReason(idle)
+            return dg.SensorResult(skip_reason=idle, cursor=cursor.dump()) if forget else dg.SkipReason(idle)
 
         if cursor.run_key:
             record = instance.get_run_records(
