@@ -15,6 +15,7 @@ from tcp_proxy import CuttableProxy
 from test_export import make_table
 
 from pipelines import deployment
+from pipelines.export.cli import main as cli
 from pipelines.export.exporter import export_table
 from pipelines.export.manifest import verify_export
 from resources.export_storage import LocalExportStorage, S3ExportStorage
@@ -57,7 +58,7 @@ def incompressible_table(path: Path, rows: int) -> None:
 
 
 def test_an_export_onto_a_full_filesystem_leaves_nothing_behind(
-    tmp_path: Path, small_filesystem: Path
+    tmp_path: Path, small_filesystem: Path, capsys: pytest.CaptureFixture
 ) -> None:
     table = tmp_path / "t"
     incompressible_table(table, rows=4000)  # ~4 MiB of NDJSON for a 2 MiB filesystem
@@ -71,6 +72,23 @@ def test_an_export_onto_a_full_filesystem_leaves_nothing_behind(
     assert storage.list_keys("") == []
     assert [p for p in small_filesystem.rglob("*") if p.is_file()] == []
     assert free_bytes(small_filesystem) == empty  # the space is given back at once, not in 24 h
+
+    # The CLI says so in one line, and leaves nothing either.
+    args = [
+        "run",
+        "--table",
+        str(table),
+        "--dataset",
+        "t",
+        "--to",
+        str(small_filesystem),
+        "--export-id",
+        "e2",
+    ]
+    assert cli([*args, "--compression", "none", "--part-max-bytes", str(256 * 1024)]) == 2
+    error = capsys.readouterr().err
+    assert "No space left on device" in error and len(error.strip().splitlines()) == 1
+    assert [p for p in small_filesystem.rglob("*") if p.is_file()] == []
 
     # And the filesystem takes the next export that fits.
     small = tmp_path / "small_table"
