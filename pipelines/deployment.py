@@ -171,8 +171,10 @@ def _local_spark_config() -> dict[str, str]:
 
 def lake_resource() -> LakeResource:
     """The lake and its S3 settings: the one S3 setup of the Delta tables, the landing zone, the
-    exports on S3 and the export CLI. Region unset: ``resources.filesystem.DEFAULT_REGION``."""
+    exports on S3, the lease log and the export CLI. Region unset: ``resources.filesystem.DEFAULT_REGION``;
+    ``LAKERELAY_S3_MAX_ATTEMPTS`` unset: each client's own retries."""
     root = home()
+    max_attempts = _env_number("LAKERELAY_S3_MAX_ATTEMPTS", int)
     return LakeResource(
         lake_uri=_setting("LAKERELAY_LAKE_URI", str(root / "lake")),
         landing_uri=_setting("LAKERELAY_LANDING_URI", str(root / "landing")),
@@ -181,6 +183,7 @@ def lake_resource() -> LakeResource:
         aws_access_key_id=_secret("AWS_ACCESS_KEY_ID"),
         aws_secret_access_key=_secret("AWS_SECRET_ACCESS_KEY"),
         aws_session_token=_secret("AWS_SESSION_TOKEN"),
+        **({"max_attempts": int(max_attempts)} if max_attempts is not None else {}),
     )
 
 
@@ -241,15 +244,18 @@ def export_storage_resource(lake: LakeResource | None = None) -> ExportStorage:
     """S3 (any endpoint) when ``LAKERELAY_EXPORT_BUCKET`` is set, else a local folder standing in for it.
 
     On S3 the connection is ``lake``'s (default: :func:`lake_resource`), so the exports use the same
-    endpoint, region and credentials as the Delta tables; only bucket and prefix are their own.
+    endpoint, region and credentials as the Delta tables; only bucket, prefix and how long S3 calls
+    are retried (``LAKERELAY_EXPORT_RETRY_DEADLINE_S``, default 600) are their own.
     """
     bucket = _env("LAKERELAY_EXPORT_BUCKET")
     if not bucket:
         return LocalExportStorage(root=_setting("LAKERELAY_EXPORT_DIR", str(home() / "exports")))
+    deadline = _env_number("LAKERELAY_EXPORT_RETRY_DEADLINE_S", float)
     return S3ExportStorage(
         lake=lake or lake_resource(),
         bucket=_setting("LAKERELAY_EXPORT_BUCKET"),
         prefix=_setting("LAKERELAY_EXPORT_PREFIX", "exports"),
+        **({"retry_deadline_s": deadline} if deadline is not None else {}),
     )
 
 

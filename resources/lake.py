@@ -1,9 +1,13 @@
 """Where lakerelay keeps its Delta tables, landing zone and state: a local folder or an S3 prefix.
 
 ``LakeResource`` is the one S3 setup of the project: its connection fields are dagster-aws's
-(``ResourceWithS3Configuration``: region, endpoint, credentials, profile, retries, TLS), and every
-client is built from them here: delta-rs tables (``table``), pyarrow filesystems (``resolve``), boto3
-clients (``s3_client``) and the export storage on S3, which holds a ``LakeResource`` too.
+(``ResourceWithS3Configuration``), and every client is built from them through one
+``FileSystemSettings``: delta-rs tables (``table``, ``storage_options``), pyarrow filesystems
+(``resolve``), boto3 clients (``s3_client``, ``s3_presign_client``), the lease log and the export
+storage on S3, which holds a ``LakeResource`` too. Region, endpoint, keys, session token and
+``max_attempts`` reach every client; the dagster-aws fields that delta-rs or pyarrow cannot honour
+(``profile_name``, ``use_ssl=False``, ``verify=False``, ``use_unsigned_session``) are refused when
+the resource is built, with what to do instead, rather than honoured by boto3 alone.
 """
 
 import json
@@ -11,20 +15,50 @@ import os
 import uuid
 from typing import TYPE_CHECKING, Any
 
-import boto3
 import pyarrow.fs as pafs
-from botocore.config import Config as BotoConfig
 from dagster_aws.s3.resources import ResourceWithS3Configuration
-from dagster_aws.s3.utils import construct_s3_client
-from dagster_aws.utils import construct_boto_client_retry_config
-from pydantic import Field
+from pydantic import Field, model_validator
 
-from resources.filesystem import DEFAULT_REGION, FileSystemSettings, split_uri
+from resources.filesystem import DEFAULT_REGION, FileSystemSettings
 
 if TYPE_CHECKING:  # imported when a table is opened: see table()
     from deltalake import DeltaTable
 
-__all__ = ["DEFAULT_REGION", "FileSystemSettings", "LakeResource"]
+__all__ = ["DEFAULT_REGION", "FileSystemSettings", "LakeResource", "UnsupportedS3Setting"]
+
+
+class UnsupportedS3Setting(Exception):
+    """A LakeResource setting that some S3 client of the project would silently ignore.
+
+    Not a ValueError on purpose: pydantic would wrap it in a multi-line validation report.
+    """
+
+
+def _refusals(lake: "LakeResource") -> list[str]:
+    """What is wrong with ``lake``'s S3 fields, one sentence each (empty: every client honours them)."""
+    refused = []
+    if lake.profile_name:
+        refused.append(
+            "profile_name is not honoured by delta-rs and pyarrow: leave it unset and "
+            "set AWS_PROFILE in the environment (every client reads it), or give the keys"
+        )
+    if not lake.use_ssl:
+        refused.append(
+            "use_ssl=False is not honoured by delta-rs and pyarrow: give endpoint_url an http:// scheme instead"
+        )
+    if lake.verify is False:
+        refused.append(
+            "verify=False cannot be honoured by pyarrow and is refused: TLS verification stays on; trust the "
+            "endpoint's CA in the system store (or AWS_CA_BUNDLE) instead"
+        )
+    if lake.use_unsigned_session:
+        refused.append(
+            "use_unsigned_session=True is not honoured by delta-rs, pyarrow and the lease log, which write: "
+            "leave it unset"
+        )
+    if lake.max_attempts < 1:
+        refused.append(f"max_attempts={lake.max_attempts} must be at least 1 (the first try counts)")
+    return refused
 
 
 class LakeResource(ResourceWithS3Configuration):
@@ -37,6 +71,13 @@ class LakeResource(ResourceWithS3Configuration):
 
     lake_uri: str = Field(description="Root of the Delta tables and lakerelay state (folder or s3://...).")
     landing_uri: str = Field(description="Root of the landing zone that new files arrive in.")
+
+    @model_validator(mode="after")
+    def _every_client_honours_the_settings(self) -> "LakeResource":
+        refused = _refusals(self)
+        if refused:
+            raise UnsupportedS3Setting("LakeResource: " + "; ".join(refused))
+        return self
 
     @property
     def region(self) -> str:
@@ -55,25 +96,9 @@ class LakeResource(ResourceWithS3Configuration):
 
     # -- delta-rs ---------------------------------------------------------------------------------
     def storage_options(self, uri: str | None = None) -> dict[str, str]:
-        """Options for ``deltalake`` (object_store keys) to reach ``uri`` (default: the lake root).
-
-        Empty for a local URI. ``AWS_ALLOW_HTTP`` only for an ``http://`` endpoint: a TLS endpoint
-        must never be talked to in clear text.
-        """
-        if split_uri(uri or self.lake_uri)[0] != "s3":
-            return {}
-        options = {"AWS_REGION": self.region}
-        if self.endpoint_url:
-            options["AWS_ENDPOINT_URL"] = self.endpoint_url
-            if self.endpoint_url.startswith("http://"):
-                options["AWS_ALLOW_HTTP"] = "true"
-        if self.aws_access_key_id:
-            options["AWS_ACCESS_KEY_ID"] = self.aws_access_key_id
-        if self.aws_secret_access_key:
-            options["AWS_SECRET_ACCESS_KEY"] = self.aws_secret_access_key
-        if self.aws_session_token:
-            options["AWS_SESSION_TOKEN"] = self.aws_session_token
-        return options
+        """Options for ``deltalake`` (object_store keys) to reach ``uri`` (default: the lake root);
+        empty for a local URI."""
+        return self.filesystem_settings().storage_options(uri or self.lake_uri)
 
     def table(self, name: str, version: int | None = None) -> "DeltaTable":
         """The Delta table ``name`` (see ``table_uri``), at ``version`` or the latest one."""
@@ -84,55 +109,32 @@ class LakeResource(ResourceWithS3Configuration):
         uri = self.table_uri(name)
         return DeltaTable(uri, version=version, storage_options=self.storage_options(uri) or None)
 
-    # -- pyarrow filesystems ----------------------------------------------------------------------
+    # -- the one settings object every client is built from ---------------------------------------
     def filesystem_settings(self) -> "FileSystemSettings":
-        """A small picklable description of the filesystem, for Spark executors."""
+        """A small picklable description of the storage settings, for every client and Spark tasks."""
         return FileSystemSettings(
             endpoint_url=self.endpoint_url,
             region=self.region,
             access_key=self.aws_access_key_id,
             secret_key=self.aws_secret_access_key,
             session_token=self.aws_session_token,
+            # Only when set: dagster-aws's default (5, for boto3) would cut delta-rs's own retries
+            # (10 within 3 minutes), which ride out short network cuts.
+            max_attempts=self.max_attempts if "max_attempts" in self.model_fields_set else None,
         )
 
     def resolve(self, uri: str) -> tuple[pafs.FileSystem, str]:
         """(pyarrow filesystem, path inside it) for a URI under this lake's settings."""
         return self.filesystem_settings().resolve(uri)
 
-    # -- boto3 --------------------------------------------------------------------------------------
     def s3_client(self) -> Any:
-        """A boto3 S3 client with these settings, as dagster-aws's ``S3Resource`` builds it."""
-        return construct_s3_client(
-            max_attempts=self.max_attempts,
-            region_name=self.region,
-            endpoint_url=self.endpoint_url,
-            use_unsigned_session=self.use_unsigned_session,
-            profile_name=self.profile_name,
-            use_ssl=self.use_ssl,
-            verify=self.verify,
-            aws_access_key_id=self.aws_access_key_id,
-            aws_secret_access_key=self.aws_secret_access_key,
-            aws_session_token=self.aws_session_token,
-        )
+        """A boto3 S3 client with these settings."""
+        return self.filesystem_settings().s3_client()
 
     def s3_presign_client(self) -> Any:
         """Like ``s3_client`` but signing with SigV4, which botocore may not pick for a custom endpoint
         (presigned URLs would then carry SigV2 query auth)."""
-        session = boto3.session.Session(profile_name=self.profile_name)
-        config = construct_boto_client_retry_config(self.max_attempts).merge(
-            BotoConfig(signature_version="s3v4")
-        )
-        return session.client(
-            "s3",
-            region_name=self.region,
-            endpoint_url=self.endpoint_url,
-            use_ssl=self.use_ssl,
-            verify=self.verify,
-            aws_access_key_id=self.aws_access_key_id,
-            aws_secret_access_key=self.aws_secret_access_key,
-            aws_session_token=self.aws_session_token,
-            config=config,
-        )
+        return self.filesystem_settings().s3_client(presign=True)
 
     # -- small JSON state files -------------------------------------------------------------------
     def read_state(self, *parts: str) -> dict | None:

@@ -3,7 +3,9 @@
 import dagster as dg
 
 from resources.sinks.resource import NEEDS_FIX
-from sensors.table import RELAY_TAG, SINK_TAG
+from sensors.table import BACKOFF_FIRST_S, BACKOFF_MAX_S, RELAY_TAG, SINK_TAG
+
+BACKOFF = f"{BACKOFF_FIRST_S:.0f} s doubling to {BACKOFF_MAX_S / 60:.0f} min"
 
 
 def build_failure_sensor() -> dg.SensorDefinition:
@@ -21,11 +23,17 @@ def build_failure_sensor() -> dg.SensorDefinition:
         if needs_fix:
             next_step = (
                 "A retry cannot fix this (credentials, TLS, a URL or an enrichment): fix the configuration; "
-                "the table sensor tries again every 15 minutes, or re-execute the run once fixed."
+                f"the table sensor tries again every {BACKOFF_MAX_S / 60:.0f} minutes, or re-execute the run once fixed."
             )
-        elif run.tags.get(SINK_TAG) or run.tags.get(RELAY_TAG):
+        elif run.tags.get(RELAY_TAG):
             next_step = (
-                "The feed's table sensor requests the post again with backoff (15 s doubling to 15 min), "
+                f"The feed's landing sensor requests the ingest again with backoff ({BACKOFF}) "
+                "while its files wait, and each table sensor the posts its sink has not settled; no action "
+                "is needed if the cause was transient."
+            )
+        elif run.tags.get(SINK_TAG):
+            next_step = (
+                f"The feed's table sensor requests the post again with backoff ({BACKOFF}), "
                 "with or without new data; no action is needed if the cause was transient."
             )
         else:

@@ -1,19 +1,38 @@
-"""The landing sensor: requests an ingest run when files arrive after the ones already seen.
+"""The landing sensor: requests an ingest run when files wait, and heals like the table sensors.
 
 The ingest domain answers what waits (``files_waiting``, passed in): an incremental listing after the
 ingest's own cursor, so a tick costs the files not yet ingested, not the whole landing zone. Names
 that arrive out of order are picked up by the ingest's periodic full listing; the sensor requests a
 run when that is due. It knows nothing of the cursor's storage or the feed's filters.
+
+Healing: the sensor remembers the run it requested and looks at it on every tick, new files or not.
+A run that failed, was canceled, or was dropped (requested but never created, deleted, or created and
+never started) while files still wait is requested again after the table sensors' backoff
+(``sensors.table.backoff_s``: 15 s doubling up to 15 min, the longest for a run only a person can
+fix). Before this, a dropped run's files waited until some other file landed, possibly forever.
+A periodic full listing (nothing waits after the cursor) has one run key per backfill interval: a
+failed one is asked again at the next interval.
 """
 
+import json
 import time
 from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from typing import Protocol
 
 import dagster as dg
 
 from resources.lake import LakeResource
-from sensors.table import FEED_TAG, RELAY_TAG
+from sensors.table import (
+    BACKOFF_FIRST_S,
+    BACKOFF_MAX_S,
+    FEED_TAG,
+    NEEDS_FIX_TAG,
+    RELAY_TAG,
+    REQUEST_GRACE_S,
+    UNFINISHED,
+    backoff_s,
+)
 
 # Runs that have not listed the landing zone yet (queued behind a running one, or starting).
 NOT_YET_STARTED = [
@@ -21,6 +40,9 @@ NOT_YET_STARTED = [
     dg.DagsterRunStatus.NOT_STARTED,
     dg.DagsterRunStatus.STARTING,
 ]
+# A run still NOT_STARTED this long after it was created was dropped on its way to the queue (the
+# daemon or a launch failed): neither the run coordinator nor run monitoring will ever move it.
+NOT_STARTED_TIMEOUT_S = 600.0
 
 
 class LandingBacklog(Protocol):
@@ -45,49 +67,154 @@ class LandingBacklog(Protocol):
     def backfill_interval_s(self) -> float: ...
 
 
+@dataclass
+class LandingSensorCursor:
+    """What the sensor last asked for, and how often that has gone wrong in a row."""
+
+    backlog: str = ""  # what waited when the last run was requested
+    run_key: str = ""
+    failures: int = 0
+    retry_at: float = 0.0  # epoch seconds; no new request before this after a failure
+    requested_at: float = 0.0
+
+    @classmethod
+    def parse(cls, text: str | None) -> "LandingSensorCursor":
+        if not text:
+            return cls()
+        if not text.startswith("{"):  # the cursor before healing: the run key "<feed>:<backlog>"
+            return cls(backlog=text.partition(":")[2], run_key=text)
+        return cls(**json.loads(text))
+
+    def dump(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+
+def _backlog(waiting: LandingBacklog) -> str:
+    """What waits, as a key that changes whenever a run would take something else ("": nothing)."""
+    if waiting.count:
+        # The cursor and the last path: a run that left a backlog (max_batches) moves the cursor.
+        return f"{waiting.start_after}:{waiting.last_path}:{waiting.count}"
+    return ""
+
+
 def build_landing_sensor(
     feed_name: str,
     job_name: str,
     files_waiting: Callable[[LakeResource], LandingBacklog],
     minimum_interval_seconds: int = 30,
     default_status: dg.DefaultSensorStatus = dg.DefaultSensorStatus.STOPPED,
+    backoff_first_s: float = BACKOFF_FIRST_S,
+    backoff_max_s: float = BACKOFF_MAX_S,
+    clock: Callable[[], float] = time.time,
 ) -> dg.SensorDefinition:
     """Requests job ``job_name`` (in this code location) for feed ``feed_name`` when ``files_waiting``
-    reports files the ingest has not taken, or a full listing that is due."""
+    reports files the ingest has not taken, or a full listing that is due, and again with backoff
+    while they still wait after the run it requested failed or was dropped. ``clock`` gives epoch
+    seconds (tests move it instead of sleeping)."""
 
     @dg.sensor(
         name=f"{feed_name}_landing_sensor",
         job_name=job_name,
         minimum_interval_seconds=minimum_interval_seconds,
         default_status=default_status,
-        description=f"Requests an ingest of feed {feed_name!r} when new files land.",
+        description=(
+            f"Requests an ingest of feed {feed_name!r} when new files land; requests it again with "
+            "backoff after a failed, canceled or dropped run while its files still wait."
+        ),
     )
     def landing_sensor(
         context: dg.SensorEvaluationContext, lake: LakeResource
     ) -> dg.SensorResult | dg.SkipReason:
+        now = clock()
+        instance = context.instance
         waiting = files_waiting(lake)
-        if waiting.count:
-            # The cursor and the last path in the key: a run that left a backlog (max_batches) moves
-            # the cursor, so the rest is requested again.
-            run_key = f"{feed_name}:{waiting.start_after}:{waiting.last_path}:{waiting.count}"
-            if run_key == context.cursor:
-                return dg.SkipReason(f"{waiting.count} pending files already requested (run key {run_key})")
-            queued = context.instance.get_runs(
-                dg.RunsFilter(tags={RELAY_TAG: feed_name}, statuses=NOT_YET_STARTED), limit=1
+        cursor = LandingSensorCursor.parse(context.cursor)
+        backlog = _backlog(waiting)
+        if not backlog:
+            forget = cursor.failures or cursor.retry_at  # nothing left for a retry to do
+            cursor.failures, cursor.retry_at = 0, 0.0
+            if waiting.full_listing_due:
+                # The ingest run does the full listing that finds out-of-order and overwritten files.
+                # One run key per interval: one that fails is asked again at the next interval.
+                bucket = int(now // max(1.0, waiting.backfill_interval_s))
+                backfill = dg.RunRequest(
+                    run_key=f"{feed_name}:backfill:{bucket}", tags={FEED_TAG: feed_name, RELAY_TAG: feed_name}
+                )
+                return dg.SensorResult(run_requests=[backfill], cursor=cursor.dump()) if forget else backfill
+            idle = f"no files under {waiting.root} after {waiting.start_after or 'the start'}"
+            return dg.SensorResult(skip_reason=idle, cursor=cursor.dump()) if forget else dg.SkipReason(idle)
+
+        if cursor.run_key:
+            record = instance.get_run_records(
+                dg.RunsFilter(tags={"dagster/run_key": cursor.run_key}), limit=1
             )
-            if queued:
-                # It lists the landing zone when it starts: these files are its, no second run needed.
-                return dg.SkipReason(f"run {queued[0].run_id} is about to start and will take these files")
-            return dg.SensorResult(
-                run_requests=[
-                    dg.RunRequest(run_key=run_key, tags={FEED_TAG: feed_name, RELAY_TAG: feed_name})
-                ],
-                cursor=run_key,
+            run = record[0].dagster_run if record else None
+            if run is None and now - cursor.requested_at < REQUEST_GRACE_S:
+                # The daemon creates the run right after the tick that asked for it.
+                return dg.SkipReason(f"a run for these files was requested ({cursor.run_key})")
+            problem = _problem(record[0] if record else None, now, backlog == cursor.backlog)
+            if run is not None and problem is None and run.status in UNFINISHED and backlog == cursor.backlog:
+                return dg.SkipReason(f"run {run.run_id} is taking these files ({run.status.value})")
+            if problem is None and run is not None and run.status == dg.DagsterRunStatus.SUCCESS:
+                cursor.failures, cursor.retry_at = 0, 0.0  # it took its files; these are new
+            elif problem is not None and cursor.retry_at == 0.0:
+                needs_fix = run.tags.get(NEEDS_FIX_TAG, "") if run is not None else ""
+                cursor.failures += 1
+                cursor.retry_at = now + backoff_s(
+                    cursor.failures, bool(needs_fix), backoff_first_s, backoff_max_s
+                )
+                context.log.warning(
+                    f"{'run ' + run.run_id if run is not None else 'the run ' + cursor.run_key} of {job_name} "
+                    f"{problem} while files of feed {feed_name} still wait ({cursor.failures} in a row"
+                    f"{'; it needs a fix: ' + needs_fix if needs_fix else ''}); requesting it again in "
+                    f"{cursor.retry_at - now:.0f}s"
+                )
+            if now < cursor.retry_at:
+                return dg.SensorResult(
+                    skip_reason=f"retrying the ingest of feed {feed_name} in {cursor.retry_at - now:.0f}s "
+                    f"after {cursor.failures} unsuccessful run(s)",
+                    cursor=cursor.dump(),
+                )
+
+        queued = [
+            r.dagster_run
+            for r in instance.get_run_records(
+                dg.RunsFilter(tags={RELAY_TAG: feed_name}, statuses=NOT_YET_STARTED), limit=5
             )
-        if waiting.full_listing_due:
-            # The ingest run does the full listing that finds out-of-order and overwritten files.
-            bucket = int(time.time() // max(1.0, waiting.backfill_interval_s))
-            return dg.RunRequest(run_key=f"{feed_name}:backfill:{bucket}", tags={FEED_TAG: feed_name})
-        return dg.SkipReason(f"no files under {waiting.root} after {waiting.start_after or 'the start'}")
+            if _problem(r, now, same_backlog=False) is None
+        ]
+        if queued:
+            # It lists the landing zone when it starts: these files are its, no second run needed.
+            return dg.SkipReason(f"run {queued[0].run_id} is about to start and will take these files")
+        run_key = f"{feed_name}:{backlog}" + (f":retry{cursor.failures}" if cursor.failures else "")
+        if run_key == cursor.run_key:
+            return dg.SkipReason(f"{waiting.count} pending files already requested (run key {run_key})")
+        next_cursor = LandingSensorCursor(backlog, run_key, cursor.failures, requested_at=now)
+        return dg.SensorResult(
+            run_requests=[dg.RunRequest(run_key=run_key, tags={FEED_TAG: feed_name, RELAY_TAG: feed_name})],
+            cursor=next_cursor.dump(),
+        )
 
     return landing_sensor
+
+
+def _problem(record: dg.RunRecord | None, now: float, same_backlog: bool) -> str | None:
+    """Why the requested run did not take its files, or None if it did or may still.
+
+    ``record`` is None when the run was never created or was deleted. A run that ended well with
+    the same files still waiting did not take them (they count as a failure, so the sensor backs off
+    instead of asking every tick).
+    """
+    if record is None:
+        return "was dropped (never created, or deleted)"
+    status = record.dagster_run.status
+    if (
+        status == dg.DagsterRunStatus.NOT_STARTED
+        and now - record.create_timestamp.timestamp() > NOT_STARTED_TIMEOUT_S
+    ):
+        return f"was dropped (not started {NOT_STARTED_TIMEOUT_S:.0f}s after it was created)"
+    if status in (dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED):
+        return status.value.lower()
+    if status == dg.DagsterRunStatus.SUCCESS and same_backlog:
+        return "ended without taking them"
+    return None

@@ -152,6 +152,12 @@ class _FailingWriter(PartWriter):
     def close(self) -> None:
         self.inner.close()
 
+    def finish(self) -> None:
+        self.inner.finish()
+
+    def publish(self) -> None:
+        self.inner.publish()
+
     def abort(self) -> None:
         self.inner.abort()
 
@@ -284,11 +290,9 @@ def test_failure_mid_export_publishes_nothing_local(tmp_path: Path) -> None:
     storage = FailingLocalStorage(root=str(tmp_path / "exports"))
     with pytest.raises(ConnectionError, match="injected"):
         export_table(str(table), None, storage, "events", "e1", part_max_rows=700, batch_rows=100)
-    assert storage.list_keys("events/") == [
-        "events/e1/part-00000.ndjson.gz",
-        "events/e1/part-00001.ndjson.gz",
-    ]
-    assert not list((tmp_path / "exports").rglob(".*"))  # no temp file of the aborted part left behind
+    # Parts 0 and 1 were complete, part 2 failed: none of them is left under its name, nor as a temp file.
+    assert storage.list_keys("events/") == []
+    assert not list((tmp_path / "exports").rglob(".*"))
     assert latest_manifest_key(storage, "events") is None
 
 
@@ -471,10 +475,7 @@ def test_s3_failure_mid_export_leaves_no_manifest_and_no_pending_upload(
 
     client = s3_settings.client()
     assert "Uploads" not in client.list_multipart_uploads(Bucket=s3_settings.bucket)
-    assert storage.list_keys("events/") == [
-        "events/e1/part-00000.ndjson.gz",
-        "events/e1/part-00001.ndjson.gz",
-    ]
+    assert storage.list_keys("events/") == []  # the finished parts 0 and 1 were never completed
     assert latest_manifest_key(storage, "events") is None
 
 

@@ -1,6 +1,8 @@
 """Sensors evaluated the way the daemon does, with build_sensor_context, over real files and tables."""
 
+import json
 import time
+from functools import partial
 from pathlib import Path
 
 import dagster as dg
@@ -11,7 +13,8 @@ from pipelines.ingest.runner import ingest_feed
 from pipelines.post.defs import table_sensor
 from pipelines.post.progress import write_progress
 from pipelines.relay import landing_sensor
-from sensors.table import NEEDS_FIX_TAG
+from sensors.landing import NOT_STARTED_TIMEOUT_S, build_landing_sensor
+from sensors.table import BACKOFF_FIRST_S, NEEDS_FIX_TAG, REQUEST_GRACE_S
 
 from helpers import json_lines, land_events, land_file, local_lake
 
@@ -21,35 +24,180 @@ def dummy_job() -> None:
     pass
 
 
+class FakeClock:
+    """Epoch seconds that move only when a test says so (no sleeps); starts at the real time so that
+    run records' creation times compare with it."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@dg.op
+def failing_ingest() -> None:
+    raise dg.Failure("the landing zone is unreachable")
+
+
+@dg.job(tags={"lakerelay/feed": "events", "lakerelay/relay": "events"})
+def failing_relay_job() -> None:
+    failing_ingest()
+
+
+def run_as_requested(instance: dg.DagsterInstance, request: dg.RunRequest, job: dg.JobDefinition) -> None:
+    """A real run of ``job`` carrying the request's run key and tags, as the daemon launches it."""
+    job.execute_in_process(
+        instance=instance, tags={**request.tags, "dagster/run_key": request.run_key}, raise_on_error=False
+    )
+
+
+def landing_sensor_with(clock: FakeClock, job_name: str) -> dg.SensorDefinition:
+    return build_landing_sensor(
+        EVENTS_FEED.name, job_name, partial(files_waiting, feed=EVENTS_FEED), clock=clock
+    )
+
+
 def test_landing_sensor_requests_one_run_per_change_of_the_landing_zone(tmp_path: Path) -> None:
     lake = local_lake(tmp_path)
     sensor = landing_sensor(EVENTS_FEED, dummy_job.name)
     instance = dg.DagsterInstance.ephemeral()
 
-    empty = sensor(dg.build_sensor_context(resources={"lake": lake}, instance=instance))
+    def tick(cursor: str | None = None):
+        return sensor(dg.build_sensor_context(cursor=cursor, resources={"lake": lake}, instance=instance))
+
+    empty = tick()
     assert isinstance(empty, dg.SkipReason)
 
     land_events(lake, files=2, records_per_file=10)
-    first = sensor(dg.build_sensor_context(resources={"lake": lake}, instance=instance))
+    first = tick()
     assert len(first.run_requests) == 1
+    assert isinstance(tick(first.cursor), dg.SkipReason)  # requested, the daemon is creating the run
 
-    again = sensor(dg.build_sensor_context(cursor=first.cursor, resources={"lake": lake}, instance=instance))
-    assert isinstance(again, dg.SkipReason)
-
+    ingest_feed(EVENTS_FEED, lake)  # the run it requested takes the files
+    run_as_requested(instance, first.run_requests[0], dummy_job)
     land_events(lake, files=1, records_per_file=10, start_seq=20)
-    after_new_file = sensor(
-        dg.build_sensor_context(cursor=first.cursor, resources={"lake": lake}, instance=instance)
-    )
+    after_new_file = tick(first.cursor)
     assert len(after_new_file.run_requests) == 1
     assert after_new_file.run_requests[0].run_key != first.run_requests[0].run_key
 
     # A relay run of the feed waiting to start lists the landing zone when it starts: no second run.
-    instance.create_run_for_job(dummy_job, tags={"lakerelay/relay": "events"})
-    land_events(lake, files=1, records_per_file=10, start_seq=30)
-    waiting = sensor(
-        dg.build_sensor_context(cursor=after_new_file.cursor, resources={"lake": lake}, instance=instance)
+    instance.create_run_for_job(
+        dummy_job, tags={**after_new_file.run_requests[0].tags, "dagster/run_key": "x"}
     )
-    assert isinstance(waiting, dg.SkipReason) and "about to start" in waiting.skip_message
+    land_events(lake, files=1, records_per_file=10, start_seq=30)
+    waiting = tick(after_new_file.cursor)
+    assert isinstance(waiting, dg.SkipReason)
+    assert "requested" in waiting.skip_message or "about to start" in waiting.skip_message
+
+
+def test_a_failed_or_canceled_ingest_is_requested_again_with_backoff_without_new_files(
+    tmp_path: Path,
+) -> None:
+    lake = local_lake(tmp_path)
+    land_events(lake, files=1, records_per_file=10)
+    clock = FakeClock()
+    sensor = landing_sensor_with(clock, failing_relay_job.name)
+    with dg.DagsterInstance.ephemeral() as instance:
+
+        def tick(cursor: str | None):
+            return sensor(dg.build_sensor_context(cursor=cursor, resources={"lake": lake}, instance=instance))
+
+        first = tick(None)
+        [request] = first.run_requests
+        run_as_requested(instance, request, failing_relay_job)
+        backing_off = tick(first.cursor)  # failed, no file landed since: back off, then ask again
+        assert not backing_off.run_requests
+        assert f"in {BACKOFF_FIRST_S:.0f}s after 1 unsuccessful" in backing_off.skip_reason.skip_message
+        clock.advance(BACKOFF_FIRST_S - 1)
+        assert not tick(backing_off.cursor).run_requests
+        clock.advance(1)
+        second = tick(backing_off.cursor)
+        [retry] = second.run_requests
+        assert retry.run_key == f"{request.run_key}:retry1"
+
+        # Canceled (from the UI, or by the run queue): the next wait is twice as long.
+        canceled = instance.create_run_for_job(
+            failing_relay_job, tags={**retry.tags, "dagster/run_key": retry.run_key}
+        )
+        instance.report_run_canceled(canceled)
+        longer = tick(second.cursor)
+        assert f"in {2 * BACKOFF_FIRST_S:.0f}s after 2 unsuccessful" in longer.skip_reason.skip_message
+
+        # New files during the backoff wait for it too: the cause is probably still there.
+        land_events(lake, files=1, records_per_file=10, start_seq=10)
+        assert not tick(longer.cursor).run_requests
+        clock.advance(2 * BACKOFF_FIRST_S)
+        third = tick(longer.cursor)
+        [request] = third.run_requests
+        assert request.run_key.endswith(":retry2")
+
+        # It succeeds and takes every file: nothing waits, the failures are forgotten.
+        ingest_feed(EVENTS_FEED, lake)
+        run_as_requested(instance, request, dummy_job)
+        healed = tick(third.cursor)
+        assert not healed.run_requests and '"failures": 0' in healed.cursor
+
+
+def test_a_dropped_ingest_run_is_requested_again(tmp_path: Path) -> None:
+    lake = local_lake(tmp_path)
+    land_events(lake, files=1, records_per_file=10)
+    clock = FakeClock()
+    sensor = landing_sensor_with(clock, dummy_job.name)
+    with dg.DagsterInstance.ephemeral() as instance:
+
+        def tick(cursor: str | None):
+            return sensor(dg.build_sensor_context(cursor=cursor, resources={"lake": lake}, instance=instance))
+
+        # Requested, but the daemon never created the run (a code server too slow to answer).
+        first = tick(None)
+        clock.advance(REQUEST_GRACE_S - 1)
+        assert "requested" in tick(first.cursor).skip_message
+        clock.advance(2)
+        lost = tick(first.cursor)
+        assert "after 1 unsuccessful" in lost.skip_reason.skip_message
+        clock.advance(BACKOFF_FIRST_S)
+        second = tick(lost.cursor)
+        [retry] = second.run_requests
+
+        # Created and queued, then deleted before it started.
+        queued = instance.create_run_for_job(dummy_job, tags={**retry.tags, "dagster/run_key": retry.run_key})
+        assert "is taking these files" in tick(second.cursor).skip_message
+        instance.delete_run(queued.run_id)
+        clock.advance(REQUEST_GRACE_S)  # until then, a missing run may be one the daemon is creating
+        deleted = tick(second.cursor)
+        assert "after 2 unsuccessful" in deleted.skip_reason.skip_message
+        clock.advance(2 * BACKOFF_FIRST_S)
+        third = tick(deleted.cursor)
+        [retry] = third.run_requests
+
+        # Created and never started: nothing will ever move it, so it does not hold the files forever.
+        instance.create_run_for_job(dummy_job, tags={**retry.tags, "dagster/run_key": retry.run_key})
+        assert "is taking these files" in tick(third.cursor).skip_message
+        clock.advance(NOT_STARTED_TIMEOUT_S + 1)
+        stuck = tick(third.cursor)
+        assert "after 3 unsuccessful" in stuck.skip_reason.skip_message
+        clock.advance(4 * BACKOFF_FIRST_S)
+        [last] = tick(stuck.cursor).run_requests
+        assert last.run_key.endswith(":retry3")
+
+
+def test_the_landing_sensor_reads_the_cursor_it_wrote_before_healing(tmp_path: Path) -> None:
+    lake = local_lake(tmp_path)
+    land_events(lake, files=1, records_per_file=10)
+    clock = FakeClock()
+    sensor = landing_sensor_with(clock, dummy_job.name)
+    instance = dg.DagsterInstance.ephemeral()
+    waiting = files_waiting(lake, EVENTS_FEED)
+    old_cursor = f"events:{waiting.start_after}:{waiting.last_path}:{waiting.count}"  # a plain run key
+    run_as_requested(instance, dg.RunRequest(run_key=old_cursor, tags={}), dummy_job)
+    result = sensor(dg.build_sensor_context(cursor=old_cursor, resources={"lake": lake}, instance=instance))
+    # The run of that key succeeded, yet its files still wait: asked again after a backoff.
+    assert "after 1 unsuccessful" in result.skip_reason.skip_message
+    assert json.loads(result.cursor)["run_key"] == old_cursor
 
 
 def test_table_sensor_requests_a_post_run_until_the_sink_settles_the_version(tmp_path: Path) -> None:

@@ -26,7 +26,8 @@ from pipelines.export.exporter import export_table
 from pipelines.export.manifest import MANIFEST_NAME, new_export_id, verify_export
 from pipelines.export.spec import COMPRESSIONS, DEFAULT_URL_EXPIRY_S, FORMATS, MAX_URL_EXPIRY_S, ExportSpec
 from resources.export_storage import ExportStorage, LocalExportStorage, S3ExportStorage
-from resources.lake import LakeResource
+from resources.export_storage.retry import S3Unavailable
+from resources.lake import LakeResource, UnsupportedS3Setting
 
 
 def _lake() -> LakeResource:
@@ -185,7 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return args.handler(args)
-    except (ValueError, FileNotFoundError, FileExistsError) as exc:
+    # What a person fixes or retries: one line, no traceback (a full disk is an OSError too).
+    except (ValueError, OSError, S3Unavailable, UnsupportedS3Setting) as exc:
         print(f"lakerelay-export {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -6,9 +6,10 @@ threads:
     read (DataFusion) -> cut into parts + encode -> compress -> upload (this thread, sha256 as it goes)
 
 so reading, encoding, compressing and uploading overlap while memory stays bounded by the queues and
-one multipart chunk, whatever the table size. The manifest is created only after every part is
-complete (create-only), so an export is either whole or invisible; ``manifest.verify_export`` re-reads
-it all.
+one multipart chunk, whatever the table size. Parts are stored under no visible name (a hidden temp
+file, an open multipart upload) and get their names only once every part is stored, just before the
+manifest is created (create-only): an export is either whole or invisible, and a failed one leaves
+nothing under a part name. ``manifest.verify_export`` re-reads it all.
 """
 
 import datetime as dt
@@ -19,12 +20,14 @@ from typing import Any
 from deltalake import DeltaTable
 
 from pipelines.export.cursor import Cursor, decode_cursor
+from pipelines.export.late_rows import check_append_only_since, commit_reader
 from pipelines.export.manifest import build_manifest, export_prefix, manifest_key, put_manifest
 from pipelines.export.parts import compress, cut_and_encode, store_parts
-from pipelines.export.read import check_append_only_since, plan_read, read_batches
+from pipelines.export.read import plan_read, read_batches
 from pipelines.export.spec import ExportSpec
 from pipelines.export.stages import staged
 from resources.export_storage import ExportStorage
+from resources.filesystem import FileSystemSettings
 from resources.lake import LakeResource
 
 __all__ = ["ExportResult", "export_table"]
@@ -99,6 +102,7 @@ def export_table(
 
     delta = open_table()
     version = delta.version()  # every query below reads this one snapshot
+    filesystem = lake.filesystem_settings() if lake is not None else FileSystemSettings()
     cursor = None
     if since:
         if not spec.order_by:
@@ -109,7 +113,9 @@ def export_table(
                 f"cursor is at Delta version {cursor.delta_version}, the table only at {version}"
             )
         if cursor.last_key is not None:
-            check_append_only_since(delta, open_table, spec.order_by, cursor.delta_version, cursor.last_key)
+            check_append_only_since(
+                delta, commit_reader(delta, filesystem), spec.order_by, cursor.delta_version, cursor.last_key
+            )
     since_key = cursor.last_key if cursor else None
     plan = plan_read(delta, spec, since_key)
 
@@ -121,24 +127,30 @@ def export_table(
             plan,
             spec.batch_rows,
             keep_views=spec.format != "parquet",
-            filesystem=lake.filesystem_settings() if lake is not None else None,
+            filesystem=filesystem,
         ),
         cut_and_encode(spec, plan.schema),
         compress(spec),
         maxsize=QUEUE_SIZE,
     )
     try:
-        parts = store_parts(pieces, storage, prefix, spec)
+        stored = store_parts(pieces, storage, prefix, spec)
     finally:
         pieces.close()  # stops and joins the stage threads, also on error
 
-    last_key = parts[-1]["last_key"] if parts else since_key
-    next_cursor = Cursor(dataset, spec.order_by, version, last_key).encode() if spec.order_by else None
-    manifest = build_manifest(
-        spec, export_id, table_uri, version, plan.schema, parts, since, next_cursor, created_at
-    )
+    parts = stored.parts
     key = manifest_key(dataset, export_id)
-    put_manifest(storage, key, manifest)
+    try:
+        last_key = parts[-1]["last_key"] if parts else since_key
+        next_cursor = Cursor(dataset, spec.order_by, version, last_key).encode() if spec.order_by else None
+        manifest = build_manifest(
+            spec, export_id, table_uri, version, plan.schema, parts, since, next_cursor, created_at
+        )
+        stored.publish()  # the parts get their names only now, just before the manifest
+        put_manifest(storage, key, manifest)
+    except BaseException:
+        stored.discard()  # a failed export leaves nothing under a part name
+        raise
     return ExportResult(
         manifest=manifest,
         manifest_key=key,

@@ -5,6 +5,7 @@ upload on the caller's thread, which hashes every stored byte (sha256) as it goe
 """
 
 import hashlib
+import logging
 import os
 import zlib
 from collections import deque
@@ -19,6 +20,8 @@ from pipelines.export.compress import block_codec
 from pipelines.export.encode import content_type, encoder_factory
 from pipelines.export.spec import ExportSpec
 from resources.export_storage import ExportStorage, PartWriter
+
+log = logging.getLogger(__name__)
 
 PROBE_ROWS = 64
 COMPRESS_WORKERS = max(1, min(4, os.cpu_count() or 1))
@@ -160,7 +163,8 @@ class _PartUpload:
             self._writer.write(piece.data)
 
     def finish(self) -> dict[str, Any]:
-        self._writer.close()
+        """Store the part's last bytes (still invisible) and describe it for the manifest."""
+        self._writer.finish()
         return {
             "key": self.key,
             "rows": self.rows,
@@ -171,14 +175,55 @@ class _PartUpload:
             "last_key": self.last_key,
         }
 
+    def publish(self) -> None:
+        self._writer.publish()
+
     def abort(self) -> None:
         self._writer.abort()
 
 
+class StoredParts:
+    """Every part of an export, stored but not yet visible under its name: ``publish`` them all
+    just before the manifest, or ``discard`` them when the export fails."""
+
+    def __init__(self, storage: ExportStorage, uploads: list[_PartUpload], parts: list[dict[str, Any]]):
+        self.parts = parts
+        self._storage = storage
+        self._unpublished = list(uploads)
+        self._published: list[str] = []
+
+    def publish(self) -> None:
+        while self._unpublished:
+            self._unpublished[0].publish()
+            self._published.append(self._unpublished.pop(0).key)
+
+    def discard(self) -> None:
+        """Leave nothing under a part name: abort the unpublished, delete the published (best effort:
+        it must not hide the error that failed the export; a later export or the retention sweeps)."""
+        _abort_all(self._unpublished)
+        self._unpublished = []
+        if self._published:
+            try:
+                self._storage.delete(self._published)
+            except Exception as exc:
+                log.warning("could not delete the parts of a failed export %s: %s", self._published, exc)
+            self._published = []
+
+
+def _abort_all(uploads: list[_PartUpload]) -> None:
+    for upload in uploads:
+        try:
+            upload.abort()
+        except Exception as exc:  # keep aborting the others; never hide the export's own error
+            log.warning("could not discard part %s of a failed export: %s", upload.key, exc)
+
+
 def store_parts(
     pieces: Iterator[Piece], storage: ExportStorage, prefix: str, spec: ExportSpec
-) -> list[dict[str, Any]]:
+) -> StoredParts:
+    """Store every part, none of them visible yet; on failure nothing is left under a part name."""
     parts: list[dict[str, Any]] = []
+    finished: list[_PartUpload] = []
     current: _PartUpload | None = None
     try:
         for piece in pieces:
@@ -189,9 +234,10 @@ def store_parts(
             current.add(piece)
             if piece.last:
                 parts.append(current.finish())
+                finished.append(current)
                 current = None
     except BaseException:
-        if current is not None:
-            current.abort()  # no half-written part (nor a pending multipart upload) survives
+        # No half-written part, nor a finished one (a temp file, a pending multipart upload), survives.
+        _abort_all([*finished, *([current] if current is not None else [])])
         raise
-    return parts
+    return StoredParts(storage, finished, parts)

@@ -11,7 +11,7 @@ sorted query whose memory grows with the table; prefer an integer key.
 """
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -138,39 +138,6 @@ def plan_read(table: DeltaTable, spec: ExportSpec, since_key: int | str | None =
         bounds = [*filters, f"{key} >= {lo}", f"{key} <= {hi}"]
         queries.append(select + " WHERE " + " AND ".join(bounds) + order)
     return ReadPlan(queries, schema)
-
-
-def check_append_only_since(
-    table: DeltaTable,
-    open_version: Callable[[int], DeltaTable],
-    key: str,
-    cursor_version: int,
-    since_key: int | str,
-) -> None:
-    """Refuse an incremental export that would miss rows: files added after the cursor with keys <= it.
-
-    ``open_version(v)`` opens the same table at version ``v`` (with the same storage settings).
-    """
-    if not isinstance(since_key, int):
-        return  # string statistics may be truncated: no reliable check
-    try:
-        old = open_version(cursor_version)
-        old_paths = set(pa.table(old.get_add_actions()).column("path").to_pylist())
-    except Exception as exc:  # the log of that version may have been cleaned up
-        raise ValueError(
-            f"the cursor's Delta version {cursor_version} can no longer be read ({exc}); run a full export"
-        ) from exc
-    actions = pa.table(table.get_add_actions(flatten=True))
-    if f"min.{key}" not in actions.column_names:
-        return
-    for row in actions.select(["path", f"min.{key}"]).to_pylist():
-        low = row[f"min.{key}"]
-        if row["path"] not in old_paths and low is not None and low <= since_key:
-            raise ValueError(
-                f"rows with {key} <= {since_key} (e.g. {low}) were written after the cursor's version "
-                f"{cursor_version} (file {row['path']}); an incremental export would miss them. Keys must only "
-                "grow: run a full export instead"
-            )
 
 
 def _views_kept(schema: pa.Schema, read: pa.Schema) -> pa.Schema:

@@ -15,7 +15,12 @@ def check_key(key: str) -> str:
 
 
 class PartWriter(ABC):
-    """A streamed upload of one object; nothing is visible under the key until ``close()`` succeeds."""
+    """A streamed upload of one object; nothing is visible under the key until it is published.
+
+    Two ways to end it: ``close()`` (finish and publish at once), or ``finish()`` for every part of
+    an export and then ``publish()`` for each, so that an export failing half-way leaves nothing
+    under a final part name: finished parts are still invisible and ``abort()`` discards them.
+    """
 
     @abstractmethod
     def write(self, data: bytes) -> None:
@@ -27,7 +32,19 @@ class PartWriter(ABC):
 
     @abstractmethod
     def abort(self) -> None:
-        """Discard whatever was written; safe to call more than once and after a failed close."""
+        """Discard whatever was written and not published; safe to call more than once and after a
+        failed close."""
+
+    def finish(self) -> None:
+        """Store every byte written, still invisible under the key until ``publish()``.
+
+        This default publishes at once (a writer that cannot defer); the storages' writers defer.
+        """
+        self.close()
+
+    def publish(self) -> None:
+        """Make a finished object visible under its key (nothing to do after the default ``finish``)."""
+        return None
 
     def __enter__(self) -> "PartWriter":
         return self

@@ -17,14 +17,15 @@ class _LocalPartWriter(PartWriter):
         # A hidden temp name in the same folder: list_keys never shows it and os.replace is atomic.
         self._tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._file: BinaryIO | None = open(self._tmp, "wb")  # noqa: SIM115 (closed in close/abort)
+        self._file: BinaryIO | None = open(self._tmp, "wb")  # noqa: SIM115 (closed in finish/abort)
+        self._finished = False
 
     def write(self, data: bytes) -> None:
         if self._file is None:
             raise ValueError(f"write to a closed part {self._path}")
         self._file.write(data)
 
-    def close(self) -> None:
+    def finish(self) -> None:
         if self._file is None:
             raise ValueError(f"part {self._path} is already closed")
         try:
@@ -33,15 +34,31 @@ class _LocalPartWriter(PartWriter):
             os.fsync(self._file.fileno())
             self._file.close()
             self._file = None
-            os.replace(self._tmp, self._path)
+            self._finished = True
+        except BaseException:
+            self.abort()
+            raise
+
+    def publish(self) -> None:
+        if not self._finished:
+            raise ValueError(f"part {self._path} is not finished (or already published)")
+        os.replace(self._tmp, self._path)
+        self._finished = False
+
+    def close(self) -> None:
+        self.finish()
+        try:
+            self.publish()
         except BaseException:
             self.abort()
             raise
 
     def abort(self) -> None:
         if self._file is not None:
-            self._file.close()
+            with contextlib.suppress(OSError):  # a full disk may fail the flush of close()
+                self._file.close()
             self._file = None
+        self._finished = False
         self._tmp.unlink(missing_ok=True)
 
 

@@ -48,18 +48,9 @@ class LeaseLog:
 
     def _s3(self) -> Any:
         if self._client is None:
-            # The same client as LakeResource.s3_client(), built from the picklable settings: pyarrow's
-            # S3 filesystem has no conditional PUT, boto3 does.
-            s = self.settings
-            import boto3  # here: tasks on a local lake never pay for its import
-
-            self._client = boto3.client(
-                "s3",
-                endpoint_url=s.endpoint_url,
-                region_name=s.region,
-                aws_access_key_id=s.access_key,
-                aws_secret_access_key=s.secret_key,
-            )
+            # The lake's own client (FileSystemSettings.s3_client: the session token of temporary
+            # credentials and the retries included): pyarrow's S3 filesystem has no conditional PUT.
+            self._client = self.settings.s3_client()
         return self._client
 
     def _key(self, seq: int) -> str:
