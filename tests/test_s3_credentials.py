@@ -11,7 +11,7 @@ import pyarrow.fs as pafs
 import pytest
 import requests
 from botocore.exceptions import ClientError
-from deltalake import write_deltalake
+from deltalake import QueryBuilder, write_deltalake
 
 from pipelines import deployment
 from pipelines.export.exporter import export_table
@@ -80,7 +80,9 @@ def test_every_s3_path_signs_with_the_session_token(
             mode="append",
             storage_options=lake.storage_options(table_uri),
         )
-    assert lake.table("t").to_pyarrow_table().num_rows == 6
+    # delta-rs's own reader (DataFusion), which signs the data files' GETs itself.
+    counted = QueryBuilder().register("t", lake.table("t")).execute("select count(*) as n from t").read_all()
+    assert pa.table(counted)["n"].to_pylist() == [6]
 
     # The lease log (boto3, conditional PUTs), also as Spark tasks unpickle it.
     lease = LeaseLog(lake.state_uri("leases", "t"), lake.filesystem_settings())
