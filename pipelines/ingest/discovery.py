@@ -154,7 +154,10 @@ def _list_local(root: str, start_after: str | None, keep: ListingFilter) -> list
                 continue
             if cursor and relative <= cursor:
                 continue
-            stat = entry.stat()
+            try:
+                stat = entry.stat()
+            except FileNotFoundError:
+                continue  # deleted between the directory read and the stat
             if keep.keeps(relative, stat.st_mtime_ns):
                 found.append(LandingFile(entry.path, stat.st_size, stat.st_mtime_ns))
 

@@ -7,6 +7,7 @@ A file is new when the ledger has no entry for its path; one whose size or mtime
 from pipelines.ingest.context import IngestContext
 from pipelines.ingest.discovery import LandingFile, list_feed
 from pipelines.ingest.ledger import FileLedger
+from pipelines.ingest.transport import with_retries
 
 
 def discover_new_files(
@@ -20,7 +21,11 @@ def discover_new_files(
         due = now - cursor.get("last_full_listing_at", 0) >= feed.backfill_interval_s()
         full = feed.listing == "full" or not cursor.get("start_after") or due
     ctx.report.full_listing = full
-    listed = list_feed(ctx.lake, feed, start_after=None if full else cursor.get("start_after"))
+    listed = with_retries(
+        lambda: list_feed(ctx.lake, feed, start_after=None if full else cursor.get("start_after")),
+        f"listing the landing zone of feed {feed.name}",
+        feed.read_deadline_s(),
+    )
     ctx.report.listed_files = len(listed)
     return full, listed, _new_files(ctx, listed, ledger.lookup([f.path for f in listed]))
 

@@ -2,8 +2,10 @@
 
 Files are read and parsed in parallel (Arrow's readers release the GIL), then conformed to the
 feed's schema in file order, so a new column seen in one file has one type for the whole batch.
-A file that fails anywhere on the way (unreadable, or a conforming error nobody foresaw) is
+A file whose bytes fail anywhere on the way (unreadable, or a conforming error nobody foresaw) is
 quarantined with the reason, and the rest of the batch lands: one poison file never blocks a feed.
+A file that cannot be fetched (network, storage) is not quarantined: the read is retried up to the
+feed's ``read_deadline`` and then the run fails with the batch still planned (``transport``).
 """
 
 from concurrent.futures import ThreadPoolExecutor
@@ -27,6 +29,7 @@ from pipelines.ingest.schema import (
     infer_schema,
     normalise_type,
 )
+from pipelines.ingest.transport import with_retries
 
 METADATA_SCHEMA = pa.schema(
     [
@@ -171,18 +174,27 @@ def _read_one(
     optional: list[str],
 ) -> ParsedFile | Quarantined:
     try:
-        # compression=None: decompression is ours, so that broken data is reported, not raised.
-        with fs.open_input_stream(landing_file.path, compression=None) as stream:
-            raw = stream.read()
+        # A transport fault (network cut, S3 5xx, local I/O error) is retried up to the feed's
+        # read_deadline and then fails the run (LandingUnreachable): it says nothing about the bytes.
+        raw = with_retries(
+            lambda: _fetch(fs, landing_file.path), f"reading {landing_file.path}", feed.read_deadline_s()
+        )
+    except FileNotFoundError as exc:
+        return Quarantined(landing_file.path, f"file vanished before it was read: {exc}")
+    try:
         return parse(feed, landing_file.path, raw, target, optional)
     except UnreadableFile as exc:
         return Quarantined(landing_file.path, str(exc))
-    except FileNotFoundError as exc:
-        return Quarantined(landing_file.path, f"file vanished before it was read: {exc}")
     except MemoryError:
         raise
-    except Exception as exc:  # a parser error nobody foresaw: this file, not the feed
+    except Exception as exc:  # a parser error nobody foresaw: this file's bytes, not the feed
         return Quarantined(landing_file.path, f"{type(exc).__name__}: {exc}")
+
+
+def _fetch(fs: pafs.FileSystem, path: str) -> bytes:
+    # compression=None: decompression is ours, so that broken data is reported, not raised.
+    with fs.open_input_stream(path, compression=None) as stream:
+        return stream.read()
 
 
 def _with_metadata(

@@ -41,37 +41,14 @@ def ingest_feed(
     Batch limits default to the feed's own; ``full_listing`` forces (True) or forbids (False) a full
     listing instead of the incremental one, else the feed's ``listing``/``backfill_interval`` decide.
     """
-    options = lake.storage_options()
-    landing_fs = lake.resolve(feed.landing_uri(lake.landing_uri))[0]
-    ctx = IngestContext(
-        feed,
-        lake,
-        options,
-        lake.table_uri(feed.table_name),
-        landing_fs,
-        IngestReport(),
-        log or logging.getLogger(__name__),
-    )
+    ctx = _context(feed, lake, log)
     ledger = FileLedger.for_feed(feed, lake)
-
-    # Read the last planned number before looking anything up, so that a concurrent run that plans
-    # in between makes our plan of the same number fail instead of planning its files twice.
-    last_planned = ledger.last_batch()
-    done = transaction_version(ctx.table_uri, options, feed.app_id)
-    for batch_id in range(done + 1, last_planned + 1):
-        ctx.log.warning(
-            "replaying batch %s of feed %s, planned by an earlier run that did not commit",
-            batch_id,
-            feed.name,
-        )
-        _commit_batch(ctx, ledger.files_of_batch(batch_id), batch_id)
-        ctx.report.replayed_batches += 1
+    next_batch = _replay_unfinished(ctx, ledger)
 
     cursor = read_listing_cursor(lake, feed)
     now = time.time()
     full, listed, new_files = discover_new_files(ctx, ledger, cursor, full_listing, now)
 
-    next_batch = max(last_planned, done)
     planned_up_to = cursor.get("start_after") or ""
     drained = False
     for chunk in plan_batches(
@@ -83,14 +60,8 @@ def ingest_feed(
             ctx.log.info("stopping after %d batches; the rest waits for the next run", max_batches)
             break
         next_batch += 1
-        if not ledger.plan(next_batch, chunk):
-            ctx.log.warning(
-                "another run planned batch %s of feed %s first; stopping, its files are in its hands",
-                next_batch,
-                feed.name,
-            )
+        if not _plan_and_commit(ctx, ledger, chunk, next_batch):
             break
-        _commit_batch(ctx, chunk, next_batch)
         planned_up_to = max(planned_up_to, chunk[-1].path)
     else:
         # Everything listed is planned (or known): the cursor may pass all of it.
@@ -103,7 +74,74 @@ def ingest_feed(
         "last_full_listing_at": now if full and drained else cursor.get("last_full_listing_at", 0),
     }
     move_listing_cursor(lake, feed, state, cursor)
+    return _finish(ctx)
 
+
+def ingest_files(
+    feed: FeedSpec,
+    lake: LakeResource,
+    files: list[LandingFile],
+    log: logging.Logger | logging.LoggerAdapter | None = None,
+) -> IngestReport:
+    """Ingest exactly ``files`` as one new batch (after replaying any unfinished one), whatever the
+    ledger says of them: the re-admission of files quarantined wrongly (``readmit``). The listing
+    cursor does not move."""
+    ctx = _context(feed, lake, log)
+    ledger = FileLedger.for_feed(feed, lake)
+    next_batch = _replay_unfinished(ctx, ledger)
+    if files:
+        _plan_and_commit(ctx, ledger, sorted(files), next_batch + 1)
+    return _finish(ctx)
+
+
+def _context(
+    feed: FeedSpec, lake: LakeResource, log: logging.Logger | logging.LoggerAdapter | None
+) -> IngestContext:
+    options = lake.storage_options()
+    return IngestContext(
+        feed,
+        lake,
+        options,
+        lake.table_uri(feed.table_name),
+        lake.resolve(feed.landing_uri(lake.landing_uri))[0],
+        IngestReport(),
+        log or logging.getLogger(__name__),
+    )
+
+
+def _replay_unfinished(ctx: IngestContext, ledger: FileLedger) -> int:
+    """Commit the batches an earlier run planned but did not commit; the last batch number in use."""
+    # Read the last planned number before looking anything up, so that a concurrent run that plans
+    # in between makes our plan of the same number fail instead of planning its files twice.
+    last_planned = ledger.last_batch()
+    done = transaction_version(ctx.table_uri, ctx.options, ctx.feed.app_id)
+    for batch_id in range(done + 1, last_planned + 1):
+        ctx.log.warning(
+            "replaying batch %s of feed %s, planned by an earlier run that did not commit",
+            batch_id,
+            ctx.feed.name,
+        )
+        _commit_batch(ctx, ledger.files_of_batch(batch_id), batch_id)
+        ctx.report.replayed_batches += 1
+    return max(last_planned, done)
+
+
+def _plan_and_commit(ctx: IngestContext, ledger: FileLedger, files: list[LandingFile], batch_id: int) -> bool:
+    """Plan ``files`` as ``batch_id`` in the ledger, then commit them; False when another run planned
+    that number first."""
+    if not ledger.plan(batch_id, files):
+        ctx.log.warning(
+            "another run planned batch %s of feed %s first; stopping, its files are in its hands",
+            batch_id,
+            ctx.feed.name,
+        )
+        return False
+    _commit_batch(ctx, files, batch_id)
+    return True
+
+
+def _finish(ctx: IngestContext) -> IngestReport:
+    """The report with the table's version, schema and row count after the run."""
     try:
         table = ctx.lake.table(ctx.table_uri)
     except TableNotFoundError:
