@@ -79,8 +79,9 @@ class FeedSpec:
     allow_overwrites: bool = False
     # Reads of the landing zone that fail in transport are retried this long, then the run fails.
     read_deadline: str = "2 minutes"
-    # A local (non-atomic) landing file is taken once its mtime is this old: still being written else.
-    settle_time: str = "5s"
+    # A folder's file is taken once its mtime is this old (it may still be being written before).
+    # Off by default: a non-zero value delays every file, and writers that rename into place need none.
+    settle_time: str = "0s"
     # Each run also lists the names before the cursor, so late-named files land without a backfill.
     find_late_names: bool = True
     max_quarantine_rate: float = 0.0

@@ -3,31 +3,29 @@
 Incremental listing costs what the *new* files cost: on S3 ``list_objects_v2(StartAfter=cursor)``
 returns only later keys; locally, directories that sort wholly before the cursor are not entered and
 only files after it are stat'ed. Names that arrive out of lexical order are found by the periodic
-full listing (``backfill_interval``).
+full listing (``backfill_interval``) — or, with the feed's ``find_late_names`` (the default), on every
+run: the whole zone is listed, and the (path, size, mtime) of the files before the cursor are compared
+by ``digest`` with what the last run accounted for; only when they differ are those files looked up
+in the ledger. The listing is O(files in the zone); the ledger lookups stay O(new files).
 
 The ingest's listing cursor (``start_after``: the greatest path planned; ``last_full_listing_at``)
 lives here too, and ``files_waiting`` is what the landing sensor asks: the files after it that the
 next ingest would take, through the same filter.
 """
 
+import bisect
 import fnmatch
+import hashlib
 import os
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import pyarrow.fs as pafs
 
 from pipelines.feeds import FeedSpec
+from pipelines.ingest.landing_file import LandingFile
 from resources.lake import LakeResource
-
-
-@dataclass(frozen=True, order=True)
-class LandingFile:
-    """A file in the landing zone; (path, size, mtime) is its identity for exactly-once ingestion."""
-
-    path: str
-    size: int
-    mtime_ns: int
 
 
 @dataclass(frozen=True)
@@ -50,11 +48,13 @@ class ListingFilter:
 class FilesWaiting:
     """A feed's files the next ingest run would take, and whether a full listing is due."""
 
-    files: list[LandingFile]  # after the listing cursor, through the feed's filter, sorted by path
+    files: list[LandingFile]  # new (after the listing cursor) and late ones, settled, sorted by path
     start_after: str  # the ingest's listing cursor ("" before its first run)
     root: str  # where they were listed
     full_listing_due: bool  # backfill_interval has passed since the ingest's last full listing
     backfill_interval_s: float
+    late: int = 0  # of ``files``, names sorting before the cursor that the ingest has not taken
+    unsettled: int = 0  # files left out because they may still be being written (settle_time)
 
     @property
     def count(self) -> int:
@@ -66,23 +66,67 @@ class FilesWaiting:
 
 
 def files_waiting(lake: LakeResource, feed: FeedSpec, now: float | None = None) -> FilesWaiting:
-    """What waits in ``feed``'s landing zone: an incremental listing after the ingest's cursor, so it
-    costs the files not yet ingested (new arrivals, plus any backlog a run left for later)."""
+    """What waits in ``feed``'s landing zone, through the ingest's own filter: the files after its
+    cursor and, with ``find_late_names``, the names before it that the ledger does not know (looked up
+    only when the listing before the cursor differs from what the last run accounted for). Files that
+    may still be being written are left out until they settle, so the sensor asks again then."""
+    from pipelines.ingest.ledger import FileLedger  # the ledger builds on this module
+
     cursor = read_listing_cursor(lake, feed)
     start_after = cursor.get("start_after") or ""
     fs, root = lake.resolve(feed.landing_uri(lake.landing_uri))
     last_full = cursor.get("last_full_listing_at")
     now = time.time() if now is None else now
+    late_names = feed.find_late_names and bool(start_after)
+    listed = list_landing_files(
+        fs, root, start_after=None if late_names else start_after or None, keep=feed_filter(feed), lake=lake
+    )
+    before, after = split_at_cursor(listed, start_after)
+    late: list[LandingFile] = []
+    if late_names and before and digest(before) != cursor.get("known_digest"):
+        known = FileLedger.for_feed(feed, lake).lookup([f.path for f in before])
+        late = [f for f in before if f.path not in known]
+    candidates = sorted([*late, *after])
+    settle_s = settle_time_s(fs, feed)
+    waiting = [f for f in candidates if is_settled(f, now, settle_s)]
     return FilesWaiting(
-        files=list_landing_files(
-            fs, root, start_after=start_after or None, keep=feed_filter(feed), lake=lake
-        ),
+        files=waiting,
         start_after=start_after,
         root=root,
-        # Before the first run there is no cursor: that run lists everything anyway.
-        full_listing_due=last_full is not None and now - last_full >= feed.backfill_interval_s(),
+        # Before the first run there is no cursor: that run lists everything anyway. With
+        # find_late_names every run sees late names, so no backfill is needed for them.
+        full_listing_due=not feed.find_late_names
+        and last_full is not None
+        and now - last_full >= feed.backfill_interval_s(),
         backfill_interval_s=feed.backfill_interval_s(),
+        late=sum(1 for f in late if f in waiting),
+        unsettled=len(candidates) - len(waiting),
     )
+
+
+def split_at_cursor(
+    listed: list[LandingFile], start_after: str
+) -> tuple[list[LandingFile], list[LandingFile]]:
+    """(files at or before the cursor, files after it) of a listing sorted by path."""
+    cut = bisect.bisect_right([f.path for f in listed], start_after) if start_after else 0
+    return listed[:cut], listed[cut:]
+
+
+def digest(files: Iterable[LandingFile]) -> str:
+    """A fingerprint of (path, size, mtime) of ``files``: equal digests before the cursor mean no name
+    arrived late and no file changed there since the last run accounted for them all."""
+    text = "\n".join(f"{f.path}\t{f.size}\t{f.mtime_ns}" for f in files)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def settle_time_s(fs: pafs.FileSystem, feed: FeedSpec) -> float:
+    """How old a file's mtime must be before it is taken: S3 objects appear whole (an upload is
+    atomic), folders and other file systems show a file while it is being written."""
+    return 0.0 if isinstance(fs, pafs.S3FileSystem) else feed.settle_time_s()
+
+
+def is_settled(landing_file: LandingFile, now: float, settle_s: float) -> bool:
+    return settle_s <= 0 or now - landing_file.mtime_ns / 1e9 >= settle_s
 
 
 def read_listing_cursor(lake: LakeResource, feed: FeedSpec) -> dict:

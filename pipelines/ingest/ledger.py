@@ -19,7 +19,7 @@ from deltalake.exceptions import TableNotFoundError
 
 from pipelines.delta_once import append_once, transaction_version
 from pipelines.feeds import FeedSpec
-from pipelines.ingest.discovery import LandingFile
+from pipelines.ingest.landing_file import LandingFile
 from resources.lake import LakeResource
 
 # Planned batches between two automatic compactions of the ledger.

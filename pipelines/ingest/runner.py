@@ -9,6 +9,7 @@ the next run: a planned batch that is not in the table is replayed with the same
 
 import logging
 import time
+from collections.abc import Callable
 
 import pyarrow as pa
 from deltalake.exceptions import TableNotFoundError
@@ -16,7 +17,13 @@ from deltalake.exceptions import TableNotFoundError
 from pipelines.delta_once import append_once, transaction_version
 from pipelines.feeds import FeedSpec
 from pipelines.ingest.context import IngestContext, IngestReport
-from pipelines.ingest.discovery import LandingFile, move_listing_cursor, read_listing_cursor
+from pipelines.ingest.discovery import (
+    LandingFile,
+    digest,
+    move_listing_cursor,
+    read_listing_cursor,
+    split_at_cursor,
+)
 from pipelines.ingest.ledger import FileLedger
 from pipelines.ingest.planning import discover_new_files, plan_batches
 from pipelines.ingest.quarantine import record_quarantine
@@ -35,24 +42,27 @@ def ingest_feed(
     max_batches: int = 100,
     full_listing: bool | None = None,
     log: logging.Logger | logging.LoggerAdapter | None = None,
+    clock: Callable[[], float] = time.time,
 ) -> IngestReport:
     """Drain the feed's backlog in at most ``max_batches`` commits, exactly once.
 
     Batch limits default to the feed's own; ``full_listing`` forces (True) or forbids (False) a full
-    listing instead of the incremental one, else the feed's ``listing``/``backfill_interval`` decide.
+    listing instead of the incremental one (False also skips the late-name check), else the feed's
+    ``listing``/``find_late_names``/``backfill_interval`` decide. ``clock`` (epoch seconds) says which
+    files have settled.
     """
     ctx = _context(feed, lake, log)
     ledger = FileLedger.for_feed(feed, lake)
     next_batch = _replay_unfinished(ctx, ledger)
 
     cursor = read_listing_cursor(lake, feed)
-    now = time.time()
-    full, listed, new_files = discover_new_files(ctx, ledger, cursor, full_listing, now)
+    now = clock()
+    found = discover_new_files(ctx, ledger, cursor, full_listing, now)
 
-    planned_up_to = cursor.get("start_after") or ""
+    planned: list[LandingFile] = []
     drained = False
     for chunk in plan_batches(
-        new_files,
+        found.new_files,
         max_files_per_batch or feed.max_files_per_batch,
         feed.max_bytes_per_batch if max_bytes_per_batch is None else max_bytes_per_batch,
     ):
@@ -62,17 +72,30 @@ def ingest_feed(
         next_batch += 1
         if not _plan_and_commit(ctx, ledger, chunk, next_batch):
             break
-        planned_up_to = max(planned_up_to, chunk[-1].path)
+        planned.extend(chunk)
     else:
-        # Everything listed is planned (or known): the cursor may pass all of it.
-        planned_up_to = max([planned_up_to, *(f.path for f in listed)])
         drained = True
+    # The cursor passes what is planned — everything listed when all of it is planned or known — but
+    # never a file still settling: an incremental listing would not see it again.
+    limit = min((f.path for f in found.pending), default=None)
+    passed = found.listed if drained else planned
+    planned_up_to = max(
+        [cursor.get("start_after") or "", *(f.path for f in passed if limit is None or f.path < limit)]
+    )
     state = {
         "start_after": planned_up_to,
         # A full listing whose finds are not all planned yet (max_batches) does not count as done:
         # out-of-order names among the rest would otherwise wait for the next backfill.
-        "last_full_listing_at": now if full and drained else cursor.get("last_full_listing_at", 0),
+        "last_full_listing_at": now if found.full and drained else cursor.get("last_full_listing_at", 0),
     }
+    if found.full or (feed.find_late_names and full_listing is not False):
+        # What this run accounted for before the new cursor: the next run looks up the files there
+        # only when their listing differs (a late name, a change, a file not taken yet).
+        not_taken = {f.path for f in (*found.new_files, *found.pending, *found.held_back)} - {
+            f.path for f in planned
+        }
+        before = split_at_cursor(found.listed, planned_up_to)[0]
+        state["known_digest"] = digest(f for f in before if f.path not in not_taken)
     move_listing_cursor(lake, feed, state, cursor)
     return _finish(ctx)
 
