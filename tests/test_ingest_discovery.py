@@ -9,6 +9,7 @@ from pathlib import Path
 import dagster as dg
 import orjson
 import pyarrow.compute as pc
+import pytest
 
 from pipelines.feeds import FeedSpec
 from pipelines.ingest.asset import build_ingest_asset
@@ -16,7 +17,7 @@ from pipelines.ingest.context import UNCHANGED_CHECK
 from pipelines.ingest.discovery import files_waiting
 from pipelines.ingest.runner import ingest_feed
 
-from helpers import delta_table, local_lake
+from helpers import delta_table, local_lake, s3_lake
 
 
 def _records(first: int, count: int) -> bytes:
@@ -106,3 +107,26 @@ def test_a_file_that_changes_after_ingestion_fails_the_check_with_its_path_on_ev
         assert check(result).metadata["changed_files"].value == [str(changed)]
         assert result.asset_materializations_for_node("f")[0].metadata["listing_full"].value is False
     assert delta_table(lake, "f").num_rows == 503
+
+
+@pytest.mark.integration
+def test_a_late_key_on_s3_lands_in_the_next_run_and_the_sensor_sees_it(s3_settings) -> None:
+    lake = s3_lake(s3_settings)
+    client = s3_settings.client()
+    feed = FeedSpec(name="f", source="f")
+
+    def put(name: str, first: int) -> None:
+        client.put_object(Bucket=s3_settings.bucket, Key=f"landing/f/{name}", Body=_records(first, 10))
+
+    put("m.json", 0)
+    ingest_feed(feed, lake)
+    put("a.json", 10)  # sorts before the cursor (m.json)
+    put("z.json", 20)
+
+    waiting = files_waiting(lake, feed)
+    report = ingest_feed(feed, lake)
+
+    assert (waiting.count, waiting.late) == (2, 1)
+    assert report.full_listing is False and report.late_files == [f"{s3_settings.bucket}/landing/f/a.json"]
+    assert sorted(delta_table(lake, "f")["id"].to_pylist()) == list(range(30))
+    assert files_waiting(lake, feed).count == 0

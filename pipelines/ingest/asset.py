@@ -3,7 +3,9 @@
 Its metadata: Dagster's own keys (``dagster/uri``, ``dagster/table_name``, ``dagster/column_schema``,
 ``dagster/row_count``: the table after the run), then the run's figures under a common prefix so that
 related keys sort together — ``ingest_*`` (what landed), ``listing_*``, ``overwritten_*``,
-``quarantine_*``, ``schema_*`` — with units in the names (``_bytes``, ``_s``).
+``quarantine_*``, ``schema_*`` — with units in the names (``_bytes``, ``_s``). Two checks: the
+quarantine rate, and ``landing_files_unchanged_after_ingestion``, which fails with the paths of landing
+files that changed after they were ingested.
 """
 
 import time
@@ -40,7 +42,11 @@ class IngestConfig(dg.Config):
         default=100, gt=0, description="Commits per run at most; the rest waits for the next run."
     )
     full_listing: bool | None = Field(
-        default=None, description="Force (true) or forbid (false) a full listing of the landing zone."
+        default=None,
+        description=(
+            "Force (true) or forbid (false) a full listing of the landing zone; false also skips the "
+            "feed's late-name check (only names after the cursor are listed)."
+        ),
     )
 
 
