@@ -4,9 +4,10 @@ Incremental listing costs what the *new* files cost: on S3 ``list_objects_v2(Sta
 returns only later keys; locally, directories that sort wholly before the cursor are not entered and
 only files after it are stat'ed. Names that arrive out of lexical order are found by the periodic
 full listing (``backfill_interval``) — or, with the feed's ``find_late_names`` (the default), on every
-run: the whole zone is listed, and the (path, size, mtime) of the files before the cursor are compared
-by ``digest`` with what the last run accounted for; only when they differ are those files looked up
-in the ledger. The listing is O(files in the zone); the ledger lookups stay O(new files).
+run: the whole zone is listed, and the (path, size, mtime) of the files before the cursor are compared,
+in 64 buckets of paths (``digests``), with what the last run accounted for; only the files of a bucket
+that differs are looked up in the ledger. The listing is O(files in the zone); the ledger lookups
+stay O(new files + a bucket per late or changed file).
 
 The ingest's listing cursor (``start_after``: the greatest path planned; ``last_full_listing_at``)
 lives here too, and ``files_waiting`` is what the landing sensor asks: the files after it that the
@@ -18,6 +19,7 @@ import fnmatch
 import hashlib
 import os
 import time
+import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -26,6 +28,9 @@ import pyarrow.fs as pafs
 from pipelines.feeds import FeedSpec
 from pipelines.ingest.landing_file import LandingFile
 from resources.lake import LakeResource
+
+# Buckets of the fingerprints of the files before the cursor (a few hundred bytes of state).
+DIGEST_BUCKETS = 64
 
 
 @dataclass(frozen=True)
@@ -83,9 +88,10 @@ def files_waiting(lake: LakeResource, feed: FeedSpec, now: float | None = None) 
     )
     before, after = split_at_cursor(listed, start_after)
     late: list[LandingFile] = []
-    if late_names and before and digest(before) != cursor.get("known_digest"):
-        known = FileLedger.for_feed(feed, lake).lookup([f.path for f in before])
-        late = [f for f in before if f.path not in known]
+    suspects = changed_since(before, cursor.get("known_digests")) if late_names else []
+    if suspects:
+        known = FileLedger.for_feed(feed, lake).lookup([f.path for f in suspects])
+        late = [f for f in suspects if f.path not in known]
     candidates = sorted([*late, *after])
     settle_s = settle_time_s(fs, feed)
     waiting = [f for f in candidates if is_settled(f, now, settle_s)]
@@ -112,11 +118,26 @@ def split_at_cursor(
     return listed[:cut], listed[cut:]
 
 
-def digest(files: Iterable[LandingFile]) -> str:
-    """A fingerprint of (path, size, mtime) of ``files``: equal digests before the cursor mean no name
-    arrived late and no file changed there since the last run accounted for them all."""
-    text = "\n".join(f"{f.path}\t{f.size}\t{f.mtime_ns}" for f in files)
-    return hashlib.sha256(text.encode()).hexdigest()
+def digests(files: Iterable[LandingFile]) -> list[str]:
+    """Fingerprints of (path, size, mtime) of ``files``, one per bucket of paths (by a hash of the
+    path): equal fingerprints mean no name arrived late and no file changed in that bucket since the
+    last run accounted for them all, so a late file costs the ledger lookups of its bucket only."""
+    buckets: list[list[str]] = [[] for _ in range(DIGEST_BUCKETS)]
+    for f in files:
+        path = f.path.encode()
+        buckets[zlib.crc32(path) % DIGEST_BUCKETS].append(f"{f.path}\t{f.size}\t{f.mtime_ns}")
+    return [hashlib.sha256("\n".join(b).encode()).hexdigest()[:16] for b in buckets]
+
+
+def changed_since(files: list[LandingFile], known: list[str] | None) -> list[LandingFile]:
+    """The ``files`` in buckets whose fingerprint differs from ``known`` (all without ``known``)."""
+    if not files:
+        return []
+    if not known or len(known) != DIGEST_BUCKETS:
+        return files
+    current = digests(files)
+    stale = {bucket for bucket in range(DIGEST_BUCKETS) if current[bucket] != known[bucket]}
+    return [f for f in files if zlib.crc32(f.path.encode()) % DIGEST_BUCKETS in stale] if stale else []
 
 
 def settle_time_s(fs: pafs.FileSystem, feed: FeedSpec) -> float:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pipelines.ingest.context import UNCHANGED_CHECK, IngestContext
 from pipelines.ingest.discovery import (
     LandingFile,
-    digest,
+    changed_since,
     is_settled,
     list_feed,
     settle_time_s,
@@ -56,7 +56,7 @@ def discover_new_files(
     candidates = listed
     if late_names:
         before, after = split_at_cursor(listed, start_after)
-        candidates = after if before and digest(before) == cursor.get("known_digest") else listed
+        candidates = sorted([*changed_since(before, cursor.get("known_digests")), *after])
     new_files = _new_files(ctx, candidates, ledger.lookup([f.path for f in candidates]))
     ctx.report.late_files = [f.path for f in new_files if f.path <= start_after] if start_after else []
     if ctx.report.late_files:

@@ -19,7 +19,7 @@ from pipelines.feeds import FeedSpec
 from pipelines.ingest.context import IngestContext, IngestReport
 from pipelines.ingest.discovery import (
     LandingFile,
-    digest,
+    digests,
     move_listing_cursor,
     read_listing_cursor,
     split_at_cursor,
@@ -95,7 +95,7 @@ def ingest_feed(
             f.path for f in planned
         }
         before = split_at_cursor(found.listed, planned_up_to)[0]
-        state["known_digest"] = digest(f for f in before if f.path not in not_taken)
+        state["known_digests"] = digests(f for f in before if f.path not in not_taken)
     move_listing_cursor(lake, feed, state, cursor)
     return _finish(ctx)
 
