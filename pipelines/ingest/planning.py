@@ -32,6 +32,15 @@ class Discovery:
 
 def discover_new_files(
     ctx: IngestContext, ledger: FileLedger, cursor: dict, full_listing: bool | None, now: float
+) -> tuple[bool, list[LandingFile], list[LandingFile]]:
+    """(full listing?, files listed, files to ingest now): ``discover`` in the shape callers outside
+    the runner (bench.ingest) use."""
+    found = discover(ctx, ledger, cursor, full_listing, now)
+    return found.full, found.listed, found.new_files
+
+
+def discover(
+    ctx: IngestContext, ledger: FileLedger, cursor: dict, full_listing: bool | None, now: float
 ) -> Discovery:
     """What to ingest: a listing after the cursor, of the whole zone when a full listing is forced,
     configured or due by ``backfill_interval``, or when ``find_late_names`` looks for late names (then

@@ -25,7 +25,7 @@ from pipelines.ingest.discovery import (
     split_at_cursor,
 )
 from pipelines.ingest.ledger import FileLedger
-from pipelines.ingest.planning import discover_new_files, plan_batches
+from pipelines.ingest.planning import discover, plan_batches
 from pipelines.ingest.quarantine import record_quarantine
 from pipelines.ingest.reader import METADATA_SCHEMA, ReadResult, data_schema, read_batch
 from pipelines.ingest.refusals import drop_files, unwritable_files
@@ -57,7 +57,7 @@ def ingest_feed(
 
     cursor = read_listing_cursor(lake, feed)
     now = clock()
-    found = discover_new_files(ctx, ledger, cursor, full_listing, now)
+    found = discover(ctx, ledger, cursor, full_listing, now)
 
     planned: list[LandingFile] = []
     drained = False
