@@ -190,7 +190,7 @@ def test_a_network_cut_during_get_object_is_ridden_out_and_nothing_is_quarantine
 def test_a_cut_longer_than_the_read_deadline_fails_the_run_and_the_next_run_lands_the_batch(
     s3_settings, proxy
 ) -> None:
-    _land_s3(s3_settings, "events", files=2, per_file=2000)
+    _land_s3(s3_settings, "events", files=12, per_file=500)  # more files than read threads
     lake = s3_lake(dataclasses.replace(s3_settings, endpoint_url=proxy.url))
     feed = FeedSpec(name="events", source="events", read_deadline="1s")
     proxy.arm(f"GET /{s3_settings.bucket}/landing/events/".encode(), cut_s=math.inf)
@@ -200,12 +200,12 @@ def test_a_cut_longer_than_the_read_deadline_fails_the_run_and_the_next_run_land
     proxy.heal()
     ledger = FileLedger.for_feed(feed, lake)
     assert ledger.last_batch() == 1  # the batch stays planned for the next run
-    assert len(ledger.files_of_batch(1)) == 2
+    assert len(ledger.files_of_batch(1)) == 12
 
     again = ingest_feed(feed, lake)
 
     assert (again.replayed_batches, again.batches, again.quarantined) == (1, [1], [])
-    assert delta_table(lake).num_rows == 4000
+    assert delta_table(lake).num_rows == 6000
     # Checked past the proxy: deltalake's is_deltatable holds the GIL while it waits on the network,
     # and the proxy's threads need it.
     direct = s3_lake(s3_settings)
@@ -234,6 +234,15 @@ def test_only_transport_faults_are_retried_and_the_deadline_is_kept() -> None:
 
     with pytest.raises(LandingUnreachable, match=r"^reading y failed for 10 s .*next run retries it"):
         with_retries(down, "reading y", 10, clock=lambda: now[0], sleep=sleep, backoff=fast)
+    # Once one read of a batch gave up, the others stop instead of each waiting out its deadline.
+    gave_up = threading.Event()
+    with pytest.raises(LandingUnreachable):
+        with_retries(down, "reading z", 10, clock=lambda: now[0], sleep=sleep, backoff=fast, gave_up=gave_up)
+    assert gave_up.is_set()
+    calls = []
+    with pytest.raises(LandingUnreachable, match="not attempted: another read of the batch gave up"):
+        with_retries(lambda: calls.append(1), "reading w", 10, gave_up=gave_up)
+    assert calls == []
     assert not is_transport_error(FileNotFoundError("gone"))
     assert not is_transport_error(PermissionError("denied"))
     assert not is_transport_error(OSError("AWS Error ACCESS_DENIED during GetObject operation"))

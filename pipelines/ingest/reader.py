@@ -8,6 +8,7 @@ A file that cannot be fetched (network, storage) is not quarantined: the read is
 feed's ``read_deadline`` and then the run fails with the batch still planned (``transport``).
 """
 
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -102,8 +103,11 @@ def read_batch(
     parse_fields = [*(target if target is not None else ()), *optional]
     parse_schema = pa.schema(parse_fields) if target is not None or parse_fields else None
     optional_names = [h.name for h in optional]
+    gave_up = threading.Event()  # one unreachable file ends the batch's reads: the run fails
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-        parsed = list(pool.map(lambda f: _read_one(fs, feed, f, parse_schema, optional_names), files))
+        parsed = list(
+            pool.map(lambda f: _read_one(fs, feed, f, parse_schema, optional_names, gave_up), files)
+        )
     readable = [(f, p) for f, p in zip(files, parsed, strict=True) if isinstance(p, ParsedFile)]
     result.quarantined = [p for p in parsed if isinstance(p, Quarantined)]
     if target is None:
@@ -172,12 +176,16 @@ def _read_one(
     landing_file: LandingFile,
     target: pa.Schema | None,
     optional: list[str],
+    gave_up: threading.Event | None = None,
 ) -> ParsedFile | Quarantined:
     try:
         # A transport fault (network cut, S3 5xx, local I/O error) is retried up to the feed's
         # read_deadline and then fails the run (LandingUnreachable): it says nothing about the bytes.
         raw = with_retries(
-            lambda: _fetch(fs, landing_file.path), f"reading {landing_file.path}", feed.read_deadline_s()
+            lambda: _fetch(fs, landing_file.path),
+            f"reading {landing_file.path}",
+            feed.read_deadline_s(),
+            gave_up=gave_up,
         )
     except FileNotFoundError as exc:
         return Quarantined(landing_file.path, f"file vanished before it was read: {exc}")

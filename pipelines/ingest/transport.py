@@ -7,6 +7,7 @@ never quarantined. The run fails instead, with its batch still planned in the le
 decompress or decode are quarantined (``reader``).
 """
 
+import threading
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -66,10 +67,17 @@ def with_retries(
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
     backoff: Backoff | None = None,
+    gave_up: threading.Event | None = None,
 ) -> T:
     """``action()``, attempted again after each transport error until ``deadline_s`` seconds have passed
-    since the first attempt; then ``LandingUnreachable`` naming ``what``. Other errors propagate at once."""
+    since the first attempt; then ``LandingUnreachable`` naming ``what``. Other errors propagate at once.
+
+    ``gave_up`` is shared by the reads of one batch: the first read that gives up sets it, and the
+    others stop at their next failure (or before they start) instead of each waiting out its deadline.
+    """
     backoff = backoff or Backoff(initial_s=0.25, max_s=5.0)
+    if gave_up is not None and gave_up.is_set():
+        raise LandingUnreachable(f"{what} not attempted: another read of the batch gave up")
     started = clock()
     attempt = 0
     while True:
@@ -80,12 +88,18 @@ def with_retries(
                 raise
             attempt += 1
             elapsed = clock() - started
-            if elapsed >= deadline_s:
+            if elapsed >= deadline_s or (gave_up is not None and gave_up.is_set()):
+                if gave_up is not None:
+                    gave_up.set()
                 raise LandingUnreachable(
                     f"{what} failed for {elapsed:.0f} s ({attempt} attempts; last: {_one_line(exc)}); the batch "
                     "stays planned and the next run retries it: check the network and the landing storage"
                 ) from exc
-            sleep(min(backoff.delay(attempt, None), deadline_s - elapsed))
+            delay = min(backoff.delay(attempt, None), deadline_s - elapsed)
+            if gave_up is not None and sleep is time.sleep:
+                gave_up.wait(delay)  # wakes at once when another read gives up
+            else:
+                sleep(delay)
 
 
 def _one_line(exc: BaseException) -> str:
