@@ -195,7 +195,7 @@ def test_a_cut_longer_than_the_read_deadline_fails_the_run_and_the_next_run_land
     feed = FeedSpec(name="events", source="events", read_deadline="1s")
     proxy.arm(f"GET /{s3_settings.bucket}/landing/events/".encode(), cut_s=math.inf)
 
-    with pytest.raises(LandingUnreachable, match=r"reading .*landing/events/part-00\d\.json failed for"):
+    with pytest.raises(LandingUnreachable, match=r"reading .*landing/events/part-\d+\.json failed for"):
         ingest_feed(feed, lake)
     proxy.heal()
     ledger = FileLedger.for_feed(feed, lake)
