@@ -22,6 +22,7 @@ import time
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
+from operator import attrgetter
 
 import pyarrow.fs as pafs
 
@@ -39,8 +40,10 @@ class ListingFilter:
     path_glob: str = ""
     modified_after_ns: int = 0
 
-    def keeps(self, relative: str, mtime_ns: int) -> bool:
-        if any(part.startswith((".", "_")) for part in relative.split("/")):
+    def keeps(self, relative: str, mtime_ns: int, hidden_checked: bool = False) -> bool:
+        """``hidden_checked``: the caller skipped names starting with ``.`` or ``_`` at every level
+        already (the local walk does, and it is a third of a listing's time to check them again)."""
+        if not hidden_checked and any(part.startswith((".", "_")) for part in relative.split("/")):
             return False
         if not self.recursive and "/" in relative:
             return False
@@ -192,7 +195,7 @@ def list_landing_files(
         found = _list_s3(lake, root, start_after, keep)
     else:
         found = _list_generic(fs, root, start_after, keep)
-    found.sort()
+    found.sort(key=attrgetter("path"))  # paths are unique; comparing dataclasses costs 5x more
     return found
 
 
@@ -223,7 +226,7 @@ def _list_local(root: str, start_after: str | None, keep: ListingFilter) -> list
                 stat = entry.stat()
             except FileNotFoundError:
                 continue  # deleted between the directory read and the stat
-            if keep.keeps(relative, stat.st_mtime_ns):
+            if keep.keeps(relative, stat.st_mtime_ns, hidden_checked=True):
                 found.append(LandingFile(entry.path, stat.st_size, stat.st_mtime_ns))
 
     walk(root, "")
