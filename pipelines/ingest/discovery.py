@@ -9,9 +9,10 @@ in 64 buckets of paths (``digests``), with what the last run accounted for; only
 that differs are looked up in the ledger. The listing is O(files in the zone); the ledger lookups
 stay O(new files + a bucket per late or changed file).
 
-The ingest's listing cursor (``start_after``: the greatest path planned; ``last_full_listing_at``)
-lives here too, and ``files_waiting`` is what the landing sensor asks: the files after it that the
-next ingest would take, through the same filter.
+The ingest's listing cursor (``start_after``: the greatest path planned; ``last_full_listing_at``;
+``known_digests``: the fingerprints of what the last run accounted for before the cursor) lives here
+too, and ``files_waiting`` is what the landing sensor asks: the files the next ingest would take (after
+the cursor, and late ones), through the same filter and settle time.
 """
 
 import bisect
