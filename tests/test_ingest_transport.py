@@ -396,3 +396,9 @@ def _quarantine_wrongly(lake, feed: FeedSpec, paths: list[Path]) -> None:
         batch,
         schema_mode="merge",
     )
+
+
+def test_a_read_deadline_that_is_not_a_duration_names_the_feed_and_the_option() -> None:
+    with pytest.raises(ValueError, match=r"^feed 'x': read_deadline: cannot read duration 'soon'"):
+        FeedSpec(name="x", read_deadline="soon")
+    assert FeedSpec(name="x", read_deadline="90s", settle_time="1 minute").settle_time_s() == 60
