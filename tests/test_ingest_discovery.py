@@ -130,3 +130,20 @@ def test_a_late_key_on_s3_lands_in_the_next_run_and_the_sensor_sees_it(s3_settin
     assert report.full_listing is False and report.late_files == [f"{s3_settings.bucket}/landing/f/a.json"]
     assert sorted(delta_table(lake, "f")["id"].to_pylist()) == list(range(30))
     assert files_waiting(lake, feed).count == 0
+
+
+def test_late_files_left_by_max_batches_are_taken_by_the_next_runs(tmp_path: Path) -> None:
+    lake = local_lake(tmp_path)
+    root = Path(lake.landing_uri) / "f"
+    feed = FeedSpec(name="f", source="f", max_files_per_batch=2)
+    _write(root / "z.json", _records(0, 1))
+    ingest_feed(feed, lake)
+    for n in range(5):  # all sort before the cursor (z.json)
+        _write(root / f"a{n}.json", _records(10 + n, 1))
+
+    first = ingest_feed(feed, lake, max_batches=1)
+    rest = [ingest_feed(feed, lake, max_batches=1) for _ in range(3)]
+
+    assert (first.files, first.late_files) == (2, [str(root / "a0.json"), str(root / "a1.json")])
+    assert [r.files for r in rest] == [2, 1, 0]
+    assert sorted(delta_table(lake, "f")["id"].to_pylist()) == [0, 10, 11, 12, 13, 14]

@@ -24,7 +24,7 @@ class IngestReport:
     bytes: int = 0
     listed_files: int = 0
     full_listing: bool = False
-    late_files: list[str] = field(default_factory=list)  # taken although sorting before the cursor
+    late_files: list[str] = field(default_factory=list)  # planned this run, sorting before the cursor
     unsettled_files: list[str] = field(default_factory=list)  # left for a later run: maybe still written
     overwritten_skipped: list[str] = field(default_factory=list)
     overwritten_reingested: list[str] = field(default_factory=list)

@@ -75,6 +75,8 @@ def ingest_feed(
         planned.extend(chunk)
     else:
         drained = True
+    taken = {f.path for f in planned}
+    ctx.report.late_files = [path for path in ctx.report.late_files if path in taken]
     # The cursor passes what is planned — everything listed when all of it is planned or known — but
     # never a file still settling: an incremental listing would not see it again.
     limit = min((f.path for f in found.pending), default=None)
@@ -91,9 +93,7 @@ def ingest_feed(
     if found.full or (feed.find_late_names and full_listing is not False):
         # What this run accounted for before the new cursor: the next run looks up the files there
         # only when their listing differs (a late name, a change, a file not taken yet).
-        not_taken = {f.path for f in (*found.new_files, *found.pending, *found.held_back)} - {
-            f.path for f in planned
-        }
+        not_taken = {f.path for f in (*found.new_files, *found.pending, *found.held_back)} - taken
         before = split_at_cursor(found.listed, planned_up_to)[0]
         state["known_digests"] = digests(f for f in before if f.path not in not_taken)
     move_listing_cursor(lake, feed, state, cursor)
