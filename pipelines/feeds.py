@@ -77,6 +77,13 @@ class FeedSpec:
     max_files_per_batch: int = 1000
     max_bytes_per_batch: int = 0
     allow_overwrites: bool = False
+    # Reads of the landing zone that fail in transport are retried this long, then the run fails.
+    read_deadline: str = "2 minutes"
+    # A folder's file is taken once its mtime is this old (it may still be being written before).
+    # Off by default: a non-zero value delays every file, and writers that rename into place need none.
+    settle_time: str = "0s"
+    # Each run also lists the names before the cursor, so late-named files land without a backfill.
+    find_late_names: bool = True
     max_quarantine_rate: float = 0.0
     # Spark SQL select expressions added before posting; None = the default enrichment, each
     # expression only where the table has its columns; () = post records as they are.
@@ -96,7 +103,11 @@ class FeedSpec:
             raise bad("listing", self.listing, LISTING_MODES)
         if self.max_files_per_batch <= 0 or self.max_bytes_per_batch < 0:
             raise ValueError(f"feed {self.name!r}: max_files_per_batch must be > 0, max_bytes_per_batch >= 0")
-        parse_duration_s(self.backfill_interval)
+        for option in ("backfill_interval", "read_deadline", "settle_time"):
+            try:
+                parse_duration_s(getattr(self, option))
+            except ValueError as exc:
+                raise ValueError(f"feed {self.name!r}: {option}: {exc}") from None
         if self.enrich is not None and not all(isinstance(e, str) and e.strip() for e in self.enrich):
             raise ValueError(
                 f"feed {self.name!r}: enrich must be a list of Spark SQL select expressions, "
@@ -122,6 +133,12 @@ class FeedSpec:
 
     def backfill_interval_s(self) -> float:
         return parse_duration_s(self.backfill_interval)
+
+    def read_deadline_s(self) -> float:
+        return parse_duration_s(self.read_deadline)
+
+    def settle_time_s(self) -> float:
+        return parse_duration_s(self.settle_time)
 
     def modified_after_ns(self) -> int:
         """``modified_after`` (ISO 8601; naive means UTC) in epoch nanoseconds; 0 when unset."""

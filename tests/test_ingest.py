@@ -12,8 +12,8 @@ import pytest
 from deltalake import DeltaTable
 
 from pipelines.feeds import EVENTS_FEED, FeedSpec
-from pipelines.ingest.asset import build_ingest_asset
-from pipelines.ingest.context import IngestContext, IngestReport
+from pipelines.ingest.asset import QUARANTINE_CHECK, build_ingest_asset
+from pipelines.ingest.context import UNCHANGED_CHECK, IngestContext, IngestReport
 from pipelines.ingest.discovery import list_landing_files
 from pipelines.ingest.ledger import FileLedger
 from pipelines.ingest.runner import _commit_batch, ingest_feed
@@ -137,8 +137,9 @@ def test_the_asset_reports_numeric_metadata_and_its_check(tmp_path: Path) -> Non
     assert metadata["ingest_bytes"].value == landed_bytes
     assert metadata["ingest_duration_s"].value > 0
     assert metadata["delta_version"].value == 0
-    [check] = result.get_asset_check_evaluations()
-    assert check.passed
+    checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
+    assert set(checks) == {QUARANTINE_CHECK, UNCHANGED_CHECK}
+    assert all(c.passed for c in checks.values())
     # What the UI shows of the table: where it is, its columns with types, and its rows after the run.
     assert metadata["dagster/uri"].value == lake.table_uri("events")
     assert metadata["dagster/table_name"].value == "events"
@@ -182,7 +183,8 @@ def test_the_quarantine_rate_check_fails_above_the_feed_threshold(tmp_path: Path
 
     result = dg.materialize([build_ingest_asset(strict)], resources={"lake": lake})
 
-    [check] = result.get_asset_check_evaluations()
+    checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
+    check = checks[QUARANTINE_CHECK]
     assert not check.passed and check.severity == dg.AssetCheckSeverity.WARN
     assert check.metadata["quarantine_rate"].value == pytest.approx(0.1)
     metadata = result.asset_materializations_for_node("events")[0].metadata

@@ -152,24 +152,25 @@ def test_bad_input_corpus_every_bad_line_and_file_is_accounted_for(tmp_path: Pat
     report = ingest_feed(feed, lake)
     csv_report = ingest_feed(csv_feed, lake)
 
-    # good 5 + truncated 5 (+1 bad line) + BOM 5 + 50 MB 1 + type change 3 (one value rescued)
+    # good 5 + truncated 5 (+1 bad line) + BOM 5 + 50 MB 1 + type change 3 (one value rescued); the
+    # Latin-1 file's one line is a bad record, not a quarantined file
     assert report.rows == 19
-    assert report.bad_records == 1
+    assert report.bad_records == 2
     assert report.rescued_rows == 1  # the "two"; the sample's schema has the 50 MB line's "blob" column
     assert sorted(Path(q.path).name for q in report.quarantined) == [
-        "03_latin1.json",
         "04_binary.json",
         "05_broken.json.gz",
     ]
     errors = {Path(q.path).name: q.error for q in report.quarantined}
-    assert "UTF-8" in errors["03_latin1.json"] and "encoding" in errors["03_latin1.json"]
     assert "binary" in errors["04_binary.json"]
     assert "gzip" in errors["05_broken.json.gz"]
     quarantine = delta_table(lake, "_lakerelay/quarantine/bad")
-    bad_line = quarantine.filter(pa.compute.field("kind") == "bad_record").to_pylist()
+    bad_line = quarantine.filter(pa.compute.field("kind") == "bad_record").sort_by("source_file").to_pylist()
     assert [(Path(r["source_file"]).name, r["line"], r["raw_text"]) for r in bad_line] == [
-        ("01_truncated.json", 6, '{"id": 9, "n": ')
+        ("01_truncated.json", 6, '{"id": 9, "n": '),
+        ("03_latin1.json", 1, '{"id": 1, "n": 1, "city": "Z\\xfcrich"}'),
     ]
+    assert "UTF-8" in bad_line[1]["error"] and "encoding" in bad_line[1]["error"]
     assert quarantine.num_rows == 4
     table = delta_table(lake, "bad")
     assert table.num_rows == 19

@@ -41,7 +41,14 @@ def test_s3_landing_incremental_listing_with_backfill_finds_out_of_order_keys(s3
     def put(key: str, first: int, count: int) -> None:
         client.put_object(Bucket=s3_settings.bucket, Key=f"landing/{key}", Body=_records(first, count))
 
-    feed = FeedSpec(name="orders", source="orders", path_glob="*/*.json", backfill_interval="1 hour")
+    # The incremental listing of before late-name checks: late names wait for the backfill.
+    feed = FeedSpec(
+        name="orders",
+        source="orders",
+        path_glob="*/*.json",
+        backfill_interval="1 hour",
+        find_late_names=False,
+    )
     put("orders/2026-11-01/a.json", 0, 10)
     put("orders/2026-11-02/b.json", 10, 10)
     put("orders/2026-11-02/notes.txt", 99, 1)  # not matched by the glob
@@ -70,7 +77,7 @@ def test_s3_landing_incremental_listing_with_backfill_finds_out_of_order_keys(s3
 def test_backfill_interval_elapsing_triggers_a_full_listing(tmp_path: Path) -> None:
     lake = local_lake(tmp_path)
     root = Path(lake.landing_uri) / "f"
-    feed = FeedSpec(name="f", source="f", backfill_interval="0.5s")
+    feed = FeedSpec(name="f", source="f", backfill_interval="0.5s", find_late_names=False)
     _land(root, "b.json", _records(0, 5))
     ingest_feed(feed, lake)
     _land(root, "a.json", _records(5, 5))
@@ -236,7 +243,7 @@ def test_the_maintenance_asset_runs_with_its_retention_config(tmp_path: Path) ->
 
 def test_landing_sensor_requests_a_run_when_a_backfill_listing_is_due(tmp_path: Path) -> None:
     lake = local_lake(tmp_path)
-    feed = dataclasses.replace(EVENTS_FEED, backfill_interval="1s")
+    feed = dataclasses.replace(EVENTS_FEED, backfill_interval="1s", find_late_names=False)
     _land(Path(lake.landing_uri) / "events", "a.json", _records(0, 1))
     ingest_feed(feed, lake)
     sensor = landing_sensor(feed, "j")

@@ -3,7 +3,9 @@
 Its metadata: Dagster's own keys (``dagster/uri``, ``dagster/table_name``, ``dagster/column_schema``,
 ``dagster/row_count``: the table after the run), then the run's figures under a common prefix so that
 related keys sort together — ``ingest_*`` (what landed), ``listing_*``, ``overwritten_*``,
-``quarantine_*``, ``schema_*`` — with units in the names (``_bytes``, ``_s``).
+``quarantine_*``, ``schema_*`` — with units in the names (``_bytes``, ``_s``). Two checks: the
+quarantine rate, and ``landing_files_unchanged_after_ingestion``, which fails with the paths of landing
+files that changed after they were ingested.
 """
 
 import time
@@ -13,7 +15,7 @@ import pyarrow as pa
 from pydantic import Field
 
 from pipelines.feeds import FeedSpec
-from pipelines.ingest.context import IngestReport
+from pipelines.ingest.context import UNCHANGED_CHECK, IngestReport
 from pipelines.ingest.runner import ingest_feed
 from resources.lake import LakeResource
 
@@ -40,7 +42,11 @@ class IngestConfig(dg.Config):
         default=100, gt=0, description="Commits per run at most; the rest waits for the next run."
     )
     full_listing: bool | None = Field(
-        default=None, description="Force (true) or forbid (false) a full listing of the landing zone."
+        default=None,
+        description=(
+            "Force (true) or forbid (false) a full listing of the landing zone; false also skips the "
+            "feed's late-name check (only names after the cursor are listed)."
+        ),
     )
 
 
@@ -66,7 +72,15 @@ def build_ingest_asset(feed: FeedSpec) -> dg.AssetsDefinition:
                     f"Bad records and unreadable files are at most {feed.max_quarantine_rate:.2%} of what "
                     "the run read (feed option max_quarantine_rate)."
                 ),
-            )
+            ),
+            dg.AssetCheckSpec(
+                UNCHANGED_CHECK,
+                asset=feed.name,
+                description=(
+                    "No landing file changed (size or mtime) after it was ingested; a changed file's new "
+                    "content is not ingested unless the feed sets allow_overwrites."
+                ),
+            ),
         ],
     )
     def ingest_asset(
@@ -95,6 +109,8 @@ def build_ingest_asset(feed: FeedSpec) -> dg.AssetsDefinition:
                 "ingest_duration_s": round(duration_s, 3),
                 "listing_files": report.listed_files,
                 "listing_full": report.full_listing,
+                "listing_late_files": len(report.late_files),
+                "listing_unsettled_files": len(report.unsettled_files),
                 "overwritten_files_skipped": len(report.overwritten_skipped),
                 "overwritten_files_reingested": len(report.overwritten_reingested),
                 "quarantine_files": len(report.quarantined),
@@ -120,11 +136,35 @@ def build_ingest_asset(feed: FeedSpec) -> dg.AssetsDefinition:
                             [{"path": q.path, "error": q.error} for q in report.quarantined[:10]]
                         ),
                     },
-                )
+                ),
+                unchanged_check(report),
             ],
         )
 
     return ingest_asset
+
+
+def unchanged_check(report: IngestReport) -> dg.AssetCheckResult:
+    """Fails, naming the paths, while landing files differ from what was ingested (the listing keeps
+    finding them on every run until they are renamed, removed or the feed allows overwrites)."""
+    changed = report.overwritten_skipped
+    return dg.AssetCheckResult(
+        check_name=UNCHANGED_CHECK,
+        passed=not changed,
+        severity=dg.AssetCheckSeverity.ERROR,
+        description=(
+            f"{len(changed)} landing files changed after ingestion, their new content is not ingested: "
+            f"{', '.join(changed[:3])}{' …' if len(changed) > 3 else ''}. Write changed content under a new "
+            "name, or set the feed's allow_overwrites"
+            if changed
+            else None
+        ),
+        metadata={
+            "changed_files": dg.MetadataValue.json(changed[:100]),
+            "changed_file_count": len(changed),
+            "reingested_files": dg.MetadataValue.json(report.overwritten_reingested[:100]),
+        },
+    )
 
 
 def table_metadata(table_uri: str, table_name: str, report: IngestReport) -> dict[str, dg.MetadataValue]:

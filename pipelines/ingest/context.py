@@ -11,6 +11,10 @@ from pipelines.feeds import FeedSpec
 from pipelines.ingest.reader import Quarantined
 from resources.lake import LakeResource
 
+# The asset check that fails while a landing file changed after it was ingested (its new content
+# is not ingested unless the feed allows overwrites).
+UNCHANGED_CHECK = "landing_files_unchanged_after_ingestion"
+
 
 @dataclass
 class IngestReport:
@@ -20,6 +24,8 @@ class IngestReport:
     bytes: int = 0
     listed_files: int = 0
     full_listing: bool = False
+    late_files: list[str] = field(default_factory=list)  # planned this run, sorting before the cursor
+    unsettled_files: list[str] = field(default_factory=list)  # left for a later run: maybe still written
     overwritten_skipped: list[str] = field(default_factory=list)
     overwritten_reingested: list[str] = field(default_factory=list)
     quarantined: list[Quarantined] = field(default_factory=list)

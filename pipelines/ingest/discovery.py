@@ -3,31 +3,36 @@
 Incremental listing costs what the *new* files cost: on S3 ``list_objects_v2(StartAfter=cursor)``
 returns only later keys; locally, directories that sort wholly before the cursor are not entered and
 only files after it are stat'ed. Names that arrive out of lexical order are found by the periodic
-full listing (``backfill_interval``).
+full listing (``backfill_interval``) — or, with the feed's ``find_late_names`` (the default), on every
+run: the whole zone is listed, and the (path, size, mtime) of the files before the cursor are compared,
+in 64 buckets of paths (``digests``), with what the last run accounted for; only the files of a bucket
+that differs are looked up in the ledger. The listing is O(files in the zone); the ledger lookups
+stay O(new files + a bucket per late or changed file).
 
-The ingest's listing cursor (``start_after``: the greatest path planned; ``last_full_listing_at``)
-lives here too, and ``files_waiting`` is what the landing sensor asks: the files after it that the
-next ingest would take, through the same filter.
+The ingest's listing cursor (``start_after``: the greatest path planned; ``last_full_listing_at``;
+``known_digests``: the fingerprints of what the last run accounted for before the cursor) lives here
+too, and ``files_waiting`` is what the landing sensor asks: the files the next ingest would take (after
+the cursor, and late ones), through the same filter and settle time.
 """
 
+import bisect
 import fnmatch
+import hashlib
 import os
 import time
+import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass
+from operator import attrgetter
 
 import pyarrow.fs as pafs
 
 from pipelines.feeds import FeedSpec
+from pipelines.ingest.landing_file import LandingFile
 from resources.lake import LakeResource
 
-
-@dataclass(frozen=True, order=True)
-class LandingFile:
-    """A file in the landing zone; (path, size, mtime) is its identity for exactly-once ingestion."""
-
-    path: str
-    size: int
-    mtime_ns: int
+# Buckets of the fingerprints of the files before the cursor (a few hundred bytes of state).
+DIGEST_BUCKETS = 64
 
 
 @dataclass(frozen=True)
@@ -36,8 +41,10 @@ class ListingFilter:
     path_glob: str = ""
     modified_after_ns: int = 0
 
-    def keeps(self, relative: str, mtime_ns: int) -> bool:
-        if any(part.startswith((".", "_")) for part in relative.split("/")):
+    def keeps(self, relative: str, mtime_ns: int, hidden_checked: bool = False) -> bool:
+        """``hidden_checked``: the caller skipped names starting with ``.`` or ``_`` at every level
+        already (the local walk does, and it is a third of a listing's time to check them again)."""
+        if not hidden_checked and any(part.startswith((".", "_")) for part in relative.split("/")):
             return False
         if not self.recursive and "/" in relative:
             return False
@@ -50,11 +57,13 @@ class ListingFilter:
 class FilesWaiting:
     """A feed's files the next ingest run would take, and whether a full listing is due."""
 
-    files: list[LandingFile]  # after the listing cursor, through the feed's filter, sorted by path
+    files: list[LandingFile]  # new (after the listing cursor) and late ones, settled, sorted by path
     start_after: str  # the ingest's listing cursor ("" before its first run)
     root: str  # where they were listed
     full_listing_due: bool  # backfill_interval has passed since the ingest's last full listing
     backfill_interval_s: float
+    late: int = 0  # of ``files``, names sorting before the cursor that the ingest has not taken
+    unsettled: int = 0  # files left out because they may still be being written (settle_time)
 
     @property
     def count(self) -> int:
@@ -66,23 +75,83 @@ class FilesWaiting:
 
 
 def files_waiting(lake: LakeResource, feed: FeedSpec, now: float | None = None) -> FilesWaiting:
-    """What waits in ``feed``'s landing zone: an incremental listing after the ingest's cursor, so it
-    costs the files not yet ingested (new arrivals, plus any backlog a run left for later)."""
+    """What waits in ``feed``'s landing zone, through the ingest's own filter: the files after its
+    cursor and, with ``find_late_names``, the names before it that the ledger does not know (looked up
+    only when the listing before the cursor differs from what the last run accounted for). Files that
+    may still be being written are left out until they settle, so the sensor asks again then."""
+    from pipelines.ingest.ledger import FileLedger  # the ledger builds on this module
+
     cursor = read_listing_cursor(lake, feed)
     start_after = cursor.get("start_after") or ""
     fs, root = lake.resolve(feed.landing_uri(lake.landing_uri))
     last_full = cursor.get("last_full_listing_at")
     now = time.time() if now is None else now
+    late_names = feed.find_late_names and bool(start_after)
+    listed = list_landing_files(
+        fs, root, start_after=None if late_names else start_after or None, keep=feed_filter(feed), lake=lake
+    )
+    before, after = split_at_cursor(listed, start_after)
+    late: list[LandingFile] = []
+    suspects = changed_since(before, cursor.get("known_digests")) if late_names else []
+    if suspects:
+        known = FileLedger.for_feed(feed, lake).lookup([f.path for f in suspects])
+        late = [f for f in suspects if f.path not in known]
+    candidates = sorted([*late, *after])
+    settle_s = settle_time_s(fs, feed)
+    waiting = [f for f in candidates if is_settled(f, now, settle_s)]
     return FilesWaiting(
-        files=list_landing_files(
-            fs, root, start_after=start_after or None, keep=feed_filter(feed), lake=lake
-        ),
+        files=waiting,
         start_after=start_after,
         root=root,
-        # Before the first run there is no cursor: that run lists everything anyway.
-        full_listing_due=last_full is not None and now - last_full >= feed.backfill_interval_s(),
+        # Before the first run there is no cursor: that run lists everything anyway. With
+        # find_late_names every run sees late names, so no backfill is needed for them.
+        full_listing_due=not feed.find_late_names
+        and last_full is not None
+        and now - last_full >= feed.backfill_interval_s(),
         backfill_interval_s=feed.backfill_interval_s(),
+        late=sum(1 for f in late if f in waiting),
+        unsettled=len(candidates) - len(waiting),
     )
+
+
+def split_at_cursor(
+    listed: list[LandingFile], start_after: str
+) -> tuple[list[LandingFile], list[LandingFile]]:
+    """(files at or before the cursor, files after it) of a listing sorted by path."""
+    cut = bisect.bisect_right([f.path for f in listed], start_after) if start_after else 0
+    return listed[:cut], listed[cut:]
+
+
+def digests(files: Iterable[LandingFile]) -> list[str]:
+    """Fingerprints of (path, size, mtime) of ``files``, one per bucket of paths (by a hash of the
+    path): equal fingerprints mean no name arrived late and no file changed in that bucket since the
+    last run accounted for them all, so a late file costs the ledger lookups of its bucket only."""
+    buckets: list[list[str]] = [[] for _ in range(DIGEST_BUCKETS)]
+    for f in files:
+        path = f.path.encode()
+        buckets[zlib.crc32(path) % DIGEST_BUCKETS].append(f"{f.path}\t{f.size}\t{f.mtime_ns}")
+    return [hashlib.sha256("\n".join(b).encode()).hexdigest()[:16] for b in buckets]
+
+
+def changed_since(files: list[LandingFile], known: list[str] | None) -> list[LandingFile]:
+    """The ``files`` in buckets whose fingerprint differs from ``known`` (all without ``known``)."""
+    if not files:
+        return []
+    if not known or len(known) != DIGEST_BUCKETS:
+        return files
+    current = digests(files)
+    stale = {bucket for bucket in range(DIGEST_BUCKETS) if current[bucket] != known[bucket]}
+    return [f for f in files if zlib.crc32(f.path.encode()) % DIGEST_BUCKETS in stale] if stale else []
+
+
+def settle_time_s(fs: pafs.FileSystem, feed: FeedSpec) -> float:
+    """How old a file's mtime must be before it is taken: S3 objects appear whole (an upload is
+    atomic), folders and other file systems show a file while it is being written."""
+    return 0.0 if isinstance(fs, pafs.S3FileSystem) else feed.settle_time_s()
+
+
+def is_settled(landing_file: LandingFile, now: float, settle_s: float) -> bool:
+    return settle_s <= 0 or now - landing_file.mtime_ns / 1e9 >= settle_s
 
 
 def read_listing_cursor(lake: LakeResource, feed: FeedSpec) -> dict:
@@ -127,7 +196,7 @@ def list_landing_files(
         found = _list_s3(lake, root, start_after, keep)
     else:
         found = _list_generic(fs, root, start_after, keep)
-    found.sort()
+    found.sort(key=attrgetter("path"))  # paths are unique; comparing dataclasses costs 5x more
     return found
 
 
@@ -154,8 +223,11 @@ def _list_local(root: str, start_after: str | None, keep: ListingFilter) -> list
                 continue
             if cursor and relative <= cursor:
                 continue
-            stat = entry.stat()
-            if keep.keeps(relative, stat.st_mtime_ns):
+            try:
+                stat = entry.stat()
+            except FileNotFoundError:
+                continue  # deleted between the directory read and the stat
+            if keep.keeps(relative, stat.st_mtime_ns, hidden_checked=True):
                 found.append(LandingFile(entry.path, stat.st_size, stat.st_mtime_ns))
 
     walk(root, "")

@@ -19,7 +19,7 @@ from deltalake.exceptions import TableNotFoundError
 
 from pipelines.delta_once import append_once, transaction_version
 from pipelines.feeds import FeedSpec
-from pipelines.ingest.discovery import LandingFile
+from pipelines.ingest.landing_file import LandingFile
 from resources.delta_arrow import read_delta
 from resources.filesystem import FileSystemSettings
 from resources.lake import LakeResource
@@ -99,6 +99,17 @@ class FileLedger:
         ):
             known[path] = LandingFile(path, size, mtime)
         return known
+
+    def lookup_batches(self, paths: list[str]) -> dict[str, int]:
+        """The latest batch that planned each of ``paths`` that the ledger knows."""
+        if not paths:
+            return {}
+        keys = [self.key(p) for p in paths]
+        rows = self._scan(ds.field("key").isin(pa.array(keys, pa.string())))
+        latest: dict[str, int] = {}
+        for path, batch in zip(rows["path"].to_pylist(), rows["batch_id"].to_pylist(), strict=True):
+            latest[path] = max(batch, latest.get(path, 0))
+        return latest
 
     def files_of_batch(self, batch_id: int) -> list[LandingFile]:
         rows = self._scan(ds.field("batch_id") == batch_id)

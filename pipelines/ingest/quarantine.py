@@ -20,8 +20,11 @@ QUARANTINE_SCHEMA = pa.schema(
         pa.field("line", pa.int64()),  # null for a whole unreadable file
         pa.field("kind", pa.string(), nullable=False),  # bad_record | unreadable_file
         pa.field("error", pa.string(), nullable=False),
-        pa.field("raw_text", pa.string()),  # the first RAW_TEXT_LIMIT bytes of the bad line
+        # The first RAW_TEXT_LIMIT bytes of the bad line as text (bytes that are not UTF-8 as \xNN
+        # escapes), its size, and those bytes exactly as they were in the file.
+        pa.field("raw_text", pa.string()),
         pa.field("raw_bytes", pa.int64()),
+        pa.field("raw_data", pa.binary()),
         pa.field("recorded_at", pa.timestamp("us", tz="UTC"), nullable=False),
     ]
 )
@@ -38,6 +41,7 @@ def quarantine_rows(result: ReadResult, batch_id: int) -> pa.Table:
             "error": q.error,
             "raw_text": None,
             "raw_bytes": None,
+            "raw_data": None,
             "recorded_at": now,
         }
         for q in result.quarantined
@@ -51,8 +55,9 @@ def quarantine_rows(result: ReadResult, batch_id: int) -> pa.Table:
                     "line": bad.line,
                     "kind": "bad_record",
                     "error": bad.error,
-                    "raw_text": bad.raw[:RAW_TEXT_LIMIT].decode("utf-8", errors="replace"),
+                    "raw_text": bad.raw[:RAW_TEXT_LIMIT].decode("utf-8", errors="backslashreplace"),
                     "raw_bytes": len(bad.raw),
+                    "raw_data": bad.raw[:RAW_TEXT_LIMIT],
                     "recorded_at": now,
                 }
             )
@@ -74,5 +79,13 @@ def record_quarantine(
     """
     rows = quarantine_rows(result, batch_id)
     if rows.num_rows:
-        append_once(uri, storage_options, rows, app_id or f"lakerelay-quarantine:{feed_name}", batch_id)
+        # merge: a quarantine table written before raw_data existed gains the column.
+        append_once(
+            uri,
+            storage_options,
+            rows,
+            app_id or f"lakerelay-quarantine:{feed_name}",
+            batch_id,
+            schema_mode="merge",
+        )
     return rows.num_rows

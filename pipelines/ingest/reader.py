@@ -2,10 +2,13 @@
 
 Files are read and parsed in parallel (Arrow's readers release the GIL), then conformed to the
 feed's schema in file order, so a new column seen in one file has one type for the whole batch.
-A file that fails anywhere on the way (unreadable, or a conforming error nobody foresaw) is
+A file whose bytes fail anywhere on the way (unreadable, or a conforming error nobody foresaw) is
 quarantined with the reason, and the rest of the batch lands: one poison file never blocks a feed.
+A file that cannot be fetched (network, storage) is not quarantined: the read is retried up to the
+feed's ``read_deadline`` and then the run fails with the batch still planned (``transport``).
 """
 
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -27,6 +30,7 @@ from pipelines.ingest.schema import (
     infer_schema,
     normalise_type,
 )
+from pipelines.ingest.transport import with_retries
 
 METADATA_SCHEMA = pa.schema(
     [
@@ -99,8 +103,11 @@ def read_batch(
     parse_fields = [*(target if target is not None else ()), *optional]
     parse_schema = pa.schema(parse_fields) if target is not None or parse_fields else None
     optional_names = [h.name for h in optional]
+    gave_up = threading.Event()  # one unreachable file ends the batch's reads: the run fails
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-        parsed = list(pool.map(lambda f: _read_one(fs, feed, f, parse_schema, optional_names), files))
+        parsed = list(
+            pool.map(lambda f: _read_one(fs, feed, f, parse_schema, optional_names, gave_up), files)
+        )
     readable = [(f, p) for f, p in zip(files, parsed, strict=True) if isinstance(p, ParsedFile)]
     result.quarantined = [p for p in parsed if isinstance(p, Quarantined)]
     if target is None:
@@ -169,20 +176,33 @@ def _read_one(
     landing_file: LandingFile,
     target: pa.Schema | None,
     optional: list[str],
+    gave_up: threading.Event | None = None,
 ) -> ParsedFile | Quarantined:
     try:
-        # compression=None: decompression is ours, so that broken data is reported, not raised.
-        with fs.open_input_stream(landing_file.path, compression=None) as stream:
-            raw = stream.read()
+        # A transport fault (network cut, S3 5xx, local I/O error) is retried up to the feed's
+        # read_deadline and then fails the run (LandingUnreachable): it says nothing about the bytes.
+        raw = with_retries(
+            lambda: _fetch(fs, landing_file.path),
+            f"reading {landing_file.path}",
+            feed.read_deadline_s(),
+            gave_up=gave_up,
+        )
+    except FileNotFoundError as exc:
+        return Quarantined(landing_file.path, f"file vanished before it was read: {exc}")
+    try:
         return parse(feed, landing_file.path, raw, target, optional)
     except UnreadableFile as exc:
         return Quarantined(landing_file.path, str(exc))
-    except FileNotFoundError as exc:
-        return Quarantined(landing_file.path, f"file vanished before it was read: {exc}")
     except MemoryError:
         raise
-    except Exception as exc:  # a parser error nobody foresaw: this file, not the feed
+    except Exception as exc:  # a parser error nobody foresaw: this file's bytes, not the feed
         return Quarantined(landing_file.path, f"{type(exc).__name__}: {exc}")
+
+
+def _fetch(fs: pafs.FileSystem, path: str) -> bytes:
+    # compression=None: decompression is ours, so that broken data is reported, not raised.
+    with fs.open_input_stream(path, compression=None) as stream:
+        return stream.read()
 
 
 def _with_metadata(

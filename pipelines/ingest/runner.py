@@ -9,6 +9,7 @@ the next run: a planned batch that is not in the table is replayed with the same
 
 import logging
 import time
+from collections.abc import Callable
 
 import pyarrow as pa
 from deltalake.exceptions import TableNotFoundError
@@ -16,9 +17,15 @@ from deltalake.exceptions import TableNotFoundError
 from pipelines.delta_once import append_once, transaction_version
 from pipelines.feeds import FeedSpec
 from pipelines.ingest.context import IngestContext, IngestReport
-from pipelines.ingest.discovery import LandingFile, move_listing_cursor, read_listing_cursor
+from pipelines.ingest.discovery import (
+    LandingFile,
+    digests,
+    move_listing_cursor,
+    read_listing_cursor,
+    split_at_cursor,
+)
 from pipelines.ingest.ledger import FileLedger
-from pipelines.ingest.planning import discover_new_files, plan_batches
+from pipelines.ingest.planning import discover, plan_batches
 from pipelines.ingest.quarantine import record_quarantine
 from pipelines.ingest.reader import METADATA_SCHEMA, ReadResult, data_schema, read_batch
 from pipelines.ingest.refusals import drop_files, unwritable_files
@@ -35,47 +42,27 @@ def ingest_feed(
     max_batches: int = 100,
     full_listing: bool | None = None,
     log: logging.Logger | logging.LoggerAdapter | None = None,
+    clock: Callable[[], float] = time.time,
 ) -> IngestReport:
     """Drain the feed's backlog in at most ``max_batches`` commits, exactly once.
 
     Batch limits default to the feed's own; ``full_listing`` forces (True) or forbids (False) a full
-    listing instead of the incremental one, else the feed's ``listing``/``backfill_interval`` decide.
+    listing instead of the incremental one (False also skips the late-name check), else the feed's
+    ``listing``/``find_late_names``/``backfill_interval`` decide. ``clock`` (epoch seconds) says which
+    files have settled.
     """
-    options = lake.storage_options()
-    landing_fs = lake.resolve(feed.landing_uri(lake.landing_uri))[0]
-    ctx = IngestContext(
-        feed,
-        lake,
-        options,
-        lake.table_uri(feed.table_name),
-        landing_fs,
-        IngestReport(),
-        log or logging.getLogger(__name__),
-    )
+    ctx = _context(feed, lake, log)
     ledger = FileLedger.for_feed(feed, lake)
-
-    # Read the last planned number before looking anything up, so that a concurrent run that plans
-    # in between makes our plan of the same number fail instead of planning its files twice.
-    last_planned = ledger.last_batch()
-    done = transaction_version(ctx.table_uri, options, feed.app_id)
-    for batch_id in range(done + 1, last_planned + 1):
-        ctx.log.warning(
-            "replaying batch %s of feed %s, planned by an earlier run that did not commit",
-            batch_id,
-            feed.name,
-        )
-        _commit_batch(ctx, ledger.files_of_batch(batch_id), batch_id)
-        ctx.report.replayed_batches += 1
+    next_batch = _replay_unfinished(ctx, ledger)
 
     cursor = read_listing_cursor(lake, feed)
-    now = time.time()
-    full, listed, new_files = discover_new_files(ctx, ledger, cursor, full_listing, now)
+    now = clock()
+    found = discover(ctx, ledger, cursor, full_listing, now)
 
-    next_batch = max(last_planned, done)
-    planned_up_to = cursor.get("start_after") or ""
+    planned: list[LandingFile] = []
     drained = False
     for chunk in plan_batches(
-        new_files,
+        found.new_files,
         max_files_per_batch or feed.max_files_per_batch,
         feed.max_bytes_per_batch if max_bytes_per_batch is None else max_bytes_per_batch,
     ):
@@ -83,27 +70,101 @@ def ingest_feed(
             ctx.log.info("stopping after %d batches; the rest waits for the next run", max_batches)
             break
         next_batch += 1
-        if not ledger.plan(next_batch, chunk):
-            ctx.log.warning(
-                "another run planned batch %s of feed %s first; stopping, its files are in its hands",
-                next_batch,
-                feed.name,
-            )
+        if not _plan_and_commit(ctx, ledger, chunk, next_batch):
             break
-        _commit_batch(ctx, chunk, next_batch)
-        planned_up_to = max(planned_up_to, chunk[-1].path)
+        planned.extend(chunk)
     else:
-        # Everything listed is planned (or known): the cursor may pass all of it.
-        planned_up_to = max([planned_up_to, *(f.path for f in listed)])
         drained = True
+    taken = {f.path for f in planned}
+    ctx.report.late_files = [path for path in ctx.report.late_files if path in taken]
+    # The cursor passes what is planned — everything listed when all of it is planned or known — but
+    # never a file still settling: an incremental listing would not see it again.
+    limit = min((f.path for f in found.pending), default=None)
+    passed = found.listed if drained else planned
+    planned_up_to = max(
+        [cursor.get("start_after") or "", *(f.path for f in passed if limit is None or f.path < limit)]
+    )
     state = {
         "start_after": planned_up_to,
         # A full listing whose finds are not all planned yet (max_batches) does not count as done:
         # out-of-order names among the rest would otherwise wait for the next backfill.
-        "last_full_listing_at": now if full and drained else cursor.get("last_full_listing_at", 0),
+        "last_full_listing_at": now if found.full and drained else cursor.get("last_full_listing_at", 0),
     }
+    if found.full or (feed.find_late_names and full_listing is not False):
+        # What this run accounted for before the new cursor: the next run looks up the files there
+        # only when their listing differs (a late name, a change, a file not taken yet).
+        not_taken = {f.path for f in (*found.new_files, *found.pending, *found.held_back)} - taken
+        before = split_at_cursor(found.listed, planned_up_to)[0]
+        state["known_digests"] = digests(f for f in before if f.path not in not_taken)
     move_listing_cursor(lake, feed, state, cursor)
+    return _finish(ctx)
 
+
+def ingest_files(
+    feed: FeedSpec,
+    lake: LakeResource,
+    files: list[LandingFile],
+    log: logging.Logger | logging.LoggerAdapter | None = None,
+) -> IngestReport:
+    """Ingest exactly ``files`` as one new batch (after replaying any unfinished one), whatever the
+    ledger says of them: the re-admission of files quarantined wrongly (``readmit``). The listing
+    cursor does not move."""
+    ctx = _context(feed, lake, log)
+    ledger = FileLedger.for_feed(feed, lake)
+    next_batch = _replay_unfinished(ctx, ledger)
+    if files:
+        _plan_and_commit(ctx, ledger, sorted(files), next_batch + 1)
+    return _finish(ctx)
+
+
+def _context(
+    feed: FeedSpec, lake: LakeResource, log: logging.Logger | logging.LoggerAdapter | None
+) -> IngestContext:
+    options = lake.storage_options()
+    return IngestContext(
+        feed,
+        lake,
+        options,
+        lake.table_uri(feed.table_name),
+        lake.resolve(feed.landing_uri(lake.landing_uri))[0],
+        IngestReport(),
+        log or logging.getLogger(__name__),
+    )
+
+
+def _replay_unfinished(ctx: IngestContext, ledger: FileLedger) -> int:
+    """Commit the batches an earlier run planned but did not commit; the last batch number in use."""
+    # Read the last planned number before looking anything up, so that a concurrent run that plans
+    # in between makes our plan of the same number fail instead of planning its files twice.
+    last_planned = ledger.last_batch()
+    done = transaction_version(ctx.table_uri, ctx.options, ctx.feed.app_id)
+    for batch_id in range(done + 1, last_planned + 1):
+        ctx.log.warning(
+            "replaying batch %s of feed %s, planned by an earlier run that did not commit",
+            batch_id,
+            ctx.feed.name,
+        )
+        _commit_batch(ctx, ledger.files_of_batch(batch_id), batch_id)
+        ctx.report.replayed_batches += 1
+    return max(last_planned, done)
+
+
+def _plan_and_commit(ctx: IngestContext, ledger: FileLedger, files: list[LandingFile], batch_id: int) -> bool:
+    """Plan ``files`` as ``batch_id`` in the ledger, then commit them; False when another run planned
+    that number first."""
+    if not ledger.plan(batch_id, files):
+        ctx.log.warning(
+            "another run planned batch %s of feed %s first; stopping, its files are in its hands",
+            batch_id,
+            ctx.feed.name,
+        )
+        return False
+    _commit_batch(ctx, files, batch_id)
+    return True
+
+
+def _finish(ctx: IngestContext) -> IngestReport:
+    """The report with the table's version, schema and row count after the run."""
     try:
         table = ctx.lake.table(ctx.table_uri)
     except TableNotFoundError:
