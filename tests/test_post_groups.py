@@ -220,7 +220,9 @@ def hec_event_ids(sink_server) -> list[str]:
     return [e["event"]["event_id"] for e in sink_server.hec_events("main")]
 
 
-def start_slow_post(tmp_path: Path, lake, sink_server, posted_before_returning: int) -> subprocess.Popen:
+def start_slow_post(
+    tmp_path: Path, lake, sink_server, posted_before_returning: int, **env: str
+) -> subprocess.Popen:
     for batch in (1, 2, 3, 4):
         write_feed_batch(lake, batch, TOTAL // 4, start=(batch - 1) * (TOTAL // 4))
     sink_server.set_faults({"latency_ms": 300})
@@ -237,7 +239,7 @@ def start_slow_post(tmp_path: Path, lake, sink_server, posted_before_returning: 
     proc = subprocess.Popen(
         [sys.executable, str(script), json.dumps(args)],
         cwd=ROOT,
-        env=dagster_cli_env(tmp_path, sink_server.url, PYTHONPATH=str(ROOT)),
+        env=dagster_cli_env(tmp_path, sink_server.url, PYTHONPATH=str(ROOT), **env),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         start_new_session=True,  # its own process group, as a run launcher gives it
@@ -284,23 +286,34 @@ def count_settles(sink_server, stable_s: float, timeout_s: float) -> tuple[int, 
 
 
 @pytest.mark.integration
+@pytest.mark.parametrize("spark", ["local", "connect"])
 def test_a_killed_runs_workers_stop_at_once_and_the_next_run_resends_at_most_the_groups_in_flight(
-    tmp_path: Path, sink_server, spark_resource, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    sink_server,
+    spark_resource,
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
+    spark: str,
 ) -> None:
+    # Local Spark: the JVM dies with the group and pyspark.daemon then ends its workers. Spark Connect:
+    # the server runs on, and only the beacon tells its workers that the run is gone.
     monkeypatch.setattr(lease_log_module, "KEEP_RECORDS", 1_000_000)
     lake = local_lake(tmp_path)
-    proc = start_slow_post(tmp_path, lake, sink_server, 3 * GROUP)
+    env = (
+        {"LAKERELAY_SPARK_REMOTE": request.getfixturevalue("spark_connect_url")} if spark == "connect" else {}
+    )
+    proc = start_slow_post(tmp_path, lake, sink_server, 3 * GROUP, **env)
     log = progress_log(lake, "hec", "events")
     wait_for(lambda: position(log.latest().state) > (0, 0), 60, "a group to settle before the kill")
-    os.killpg(proc.pid, signal.SIGKILL)  # the run's whole process group: driver and JVM, not pyspark.daemon
+    os.killpg(proc.pid, signal.SIGKILL)  # the run's process group: its driver (and a local JVM)
     proc.wait(10)
     killed_at = time.monotonic()
     at_kill = sink_server.hec_count("main")
     dead = log.latest()
     assert dead.owner and dead.live()  # nobody may take over yet
 
-    # pyspark.daemon's workers live in a process group of their own: they stop because the driver's
-    # beacon is gone, not because the kill reached them, and long before the lease expires.
+    # The workers are out of the group's reach (pyspark.daemon's group, or the Connect server): they
+    # stop with the requests they had in flight, long before the lease expires, not with their groups.
     settled, last_change = count_settles(sink_server, stable_s=2.0, timeout_s=TTL_S)
     assert settled - at_kill <= 3 * IN_FLIGHT  # requests in flight, not the rest of their input
     assert time.time() < dead.expires_at  # stopped while the dead driver's lease was still live
@@ -316,7 +329,7 @@ def test_a_killed_runs_workers_stop_at_once_and_the_next_run_resends_at_most_the
     positions = [position(r.state) for r in records(log)]
     assert positions == sorted(positions) and read_progress(lake, "hec", "events").batch_id == 4
     print(
-        f"\nSIGKILL of the process group: {at_kill} HEC events at the kill, {settled} once the workers "
+        f"\nSIGKILL of the process group ({spark} Spark): {at_kill} HEC events at the kill, {settled} once the workers "
         f"stopped ({last_change - killed_at:.1f}s after it); after the next run {len(ids)} events, "
         f"{len(set(ids))} distinct: {duplicates} duplicates (bound {BOUND} = {TASKS} tasks x {GROUP})"
     )
