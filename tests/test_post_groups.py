@@ -353,11 +353,12 @@ def test_a_stalled_driver_taken_over_resends_at_most_the_groups_in_flight(
         [took] = [r for r in records(log) if r.action == "acquire" and r.owner == result.run_id]
         assert took.written_at >= frozen.expires_at
 
-        os.kill(proc.pid, signal.SIGCONT)  # it wakes up fenced out: it must not write progress
-        out, err = proc.communicate(timeout=120)
+        # It wakes up fenced out: it must not write progress with its old token (its op's retry may
+        # take the lease again afterwards and find nothing left to post).
+        os.kill(proc.pid, signal.SIGCONT)
+        out, err = proc.communicate(timeout=180)
         assert out.strip(), err.decode(errors="replace")[-3000:]
         stalled = json.loads(out.decode().strip().splitlines()[-1])
-        assert stalled["success"] is False
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -372,6 +373,7 @@ def test_a_stalled_driver_taken_over_resends_at_most_the_groups_in_flight(
     assert positions == sorted(positions)  # neither run ever moved progress backwards
     assert read_progress(lake, "hec", "events").batch_id == 4
     assert {r.owner for r in sequence if r.action == "settle"} == {stalled["run_id"], result.run_id}
+    assert not [r for r in sequence if r.seq > took.seq and r.token == frozen.token]  # fenced out
     print(
         f"\nstalled driver taken over: {len(ids)} HEC events, {len(set(ids))} distinct: {duplicates} "
         f"duplicates (bound {BOUND} = {TASKS} tasks x {GROUP})"

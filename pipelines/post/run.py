@@ -4,9 +4,10 @@ The op of ``job.py`` calls ``run_post``; the totals, failures and metadata it re
 ``report.py``, and failures of the Spark stage are explained by ``failures.py``.
 """
 
+import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 
 import dagster as dg
@@ -259,40 +260,32 @@ class _GroupPoster:
         guard = self.lease.guard()
         id_expression, time_column = sink.id_expression(), _time_column(sink, plan.schema)
 
-        def post_group(group: int) -> pa.Table:
-            frame = enrich(read_units(spark, plan, fs, [units[group]]), expressions, feed.name)
-            records = to_sink_records(frame, id_expression, time_column)
-            return records.mapInArrow(make_poster(settings, guard), RESULT_DDL).toArrow()
+        settle_lock = threading.Lock()
+        stop = threading.Event()  # a group fell short: groups not started yet are not started
+        written: list[int] = []
 
-        settled = partial.settled_groups()
-        todo = [g for g in range(len(units)) if g not in settled]
-        context.log.info(
-            f"sink {sink.sink_name}: {len(todo)} groups of up to {partial.group_rows} records to post "
-            f"({len(settled)} settled already), {self.slots} at a time; progress moves as each settles"
-        )
-        results: list[pa.Table] = []
-        spark_error: Exception | None = None
-        written = 0
-        with ThreadPoolExecutor(max(1, min(self.slots, len(todo))), thread_name_prefix="post-group") as pool:
-            futures = {pool.submit(post_group, g): g for g in todo}
+        def post_group(group: int) -> pa.Table | None:
+            """Post one group, then settle it from this same thread before it takes the next group.
+
+            So at most ``slots`` groups are ever unsettled: the bound a kill or a takeover re-sends.
+            """
+            if stop.is_set():
+                return None
             try:
-                for future in as_completed(futures):
-                    if future.cancelled():
-                        continue
-                    group = futures[future]
-                    try:
-                        table = future.result()
-                    except Exception as exc:
-                        spark_error = spark_error or exc
-                        _cancel(futures)
-                        continue
-                    results.append(table)
-                    totals = PostTotals.of(table)
-                    if totals.pending or totals.accepted + totals.dead != totals.records_in:
-                        _cancel(futures)  # reported below; groups still running settle if they can
-                        continue
-                    if totals.dead:  # dead letters first: a settled group's rejections are never lost
-                        written += append_dead_letters(
+                frame = enrich(read_units(spark, plan, fs, [units[group]]), expressions, feed.name)
+                records = to_sink_records(frame, id_expression, time_column)
+                table = records.mapInArrow(make_poster(settings, guard), RESULT_DDL).toArrow()
+            except Exception as exc:
+                stop.set()
+                raise _SparkStageError(exc) from exc
+            totals = PostTotals.of(table)
+            if totals.pending or totals.accepted + totals.dead != totals.records_in:
+                stop.set()  # reported below; groups still running settle if they can
+                return table
+            with settle_lock:
+                if totals.dead:  # dead letters first: a settled group's rejections are never lost
+                    written.append(
+                        append_dead_letters(
                             lake.table_uri(DEAD_LETTER_TABLE),
                             lake.storage_options(),
                             sink.sink_name,
@@ -302,13 +295,42 @@ class _GroupPoster:
                             totals.rejected,
                             group=group,
                         )
-                    settle_group(self.lease, sink.sink_name, feed.table_name, partial, group)
+                    )
+                settle_group(self.lease, sink.sink_name, feed.table_name, partial, group)
+            return table
+
+        settled = partial.settled_groups()
+        todo = [g for g in range(len(units)) if g not in settled]
+        context.log.info(
+            f"sink {sink.sink_name}: {len(todo)} groups of up to {partial.group_rows} records to post "
+            f"({len(settled)} settled already), {self.slots} at a time; progress moves as each settles"
+        )
+        results: list[pa.Table] = []
+        spark_error: Exception | None = None
+        other_error: BaseException | None = None
+        with ThreadPoolExecutor(max(1, min(self.slots, len(todo))), thread_name_prefix="post-group") as pool:
+            futures = [pool.submit(post_group, g) for g in todo]
+            try:
+                for future in as_completed(futures):
+                    try:
+                        table = future.result()
+                    except _SparkStageError as exc:
+                        spark_error = spark_error or exc.cause
+                        continue
+                    except Exception as exc:  # LeaseLost, or storage while settling
+                        stop.set()
+                        other_error = other_error or exc
+                        continue
+                    if table is not None:
+                        results.append(table)
             except BaseException:
-                _cancel(futures)
+                stop.set()
                 raise
 
         if self.lease.lost is not None:  # the renewal found another holder: its tasks stopped, say why
             raise self.lease.lost
+        if other_error is not None:
+            raise other_error
         if spark_error is not None:
             context.log.error(
                 f"the post stage failed in Spark: {root_cause(spark_error)}\n{str(spark_error)[:4000]}"
@@ -324,7 +346,7 @@ class _GroupPoster:
             raise pending_failure(sink.sink_name, totals, plan)
         if (unaccounted := unaccounted_failure(sink.sink_name, totals)) is not None:
             raise unaccounted
-        self._report(plan, totals, written, time.perf_counter() - started)
+        self._report(plan, totals, sum(written), time.perf_counter() - started)
 
     def _report(self, plan: PostPlan, totals: PostTotals, written: int, elapsed: float) -> None:
         context, sink, config = self.run.context, self.run.sink, self.run.config
@@ -347,10 +369,12 @@ class _GroupPoster:
         )
 
 
-def _cancel(futures: dict[Future, int]) -> None:
-    """Groups not started yet are not started; running ones finish (and settle if they can)."""
-    for future in futures:
-        future.cancel()
+class _SparkStageError(Exception):
+    """A group's Spark job failed (as opposed to settling it): explained by ``failures.py``."""
+
+    def __init__(self, cause: Exception) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
 
 
 def enrichment_for(feed: FeedSpec, schema: pa.Schema, config: PostConfig) -> list[str]:
