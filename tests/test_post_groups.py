@@ -378,3 +378,14 @@ def test_a_stalled_driver_taken_over_resends_at_most_the_groups_in_flight(
         f"\nstalled driver taken over: {len(ids)} HEC events, {len(set(ids))} distinct: {duplicates} "
         f"duplicates (bound {BOUND} = {TASKS} tasks x {GROUP})"
     )
+
+
+def test_the_beacon_forgets_workers_that_hung_up() -> None:
+    beacon = HolderBeacon("127.0.0.1")
+    watches = [BeaconWatch(beacon.address, beacon.secret) for _ in range(5)]
+    assert not any(w.gone() for w in watches)
+    wait_for(lambda: beacon.connected == 5, 10, "the beacon to hold five connections")
+    for watch in watches:
+        watch.close()  # each task closes its connection when it ends
+    wait_for(lambda: beacon.connected == 0, 10, "the beacon to forget them")
+    beacon.close()

@@ -34,18 +34,54 @@ class HolderBeacon:
         threading.Thread(target=self._accept, name="lease-beacon", daemon=True).start()
 
     def _accept(self) -> None:
+        """Accept workers and forget those that hung up (one connection per task: they come and go)."""
         while True:
-            try:
-                connection, _ = self._server.accept()
-            except OSError:
-                return  # closed
             with self._lock:
                 if self._closed:
-                    connection.close()
                     return
-                self._connections.append(connection)
-            with contextlib.suppress(OSError):
-                connection.sendall(self.secret)
+                watched = [self._server, *self._connections]
+            try:
+                readable, _, _ = select.select(watched, [], [], 1.0)
+            except (OSError, ValueError):
+                if self._closed:
+                    return
+                continue  # a connection closed meanwhile: look again
+            for sock in readable:
+                if sock is self._server:
+                    self._take_connection()
+                else:
+                    self._drop_if_hung_up(sock)
+
+    def _take_connection(self) -> None:
+        try:
+            connection, _ = self._server.accept()
+        except OSError:
+            return  # closed, or the worker gave up already
+        with self._lock:
+            if self._closed:
+                connection.close()
+                return
+            self._connections.append(connection)
+        with contextlib.suppress(OSError):
+            connection.sendall(self.secret)
+
+    def _drop_if_hung_up(self, connection: socket.socket) -> None:
+        try:
+            data = connection.recv(64)
+        except OSError:
+            data = b""
+        if data:
+            return  # workers send nothing; ignore
+        with self._lock:
+            if connection in self._connections:
+                self._connections.remove(connection)
+        connection.close()
+
+    @property
+    def connected(self) -> int:
+        """Workers connected now."""
+        with self._lock:
+            return len(self._connections)
 
     def close(self) -> None:
         """Every worker connected sees its connection end: the holder is gone for them."""
