@@ -22,7 +22,7 @@ from test_post_job import write_feed_batch
 from pipelines.deployment import LOCAL_HEC_TOKEN
 from pipelines.feeds import EVENTS_FEED
 from pipelines.post.job import build_post_job
-from pipelines.post.plan import cut_files
+from pipelines.post.plan import cut_files, cut_groups
 from pipelines.post.progress import (
     PartialProgress,
     abandon_partial,
@@ -113,6 +113,28 @@ def test_groups_are_cut_the_same_way_every_time() -> None:
         (2, 0, None),
     ]
     assert cut_files((25_000, 4_000, None), 10_000) == units
+
+
+def test_small_files_are_packed_into_groups_and_no_group_exceeds_its_rows() -> None:
+    # Frequent small ingests: a Spark job per file would cost more than posting them.
+    file_rows = (1_000,) * 12 + (25_000, None, 3_000)
+    groups = cut_groups(file_rows, 10_000)
+    assert [[u.file_index for u in g] for g in groups] == [
+        list(range(10)),
+        [10, 11],
+        [12],
+        [12],
+        [12],
+        [13],
+        [14],
+    ]
+    sizes = [
+        sum((u.row_stop or file_rows[u.file_index]) - u.row_start for u in g)
+        for g in groups
+        if g[0].file_index != 13
+    ]
+    assert max(sizes) <= 10_000 and sum(sizes) == 12_000 + 25_000 + 3_000
+    assert cut_groups(file_rows, 10_000) == groups
 
 
 # -- the liveness beacon -------------------------------------------------------------------------------

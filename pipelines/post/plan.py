@@ -71,6 +71,33 @@ def cut_files(file_rows: tuple[int | None, ...], unit_rows: int) -> list[ReadUni
     return units
 
 
+def cut_groups(file_rows: tuple[int | None, ...], group_rows: int) -> list[tuple[ReadUnit, ...]]:
+    """The plan's settled groups: row ranges of at most ``group_rows``, small files packed together.
+
+    Files are cut as ``cut_files`` does, then consecutive pieces are packed while their rows add up
+    to at most ``group_rows`` (many small files from frequent ingests make few groups, not one Spark
+    job each). A file of unknown size is a group of its own. Deterministic, like ``cut_files``.
+    """
+    groups: list[tuple[ReadUnit, ...]] = []
+    current: list[ReadUnit] = []
+    rows_in_current = 0
+    for unit in cut_files(file_rows, group_rows):
+        total = file_rows[unit.file_index]
+        if total is None:
+            rows = group_rows
+        else:
+            stop = total if unit.row_stop is None else unit.row_stop
+            rows = stop - unit.row_start
+        if current and rows_in_current + rows > group_rows:
+            groups.append(tuple(current))
+            current, rows_in_current = [], 0
+        current.append(unit)
+        rows_in_current += rows
+    if current:
+        groups.append(tuple(current))
+    return groups
+
+
 def group_rows_for(plan: "PostPlan", slots: int, max_group_records: int, min_rows: int = 5_000) -> int:
     """Rows per settled group: at most ``max_group_records``, and small enough that ``slots`` share a small plan.
 

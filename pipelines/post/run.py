@@ -22,7 +22,7 @@ from pipelines.post.dead_letters import DEAD_LETTER_TABLE, append_dead_letters
 from pipelines.post.enrich import EnrichmentError, default_enrichment_for, enrich, to_sink_records
 from pipelines.post.failures import needs_fix, spark_failure
 from pipelines.post.liveness import beacon_host
-from pipelines.post.plan import PostPlan, cut_files, group_rows_for, plan_post
+from pipelines.post.plan import PostPlan, cut_groups, group_rows_for, plan_post
 from pipelines.post.post_stage import RESULT_DDL, make_poster, per_task_settings
 from pipelines.post.progress import (
     PartialProgress,
@@ -187,7 +187,7 @@ def _resumed_plan(
             version=partial.delta_version,
             batch_to=partial.batch_to,
         )
-        groups = len(cut_files(plan.file_rows or (None,) * len(plan.files), partial.group_rows))
+        groups = len(cut_groups(plan.file_rows or (None,) * len(plan.files), partial.group_rows))
         if groups == partial.groups:
             run.context.log.info(
                 f"sink {run.sink.sink_name}: resuming the plan of version {partial.delta_version} up to batch "
@@ -248,12 +248,12 @@ class _GroupPoster:
         file_rows = plan.file_rows or (None,) * len(plan.files)
         if partial is None:
             group_rows = group_rows_for(plan, self.slots, config.group_records)
-            units = cut_files(file_rows, group_rows)
-            partial = PartialProgress(plan.delta_version, plan.batch_to, group_rows, len(units))
-        units = cut_files(file_rows, partial.group_rows)
+            groups = cut_groups(file_rows, group_rows)
+            partial = PartialProgress(plan.delta_version, plan.batch_to, group_rows, len(groups))
+        groups = cut_groups(file_rows, partial.group_rows)
         fs = lake.filesystem_settings()
         try:  # resolved once, before any group posts: a misfit is for a person to fix
-            enrich(read_units(spark, plan, fs, units[:1]), expressions, feed.name)
+            enrich(read_units(spark, plan, fs, list(groups[0])), expressions, feed.name)
         except EnrichmentError as exc:
             raise needs_fix(str(exc)) from None
         settings = per_task_settings(sink.settings(), self.slots)
@@ -272,7 +272,7 @@ class _GroupPoster:
             if stop.is_set():
                 return None
             try:
-                frame = enrich(read_units(spark, plan, fs, [units[group]]), expressions, feed.name)
+                frame = enrich(read_units(spark, plan, fs, list(groups[group])), expressions, feed.name)
                 records = to_sink_records(frame, id_expression, time_column)
                 table = records.mapInArrow(make_poster(settings, guard), RESULT_DDL).toArrow()
             except Exception as exc:
@@ -300,7 +300,7 @@ class _GroupPoster:
             return table
 
         settled = partial.settled_groups()
-        todo = [g for g in range(len(units)) if g not in settled]
+        todo = [g for g in range(len(groups)) if g not in settled]
         context.log.info(
             f"sink {sink.sink_name}: {len(todo)} groups of up to {partial.group_rows} records to post "
             f"({len(settled)} settled already), {self.slots} at a time; progress moves as each settles"
