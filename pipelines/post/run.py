@@ -323,8 +323,11 @@ class _GroupPoster:
                         continue
                     if table is not None:
                         results.append(table)
-            except BaseException:
+            except (
+                BaseException
+            ):  # interrupted (the run was terminated): its tasks stop now, not at the end of their groups
                 stop.set()
+                self.lease.close_beacon()
                 raise
 
         if self.lease.lost is not None:  # the renewal found another holder: its tasks stopped, say why
