@@ -16,11 +16,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 from test_post_job import write_feed_batch
 
 from pipelines.deployment import LOCAL_HEC_TOKEN
 from pipelines.feeds import EVENTS_FEED
+from pipelines.post.dead_letters import DEAD_LETTER_TABLE, append_dead_letters
 from pipelines.post.job import build_post_job
 from pipelines.post.plan import cut_files, cut_groups
 from pipelines.post.progress import (
@@ -38,7 +40,7 @@ from resources.lease import log as lease_log_module
 from resources.lease.beacon import BeaconWatch, HolderBeacon
 from resources.sinks.resource import SplunkHecSinkResource
 
-from helpers import dagster_cli_env, local_lake
+from helpers import dagster_cli_env, delta_table, local_lake
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -135,6 +137,30 @@ def test_small_files_are_packed_into_groups_and_no_group_exceeds_its_rows() -> N
     ]
     assert max(sizes) <= 10_000 and sum(sizes) == 12_000 + 25_000 + 3_000
     assert cut_groups(file_rows, 10_000) == groups
+
+
+def test_a_groups_dead_letters_are_written_once_whichever_run_settles_it(tmp_path: Path) -> None:
+    lake = local_lake(tmp_path)
+    rejected = pa.table(
+        {
+            "record_id": pa.array(["e1", "e2"], pa.string()),
+            "record": pa.array([b'{"event_id":"e1"}', b'{"event_id":"e2"}'], pa.binary()),
+            "status": pa.array([400, 400], pa.int32()),
+            "error_type": pa.array(["mapper_parsing_exception"] * 2, pa.string()),
+            "reason": pa.array(["bad"] * 2, pa.string()),
+        }
+    )
+
+    def append(group: int, version: int = 3) -> int:
+        uri = lake.table_uri(DEAD_LETTER_TABLE)
+        return append_dead_letters(
+            uri, lake.storage_options(), "es", "events", version, 4, rejected, group=group
+        )
+
+    # Groups settle in any order; a group posted again (after a kill between its dead letters and
+    # its progress) adds nothing; the same group number of another plan is another group.
+    assert [append(2), append(0), append(2), append(0), append(2, version=5)] == [2, 2, 0, 0, 2]
+    assert delta_table(lake, DEAD_LETTER_TABLE).num_rows == 6
 
 
 # -- the liveness beacon -------------------------------------------------------------------------------
