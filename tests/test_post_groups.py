@@ -197,12 +197,14 @@ def test_a_worker_sees_the_beacon_close_and_its_holder_process_die() -> None:
     finally:
         holder.kill()
         holder.wait(10)
+        holder.stdout.close()
 
     # Some other listener, or nobody: unknown, never "gone" (the lease's expiry still applies).
     stranger = HolderBeacon("127.0.0.1")
     assert BeaconWatch(stranger.address, b"not-the-secret-0").gone() is False
     stranger.close()
-    assert BeaconWatch(stranger.address, beacon.secret).gone() is False
+    nobody = BeaconWatch(stranger.address, beacon.secret)
+    assert nobody.gone() is False and nobody.gone() is False
 
 
 def test_a_guard_is_lost_once_its_holder_releases_or_is_fenced_out(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ address that means another host to it) treats the beacon as unreachable, never a
 import contextlib
 import logging
 import secrets
-import select
+import selectors
 import socket
 import threading
 
@@ -34,48 +34,49 @@ class HolderBeacon:
         threading.Thread(target=self._accept, name="lease-beacon", daemon=True).start()
 
     def _accept(self) -> None:
-        """Accept workers and forget those that hung up (one connection per task: they come and go)."""
-        while True:
-            with self._lock:
-                if self._closed:
-                    return
-                watched = [self._server, *self._connections]
-            try:
-                readable, _, _ = select.select(watched, [], [], 1.0)
-            except (OSError, ValueError):
-                if self._closed:
-                    return
-                continue  # a connection closed meanwhile: look again
-            for sock in readable:
-                if sock is self._server:
-                    self._take_connection()
-                else:
-                    self._drop_if_hung_up(sock)
+        """Accept workers and forget those that hung up (one connection per task: they come and go).
 
-    def _take_connection(self) -> None:
+        A selector (epoll on Linux), not select(): a Dagster process may hold descriptors above 1024.
+        """
+        with selectors.DefaultSelector() as selector:
+            selector.register(self._server, selectors.EVENT_READ)
+            while not self._closed:
+                try:
+                    events = selector.select(timeout=1.0)
+                except OSError:
+                    continue
+                for key, _ in events:
+                    sock = key.fileobj
+                    if sock is self._server:
+                        connection = self._take_connection()
+                        if connection is not None:
+                            selector.register(connection, selectors.EVENT_READ)
+                    else:
+                        with contextlib.suppress(KeyError, ValueError):
+                            selector.unregister(sock)
+                        self._drop_if_hung_up(sock)  # type: ignore[arg-type]
+
+    def _take_connection(self) -> socket.socket | None:
         try:
             connection, _ = self._server.accept()
         except OSError:
-            return  # closed, or the worker gave up already
+            return None  # closed, or the worker gave up already
         with self._lock:
             if self._closed:
                 connection.close()
-                return
+                return None
             self._connections.append(connection)
         with contextlib.suppress(OSError):
             connection.sendall(self.secret)
+        return connection
 
     def _drop_if_hung_up(self, connection: socket.socket) -> None:
-        try:
-            data = connection.recv(64)
-        except OSError:
-            data = b""
-        if data:
-            return  # workers send nothing; ignore
+        """Workers send nothing: a readable connection is one that hung up."""
         with self._lock:
             if connection in self._connections:
                 self._connections.remove(connection)
-        connection.close()
+        with contextlib.suppress(OSError):
+            connection.close()
 
     @property
     def connected(self) -> int:
@@ -110,6 +111,7 @@ class BeaconWatch:
         self.connect_timeout_s = connect_timeout_s
         self._socket: socket.socket | None = None
         self._usable = True
+        self._gone = False
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
@@ -117,9 +119,10 @@ class BeaconWatch:
         return state
 
     def _connect(self) -> None:
+        sock: socket.socket | None = None
+        received = b""
         try:
             sock = socket.create_connection(self.address, timeout=self.connect_timeout_s)
-            received = b""
             while len(received) < len(self.secret):
                 chunk = sock.recv(len(self.secret) - len(received))
                 if not chunk:
@@ -131,11 +134,12 @@ class BeaconWatch:
             log.warning(
                 "lease beacon %s:%s unreachable (%s); relying on the lease's expiry", *self.address, exc
             )
-            self._usable = False
-            return
+            received = b""
         if received != self.secret:
-            sock.close()
-            log.warning("%s:%s is not this lease's beacon; relying on the lease's expiry", *self.address)
+            if sock is not None:
+                sock.close()
+            if received:
+                log.warning("%s:%s is not this lease's beacon; relying on the lease's expiry", *self.address)
             self._usable = False
             return
         sock.setblocking(False)
@@ -143,22 +147,25 @@ class BeaconWatch:
 
     def gone(self) -> bool:
         """True once the holder's process ended or it closed the beacon; False while connected or unknown."""
+        if self._gone:
+            return True
         if not self._usable:
             return False
         if self._socket is None:
             self._connect()
             if self._socket is None:
                 return False
-        readable, _, _ = select.select([self._socket], [], [], 0)
-        if not readable:
-            return False
         try:
-            data = self._socket.recv(64)
+            data = self._socket.recv(64)  # non-blocking: nothing to read while the holder is there
         except BlockingIOError:
             return False
         except OSError:
-            return True  # reset
-        return not data  # the beacon never sends after its secret: readable means closed
+            data = b""  # reset
+        if data:
+            return False  # the beacon sends nothing after its secret
+        self._gone = True  # closed: the holder is gone for good
+        self.close()
+        return True
 
     def close(self) -> None:
         if self._socket is not None:
