@@ -1,5 +1,9 @@
 """Running one post: lease, plan, Spark (read, enrich, post), settle (dead letters, progress), report.
 
+A plan is posted group by group (``_GroupPoster``): one Spark job per group of at most
+``group_records`` rows, ``max_tasks`` at a time, each settled through the fence as it completes, so a
+crash or a takeover re-sends at most the groups in flight. A run first resumes a partly settled plan.
+
 The op of ``job.py`` calls ``run_post``; the totals, failures and metadata it reports are built in
 ``report.py``, and failures of the Spark stage are explained by ``failures.py``.
 """
