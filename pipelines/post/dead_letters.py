@@ -31,8 +31,15 @@ def append_dead_letters(
     delta_version: int,
     batch_to: int,
     rejected: pa.Table,
+    group: int | None = None,
 ) -> int:
-    """Append the rejected records once per (sink, batch_to): a replayed post run does not add them twice."""
+    """Append the rejected records once per (sink, batch_to), or per group of the plan with ``group``.
+
+    A re-posted batch or group does not add them twice. A group is named by its plan (``delta_version``,
+    ``batch_to``) and number, each with an application id of its own: groups settle in any order, and
+    delta-rs' check of a transaction version only orders the versions of one id. Only groups with
+    rejections add one, so their number stays small.
+    """
     n = rejected.num_rows
     now = datetime.now(UTC)
     table = pa.table(
@@ -51,4 +58,7 @@ def append_dead_letters(
         schema=DEAD_LETTER_SCHEMA,
     )
     app_id = f"lakerelay-dead-letters:{sink}:{source_table}"
-    return n if append_once(table_uri, storage_options, table, app_id, batch_to) else 0
+    if group is None:
+        return n if append_once(table_uri, storage_options, table, app_id, batch_to) else 0
+    group_app_id = f"{app_id}:v{delta_version}:b{batch_to}:g{group}"
+    return n if append_once(table_uri, storage_options, table, group_app_id, 1) else 0

@@ -48,9 +48,18 @@ def split_units(
     known = [n for n in file_rows if n is not None]
     total = sum(known)
     unit_rows = max(min_rows_per_unit, -(-total // max(1, max_tasks))) if total else 0
+    return cut_files(file_rows, unit_rows)
+
+
+def cut_files(file_rows: tuple[int | None, ...], unit_rows: int) -> list[ReadUnit]:
+    """Each file cut into equal row ranges of at most ``unit_rows`` (0: whole files), in file order.
+
+    Deterministic: the same files and ``unit_rows`` give the same units, which is what lets a run
+    resume another's settled groups. A file of unknown size is one unit.
+    """
     units = []
     for index, rows in enumerate(file_rows):
-        if rows is None or unit_rows == 0 or rows <= unit_rows:
+        if rows is None or unit_rows <= 0 or rows <= unit_rows:
             units.append(ReadUnit(index, 0, None))
             continue
         pieces = -(-rows // unit_rows)
@@ -62,13 +71,65 @@ def split_units(
     return units
 
 
-def plan_post(table_uri: str, storage_options: dict[str, str], app_id: str, settled_batch: int) -> PostPlan:
+def cut_groups(file_rows: tuple[int | None, ...], group_rows: int) -> list[tuple[ReadUnit, ...]]:
+    """The plan's settled groups: row ranges of at most ``group_rows``, small files packed together.
+
+    Files are cut as ``cut_files`` does, then consecutive pieces are packed while their rows add up
+    to at most ``group_rows`` (many small files from frequent ingests make few groups, not one Spark
+    job each). A file of unknown size is a group of its own. Deterministic, like ``cut_files``.
+    """
+    groups: list[tuple[ReadUnit, ...]] = []
+    current: list[ReadUnit] = []
+    rows_in_current = 0
+    for unit in cut_files(file_rows, group_rows):
+        total = file_rows[unit.file_index]
+        if total is None:
+            rows = group_rows
+        else:
+            stop = total if unit.row_stop is None else unit.row_stop
+            rows = stop - unit.row_start
+        if current and rows_in_current + rows > group_rows:
+            groups.append(tuple(current))
+            current, rows_in_current = [], 0
+        current.append(unit)
+        rows_in_current += rows
+    if current:
+        groups.append(tuple(current))
+    return groups
+
+
+def group_rows_for(plan: "PostPlan", slots: int, max_group_records: int, min_rows: int = 5_000) -> int:
+    """Rows per settled group: at most ``max_group_records``, and small enough that ``slots`` share a small plan.
+
+    Groups are the unit of progress (a crash re-sends at most the groups in flight) and of Spark
+    work (one task each), so a plan smaller than ``slots`` full groups is cut into ``slots`` groups
+    of at least ``min_rows`` (or ``max_group_records`` when that is smaller).
+    """
+    total = sum(n for n in plan.file_rows if n is not None)
+    spread = max(min_rows, -(-total // max(1, slots)))
+    return max(1, min(max_group_records, spread))
+
+
+def plan_post(
+    table_uri: str,
+    storage_options: dict[str, str],
+    app_id: str,
+    settled_batch: int,
+    version: int | None = None,
+    batch_to: int | None = None,
+) -> PostPlan:
+    """The files holding batches ``(settled_batch, last]`` at the table's latest version.
+
+    With ``version`` and ``batch_to``: the plan as it was at that version, up to that batch (a run
+    resuming another's partly settled plan reads exactly the files and row ranges it cut into groups).
+    Files are in path order, so the same version always gives the same plan.
+    """
     # Imported here: executors import this module for ReadUnit and have no deltalake.
     from deltalake import DeltaTable
 
-    table = DeltaTable(table_uri, storage_options=storage_options)
+    table = DeltaTable(table_uri, storage_options=storage_options, version=version)
     version = table.version()
-    last_batch = table.transaction_version(app_id) or 0
+    last_batch = (table.transaction_version(app_id) or 0) if batch_to is None else batch_to
     schema = pa.schema(table.schema().to_arrow())
     if last_batch <= settled_batch:
         return PostPlan(table_uri, version, settled_batch, last_batch, (), schema)
@@ -80,6 +141,8 @@ def plan_post(table_uri: str, storage_options: dict[str, str], app_id: str, sett
         high = pc.fill_null(pc.greater(actions["max._batch_id"], settled_batch), True)
         keep = pc.and_(low, high)
     kept = actions.filter(keep) if actions.num_rows else actions
+    if kept.num_rows:
+        kept = kept.sort_by("path")
     paths = kept["path"].to_pylist() if kept.num_rows else []
     rows = kept["num_records"].to_pylist() if kept.num_rows and "num_records" in kept.column_names else []
     files = tuple(p if "://" in p or p.startswith("/") else f"{table_uri.rstrip('/')}/{p}" for p in paths)

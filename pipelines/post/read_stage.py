@@ -26,9 +26,16 @@ def read_planned_rows(
     """The planned rows as a DataFrame of up to ``max_tasks`` partitions, and that partition count."""
     units = split_units(plan.file_rows or (None,) * len(plan.files), max_tasks)
     tasks = max(1, min(len(units), max_tasks))
+    return read_units(spark, plan, fs, units, tasks), tasks
+
+
+def read_units(
+    spark: SparkSession, plan: PostPlan, fs: FileSystemSettings, units: list[ReadUnit], tasks: int = 1
+) -> DataFrame:
+    """The rows of ``units`` of the plan's files as a DataFrame of ``tasks`` partitions."""
     spark_schema = from_arrow_schema(plan.schema, prefer_timestamp_ntz=False)
     reader = _unit_reader(plan.files, units, plan.schema, fs, plan.batch_from, plan.batch_to)
-    return spark.range(0, len(units), 1, numPartitions=tasks).mapInArrow(reader, spark_schema), tasks
+    return spark.range(0, len(units), 1, numPartitions=max(1, tasks)).mapInArrow(reader, spark_schema)
 
 
 def _unit_reader(

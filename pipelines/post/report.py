@@ -84,10 +84,10 @@ def pending_failure(sink_name: str, totals: PostTotals, plan: PostPlan) -> dg.Fa
         description=(
             f"sink {sink_name}: {t.pending} of {t.records_in} records are still pending: "
             f"{t.reasons[0] if t.reasons else 'transient failures'}. {t.accepted} were accepted and "
-            f"{t.dead} rejected; nothing is dead-lettered for a transient failure and progress was not "
-            f"advanced, so the next run resumes these batches (ids make resends overwrite in "
-            f"Elasticsearch; Splunk HEC may receive the accepted ones again). If the sink stays down, "
-            f"check it; raise delivery_timeout_s to wait longer."
+            f"{t.dead} rejected; nothing is dead-lettered for a transient failure and progress moved "
+            f"only over the groups that settled whole, so the next run resumes with the others (ids "
+            f"make resends overwrite in Elasticsearch; Splunk HEC may receive their accepted records "
+            f"again). If the sink stays down, check it; raise delivery_timeout_s to wait longer."
         ),
         # The run already waited delivery_timeout_s: the table sensor's backoff asks again later.
         allow_retries=False,
@@ -112,7 +112,8 @@ def unaccounted_failure(sink_name: str, totals: PostTotals) -> dg.Failure | None
     return dg.Failure(
         description=(
             f"sink {sink_name}: {t.records_in} records read but {t.accepted} accepted and {t.dead} "
-            f"dead-lettered; progress not advanced, the next run re-posts this batch (ids make it idempotent)."
+            f"dead-lettered; progress did not move over the groups short of records, the next run "
+            f"re-posts them (ids make it idempotent)."
         )
     )
 

@@ -1,11 +1,17 @@
 """Running one post: lease, plan, Spark (read, enrich, post), settle (dead letters, progress), report.
 
+A plan is posted group by group (``_GroupPoster``): one Spark job per group of at most
+``group_records`` rows, ``max_tasks`` at a time, each settled through the fence as it completes, so a
+crash or a takeover re-sends at most the groups in flight. A run first resumes a partly settled plan.
+
 The op of ``job.py`` calls ``run_post``; the totals, failures and metadata it reports are built in
 ``report.py``, and failures of the Spark stage are explained by ``failures.py``.
 """
 
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 
 import dagster as dg
@@ -19,10 +25,20 @@ from pipelines.post.config import PostConfig
 from pipelines.post.dead_letters import DEAD_LETTER_TABLE, append_dead_letters
 from pipelines.post.enrich import EnrichmentError, default_enrichment_for, enrich, to_sink_records
 from pipelines.post.failures import needs_fix, spark_failure
-from pipelines.post.plan import plan_post
+from pipelines.post.liveness import beacon_host
+from pipelines.post.plan import PostPlan, cut_groups, group_rows_for, plan_post
 from pipelines.post.post_stage import RESULT_DDL, make_poster, per_task_settings
-from pipelines.post.progress import acquire_progress, lease_label, progress_of, write_progress
-from pipelines.post.read_stage import read_planned_rows
+from pipelines.post.progress import (
+    PartialProgress,
+    SinkProgress,
+    abandon_partial,
+    acquire_progress,
+    lease_label,
+    progress_of,
+    settle_group,
+    write_progress,
+)
+from pipelines.post.read_stage import read_units
 from pipelines.post.report import PostTotals, pending_failure, post_metadata, unaccounted_failure
 from resources.executor_check import ExecutorEnvironmentError, prepare_executors
 from resources.lake import LakeResource
@@ -121,11 +137,16 @@ def _acquire_post_lease(
 
 
 def _post_under_lease(run: PostRun, lease: Lease) -> None:
-    started = time.perf_counter()
-    context, lake, sink, feed, config = run.context, run.lake, run.sink, run.feed, run.config
+    context, lake, sink, feed = run.context, run.lake, run.sink, run.feed
     options = lake.storage_options()
     table_uri = lake.table_uri(feed.table_name)
     progress = progress_of(lease.state)  # what this run plans from: the truth while it holds the lease
+    poster = _GroupPoster(run, lease)
+    if progress.partial is not None:
+        resumed = _resumed_plan(run, lease, table_uri, options, progress)
+        if resumed is not None:
+            poster.post(resumed, progress.partial)
+        progress = progress_of(lease.state)
     try:
         plan = plan_post(table_uri, options, feed.app_id, progress.batch_id)
     except TableNotFoundError:
@@ -147,70 +168,220 @@ def _post_under_lease(run: PostRun, lease: Lease) -> None:
             )
         context.log.info("nothing new to post")
         return
-    # Seconds, not minutes: a wrong key or an unreachable sink is reported before Spark starts.
-    sink.check_connection()
-    expressions = enrichment_for(feed, plan.schema, config)
+    poster.post(plan, None)
 
-    spark = run.spark_session()
-    slots = config.max_tasks or default_parallelism(spark)
-    _prepare_executors(context, spark, slots, config.check_executors)
-    frame, tasks = read_planned_rows(spark, plan, lake.filesystem_settings(), slots)
-    settings = per_task_settings(sink.settings(), tasks)
+
+def _resumed_plan(
+    run: PostRun, lease: Lease, table_uri: str, options: dict[str, str], progress: SinkProgress
+) -> PostPlan | None:
+    """The plan another run settled in part, as it was: same version, batches and groups.
+
+    None (and the partial progress dropped, so its groups are posted again) when that version can no
+    longer be read or no longer cuts into the same groups.
+    """
+    partial = progress.partial
+    assert partial is not None
+    problem = ""
     try:
-        enriched = enrich(frame, expressions, feed.name)
-    except EnrichmentError as exc:
-        raise needs_fix(str(exc)) from None
-    records = to_sink_records(enriched, sink.id_expression(), _time_column(sink, plan.schema))
-    try:
-        results = records.mapInArrow(make_poster(settings, lease.guard()), RESULT_DDL).toArrow()
-    except Exception as exc:
-        if lease.lost is not None:
-            raise lease.lost from None
-        context.log.error(f"the post stage failed in Spark: {root_cause(exc)}\n{str(exc)[:4000]}")
-        raise spark_failure(exc, sink.sink_name) from None
-
-    if lease.lost is not None:  # the renewal found another holder: its tasks stopped, say why
-        raise lease.lost
-
-    totals = PostTotals.of(results)
-    if totals.pending:
-        raise pending_failure(sink.sink_name, totals, plan)
-    if (unaccounted := unaccounted_failure(sink.sink_name, totals)) is not None:
-        raise unaccounted
-    dead = totals.dead
-    # No rows, no commit: an empty Delta commit per clean run would only slow runs and the log down.
-    written = (
-        append_dead_letters(
-            lake.table_uri(DEAD_LETTER_TABLE),
+        plan = plan_post(
+            table_uri,
             options,
-            sink.sink_name,
-            feed.table_name,
-            plan.delta_version,
-            plan.batch_to,
-            totals.rejected,
+            run.feed.app_id,
+            progress.batch_id,
+            version=partial.delta_version,
+            batch_to=partial.batch_to,
         )
-        if dead
-        else 0
+        groups = len(cut_groups(plan.file_rows or (None,) * len(plan.files), partial.group_rows))
+        if groups == partial.groups:
+            run.context.log.info(
+                f"sink {run.sink.sink_name}: resuming the plan of version {partial.delta_version} up to batch "
+                f"{partial.batch_to}: {len(partial.settled_groups())} of {partial.groups} groups of "
+                f"{partial.group_rows} rows were settled by an earlier run"
+            )
+            return plan
+        problem = f"it now cuts into {groups} groups, not {partial.groups}"
+    except Exception as exc:  # vacuumed or unreadable: re-sending beats never sending
+        problem = f"{type(exc).__name__}: {exc}"
+    run.context.log.warning(
+        f"sink {run.sink.sink_name}: the partly settled plan of version {partial.delta_version} cannot be "
+        f"resumed ({problem}); its batches are posted again from batch {progress.batch_id}"
     )
-    write_progress(lake, sink.sink_name, feed.table_name, plan.delta_version, plan.batch_to, lease=lease)
+    abandon_partial(lease, run.sink.sink_name, run.feed.table_name)
+    return None
 
-    elapsed = time.perf_counter() - started
-    metadata = post_metadata(totals, plan, config, written, elapsed)
-    context.log_event(dg.AssetMaterialization(asset_key=run.asset_key, metadata=metadata))
-    context.log_event(
-        dead_letter_evaluation(run.asset_key, dead, totals.records_in, config.dead_letter_max_rate)
-    )
-    dead_letter_rate = dead / totals.records_in if totals.records_in else 0.0
-    if dead_letter_rate > config.dead_letter_max_rate:
-        context.log.warning(
-            f"sink {sink.sink_name}: {dead} of {totals.records_in} records dead-lettered "
-            f"({dead_letter_rate:.2%} > {config.dead_letter_max_rate:.2%}); see table {DEAD_LETTER_TABLE} "
-            f"(asset check {DEAD_LETTER_CHECK})"
+
+class _GroupPoster:
+    """Posts plans group by group, one Spark job per group, and settles each group as it completes.
+
+    At most ``slots`` groups are submitted at a time, so a crash, kill or takeover re-sends at most
+    ``slots`` groups: a stalled driver submits no new group, and its dead letters and progress move
+    only through the fence. Spark starts on the first plan with records.
+    """
+
+    def __init__(self, run: PostRun, lease: Lease) -> None:
+        self.run = run
+        self.lease = lease
+        self._spark: SparkSession | None = None
+        self.slots = 1
+
+    def _spark_ready(self) -> SparkSession:
+        if self._spark is None:
+            run = self.run
+            # Seconds, not minutes: a wrong key or an unreachable sink is reported before Spark starts.
+            run.sink.check_connection()
+            spark = run.spark_session()
+            self.slots = run.config.max_tasks or default_parallelism(spark)
+            _prepare_executors(run.context, spark, self.slots, run.config.check_executors)
+            host = beacon_host(spark)
+            if host is not None:
+                self.lease.open_beacon(host)
+            self._spark = spark
+        return self._spark
+
+    def post(self, plan: PostPlan, partial: PartialProgress | None) -> None:
+        started = time.perf_counter()
+        context, lake, sink, feed, config = (
+            self.run.context,
+            self.run.lake,
+            self.run.sink,
+            self.run.feed,
+            self.run.config,
         )
-    context.log.info(
-        f"sink {sink.sink_name}: {totals.accepted} accepted, {dead} dead-lettered of {totals.records_in} "
-        f"records in {elapsed:.1f}s; progress now batch {plan.batch_to} (version {plan.delta_version})"
-    )
+        spark = self._spark_ready()
+        expressions = enrichment_for(feed, plan.schema, config)
+        file_rows = plan.file_rows or (None,) * len(plan.files)
+        if partial is None:
+            group_rows = group_rows_for(plan, self.slots, config.group_records)
+            groups = cut_groups(file_rows, group_rows)
+            partial = PartialProgress(plan.delta_version, plan.batch_to, group_rows, len(groups))
+        groups = cut_groups(file_rows, partial.group_rows)
+        fs = lake.filesystem_settings()
+        try:  # resolved once, before any group posts: a misfit is for a person to fix
+            enrich(read_units(spark, plan, fs, list(groups[0])), expressions, feed.name)
+        except EnrichmentError as exc:
+            raise needs_fix(str(exc)) from None
+        settings = per_task_settings(sink.settings(), self.slots)
+        guard = self.lease.guard()
+        id_expression, time_column = sink.id_expression(), _time_column(sink, plan.schema)
+
+        settle_lock = threading.Lock()
+        stop = threading.Event()  # a group fell short: groups not started yet are not started
+        written: list[int] = []
+
+        def post_group(group: int) -> pa.Table | None:
+            """Post one group, then settle it from this same thread before it takes the next group.
+
+            So at most ``slots`` groups are ever unsettled: the bound a kill or a takeover re-sends.
+            """
+            if stop.is_set():
+                return None
+            try:
+                frame = enrich(read_units(spark, plan, fs, list(groups[group])), expressions, feed.name)
+                records = to_sink_records(frame, id_expression, time_column)
+                table = records.mapInArrow(make_poster(settings, guard), RESULT_DDL).toArrow()
+            except Exception as exc:
+                stop.set()
+                raise _SparkStageError(exc) from exc
+            totals = PostTotals.of(table)
+            if totals.pending or totals.accepted + totals.dead != totals.records_in:
+                stop.set()  # reported below; groups still running settle if they can
+                return table
+            with settle_lock:
+                if totals.dead:  # dead letters first: a settled group's rejections are never lost
+                    written.append(
+                        append_dead_letters(
+                            lake.table_uri(DEAD_LETTER_TABLE),
+                            lake.storage_options(),
+                            sink.sink_name,
+                            feed.table_name,
+                            plan.delta_version,
+                            plan.batch_to,
+                            totals.rejected,
+                            group=group,
+                        )
+                    )
+                settle_group(self.lease, sink.sink_name, feed.table_name, partial, group)
+            return table
+
+        settled = partial.settled_groups()
+        todo = [g for g in range(len(groups)) if g not in settled]
+        context.log.info(
+            f"sink {sink.sink_name}: {len(todo)} groups of up to {partial.group_rows} records to post "
+            f"({len(settled)} settled already), {self.slots} at a time; progress moves as each settles"
+        )
+        results: list[pa.Table] = []
+        spark_error: Exception | None = None
+        other_error: BaseException | None = None
+        with ThreadPoolExecutor(max(1, min(self.slots, len(todo))), thread_name_prefix="post-group") as pool:
+            futures = [pool.submit(post_group, g) for g in todo]
+            try:
+                for future in as_completed(futures):
+                    try:
+                        table = future.result()
+                    except _SparkStageError as exc:
+                        spark_error = spark_error or exc.cause
+                        continue
+                    except Exception as exc:  # LeaseLost, or storage while settling
+                        stop.set()
+                        other_error = other_error or exc
+                        continue
+                    if table is not None:
+                        results.append(table)
+            except (
+                BaseException
+            ):  # interrupted (the run was terminated): its tasks stop now, not at the end of their groups
+                stop.set()
+                self.lease.close_beacon()
+                raise
+
+        if self.lease.lost is not None:  # the renewal found another holder: its tasks stopped, say why
+            raise self.lease.lost
+        if other_error is not None:
+            raise other_error
+        if spark_error is not None:
+            context.log.error(
+                f"the post stage failed in Spark: {root_cause(spark_error)}\n{str(spark_error)[:4000]}"
+            )
+            raise spark_failure(spark_error, sink.sink_name) from None
+        if not todo:  # every group was settled by the run that was interrupted: close the plan
+            write_progress(
+                lake, sink.sink_name, feed.table_name, plan.delta_version, plan.batch_to, lease=self.lease
+            )
+            return
+        totals = PostTotals.of(pa.concat_tables(results))
+        if totals.pending:
+            raise pending_failure(sink.sink_name, totals, plan)
+        if (unaccounted := unaccounted_failure(sink.sink_name, totals)) is not None:
+            raise unaccounted
+        self._report(plan, totals, sum(written), time.perf_counter() - started)
+
+    def _report(self, plan: PostPlan, totals: PostTotals, written: int, elapsed: float) -> None:
+        context, sink, config = self.run.context, self.run.sink, self.run.config
+        dead = totals.dead
+        metadata = post_metadata(totals, plan, config, written, elapsed)
+        context.log_event(dg.AssetMaterialization(asset_key=self.run.asset_key, metadata=metadata))
+        context.log_event(
+            dead_letter_evaluation(self.run.asset_key, dead, totals.records_in, config.dead_letter_max_rate)
+        )
+        dead_letter_rate = dead / totals.records_in if totals.records_in else 0.0
+        if dead_letter_rate > config.dead_letter_max_rate:
+            context.log.warning(
+                f"sink {sink.sink_name}: {dead} of {totals.records_in} records dead-lettered "
+                f"({dead_letter_rate:.2%} > {config.dead_letter_max_rate:.2%}); see table {DEAD_LETTER_TABLE} "
+                f"(asset check {DEAD_LETTER_CHECK})"
+            )
+        context.log.info(
+            f"sink {sink.sink_name}: {totals.accepted} accepted, {dead} dead-lettered of {totals.records_in} "
+            f"records in {elapsed:.1f}s; progress now batch {plan.batch_to} (version {plan.delta_version})"
+        )
+
+
+class _SparkStageError(Exception):
+    """A group's Spark job failed (as opposed to settling it): explained by ``failures.py``."""
+
+    def __init__(self, cause: Exception) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
 
 
 def enrichment_for(feed: FeedSpec, schema: pa.Schema, config: PostConfig) -> list[str]:

@@ -6,6 +6,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 
+from resources.lease.beacon import BeaconWatch
 from resources.lease.log import LeaseLog
 from resources.lease.record import LeaseRecord, iso_time, ticking
 
@@ -20,9 +21,19 @@ class LeaseGuard:
     nothing changed), and a listing plus one GET only when something was appended (a renewal, or
     someone else's record) or the known record was pruned (a task that started long after its guard
     was made).
+
+    With a ``beacon`` (the holder's liveness listener), every check also asks the connection to it:
+    a holder whose process died or that gave the lease up is seen at the next tick, not at expiry.
     """
 
-    def __init__(self, log: LeaseLog, record: LeaseRecord, check_s: float, label: str = "") -> None:
+    def __init__(
+        self,
+        log: LeaseLog,
+        record: LeaseRecord,
+        check_s: float,
+        label: str = "",
+        beacon: BeaconWatch | None = None,
+    ) -> None:
         self.log = log
         self.token = record.token
         self.owner = record.owner
@@ -32,6 +43,7 @@ class LeaseGuard:
         self._expires_at = record.expires_at
         self._checked_at = 0.0  # monotonic; 0: storage not asked yet in this process
         self._reason: str | None = None
+        self._beacon = beacon
         self._lock = threading.Lock()
 
     def __getstate__(self) -> dict:
@@ -51,6 +63,11 @@ class LeaseGuard:
             return self._reason
 
     def _check(self, force: bool) -> str | None:
+        if self._beacon is not None and self._beacon.gone():
+            return (
+                f"{self.label}: the run {self.owner} (token {self.token}) that holds the lease is gone (its "
+                f"process ended, or it lost or released the lease); stopped posting, the rest stays pending"
+            )
         due = force or time.monotonic() - self._checked_at >= self.check_s
         if due:
             try:
@@ -81,7 +98,9 @@ class LeaseGuard:
         return None
 
     def _next_wait(self) -> float:
-        return max(0.05, min(self.check_s, self._expires_at - time.time()))
+        # The beacon costs no storage call: ask it often, so an orphan stops within a second.
+        every = min(self.check_s, 0.5) if self._beacon is not None else self.check_s
+        return max(0.05, min(every, self._expires_at - time.time()))
 
     @contextlib.contextmanager
     def watching(self, on_lost: Callable[[str], None]) -> Iterator["LeaseGuard"]:
@@ -101,5 +120,9 @@ class LeaseGuard:
                 on_lost(reason)
             return bool(reason)
 
-        with ticking(check, self._next_wait, "lease-watch"):
-            yield self
+        try:
+            with ticking(check, self._next_wait, "lease-watch"):
+                yield self
+        finally:
+            if self._beacon is not None:
+                self._beacon.close()

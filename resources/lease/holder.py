@@ -6,6 +6,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 
+from resources.lease.beacon import BeaconWatch, HolderBeacon
 from resources.lease.guard import LeaseGuard
 from resources.lease.log import LeaseLog
 from resources.lease.record import LeaseHeld, LeaseLost, LeaseRecord, iso_time, successor, ticking
@@ -26,6 +27,7 @@ class Lease:
         self._lock = threading.Lock()
         self.lost: LeaseLost | None = None
         self.released = False
+        self._beacon: HolderBeacon | None = None
 
     @property
     def token(self) -> int:
@@ -85,6 +87,7 @@ class Lease:
                     f"{record.seq} was written by {who} after its last record {current.seq}",
                     holder,
                 )
+                self.close_beacon()  # its workers stop now, not at their next storage check
                 raise self.lost
             if release:
                 self.released = True
@@ -104,14 +107,37 @@ class Lease:
 
         Nothing to do when already fenced out or released.
         """
+        self.close_beacon()
         if self.lost is not None or self.released:
             return
         with contextlib.suppress(LeaseLost):
             self._append("release", release=True)
 
+    def open_beacon(self, host: str) -> None:
+        """Listen on ``host`` for workers' liveness connections (see ``beacon.py``) until released or lost.
+
+        Guards made after this carry its address. Best effort: a host that cannot be bound only
+        leaves workers to the lease's expiry, as without a beacon.
+        """
+        if self._beacon is not None or self.lost is not None or self.released:
+            return
+        try:
+            self._beacon = HolderBeacon(host)
+        except OSError as exc:
+            log.warning(
+                "%s: no liveness beacon on %s (%s); workers stop at the lease's expiry", self.label, host, exc
+            )
+
+    def close_beacon(self) -> None:
+        beacon, self._beacon = self._beacon, None
+        if beacon is not None:
+            beacon.close()
+
     def guard(self, check_s: float | None = None) -> LeaseGuard:
-        """A picklable guard for workers: lost once the token changes or the lease expires."""
-        return LeaseGuard(self.log, self._record, check_s or min(1.0, self.ttl_s / 4), self.label)
+        """A picklable guard for workers: lost once the token changes, the lease expires or the beacon ends."""
+        beacon = self._beacon
+        watch = BeaconWatch(beacon.address, beacon.secret) if beacon is not None else None
+        return LeaseGuard(self.log, self._record, check_s or min(1.0, self.ttl_s / 4), self.label, watch)
 
     @contextlib.contextmanager
     def keep_alive(
@@ -134,8 +160,11 @@ class Lease:
                     on_error(exc)
             return False
 
-        with ticking(renew, lambda: interval, "lease-renew", join_s=60):
-            yield self
+        try:
+            with ticking(renew, lambda: interval, "lease-renew", join_s=60):
+                yield self
+        finally:
+            self.close_beacon()
 
 
 def acquire(
