@@ -174,3 +174,86 @@ def test_spark_config_keeps_the_token_out_of_the_url_and_local_spark_on_loopback
     # A cluster's executors must reach its driver: no loopback binding there.
     monkeypatch.setenv("LAKERELAY_SPARK_MASTER", "spark://spark-master:7077")
     assert "spark.driver.bindAddress" not in deployment.spark_config()
+
+
+def _wait_for(condition, what: str, timeout_s: float = 300.0, every_s: float = 0.2):
+    """Poll ``condition`` until it returns a truthy value (returned), failing the test after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(every_s)
+    pytest.fail(f"timed out after {timeout_s:.0f}s waiting for {what}")
+
+
+@pytest.mark.integration
+def test_a_connect_server_that_dies_mid_post_fails_the_run_fast_and_the_next_run_after_a_restart_delivers_once(
+    tmp_path: Path, sink_server, worker_python: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Killed mid-post: the run fails within a minute naming the server; restarted: a new session, each document once."""
+    import os
+    import signal
+    import threading
+
+    from devtools import spark_connect
+
+    lake = local_lake(tmp_path)
+    records = 20_000
+    write_feed_batch(lake, 1, records)
+    directory, port = tmp_path / "server", free_port()
+    server = spark_connect.start(directory, port=port, master="local[2]", python=str(worker_python))
+    try:
+        monkeypatch.setenv("LAKERELAY_SPARK_REMOTE", server.url)
+        # Slow replies and small calls: the post is still running when the server is killed.
+        sink_server.set_faults({"latency_ms": 150})
+        sink = ElasticsearchSinkResource(
+            sink_name="es", url=sink_server.url, index="crash", id_field="event_id", max_records_per_call=100
+        )
+        held = deployment.spark_resource()  # a resource whose session outlives the crash (a step retry's)
+        before = held.spark_session
+        assert before.range(3).count() == 3
+
+        killed_at: list[float] = []
+
+        def kill_when_posting() -> None:
+            _wait_for(lambda: sink_server.es_count("crash") > 0, "the first documents in the sink")
+            os.killpg(server.pid, signal.SIGKILL)  # the JVM and its Python workers, as a crash would
+            killed_at.append(time.monotonic())
+
+        killer = threading.Thread(target=kill_when_posting, daemon=True)
+        killer.start()
+        result = run_post(lake, sink, deployment.spark_resource(), raise_on_error=False)
+        ended_at = time.monotonic()
+        killer.join(timeout=60)
+
+        assert killed_at, "the server was not killed while the run posted"
+        failed_after = ended_at - killed_at[0]
+        print(f"\nthe run failed {failed_after:.1f}s after its Spark Connect server was killed")
+        assert not result.success
+        [failure] = [e for e in result.all_events if e.is_step_failure]  # not retried: the calls waited
+        message = failure.step_failure_data.error.message
+        assert f"Spark Connect server {server.url} stopped answering" in message, message
+        assert "UNAVAILABLE" in message and "python -m devtools.spark_connect start" in message, message
+        # connect_retry_s (30 s) and a bounded release, not the client's ~10 minutes of retries.
+        assert failed_after < 60, failed_after
+        assert 0 < sink_server.es_count("crash") < records
+
+        _wait_for(lambda: spark_connect.status(directory) is None, "the killed server to be gone")
+        server = spark_connect.start(directory, port=port, master="local[2]", python=str(worker_python))
+        sink_server.set_faults(None)
+
+        # The session of before the crash is gone with its server: the resource opens a new one.
+        after = held.spark_session
+        assert after is not before and after.session_id != before.session_id
+        assert after.range(5).count() == 5
+        assert before.is_stopped
+        after.stop()
+
+        again = run_post(lake, sink, deployment.spark_resource())
+        [event] = again.asset_materializations_for_node("spark_post_events_to_elasticsearch")
+        assert event.metadata["records"].value == records
+        ids = sink_server.es_ids("crash")
+        assert len(ids) == records and set(ids) == {f"e{i}" for i in range(records)}
+    finally:
+        spark_connect.stop(directory)
