@@ -189,13 +189,17 @@ def end_connect_session(session: "ConnectSparkSession") -> list[str]:
         _OPEN_SESSIONS.pop(session, None)
     if session.is_stopped:
         return []
-    interrupted: list[str] = []
     with _retrying_for(session, _END_SESSION_BUDGET_S), warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         try:
             interrupted = list(session.interruptAll())
         except Exception:
-            session.release_session_on_close = False  # the server is not there: nothing to release
+            # The server is not there (or lost the session): nothing to interrupt or release. Closing
+            # the channel waits up to 10 s for pyspark's background releases of the call that failed,
+            # still retrying a dead server: that wait is not the run's.
+            session.release_session_on_close = False
+            threading.Thread(target=session.stop, name="lakerelay-connect-close", daemon=True).start()
+            return []
         session.stop()
     return interrupted
 

@@ -92,6 +92,7 @@ _DRIVER_GONE = (
     "Error while sending or receiving",
     "Py4JNetworkError",
     "does not exist in the JVM",
+    "An error occurred while calling z:py4j.",  # py4j's own reflection call failed: a JVM shutting down
     "ConnectionRefusedError: [Errno 111]",
     "ConnectionResetError: [Errno 104]",
 )

@@ -247,7 +247,7 @@ def test_a_connect_server_that_dies_mid_post_fails_the_run_fast_and_the_next_run
         after = held.spark_session
         assert after is not before and after.session_id != before.session_id
         assert after.range(5).count() == 5
-        assert before.is_stopped
+        _wait_for(lambda: before.is_stopped, "the lost session to be closed")
         after.stop()
 
         again = run_post(lake, sink, deployment.spark_resource())
@@ -257,3 +257,70 @@ def test_a_connect_server_that_dies_mid_post_fails_the_run_fast_and_the_next_run
         assert len(ids) == records and set(ids) == {f"e{i}" for i in range(records)}
     finally:
         spark_connect.stop(directory)
+
+
+def _post_each_row(url: str, index: str):
+    """A mapInArrow function that posts its rows one by one to the sink at ``url`` (a slow post stage)."""
+
+    def post(batches):
+        import requests
+
+        with requests.Session() as http:
+            for batch in batches:
+                for i in batch.column("id").to_pylist():
+                    body = f'{{"index":{{"_index":"{index}","_id":"{i}"}}}}\n{{"n":{i}}}\n'
+                    http.post(
+                        f"{url}/_bulk",
+                        data=body,
+                        headers={"Content-Type": "application/x-ndjson"},
+                        timeout=30,
+                    )
+                yield batch
+
+    return post
+
+
+@pytest.mark.integration
+def test_the_end_of_a_run_interrupts_its_operations_on_the_connect_server_so_its_workers_stop_posting(
+    sink_server, spark_connect_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    import dagster as dg
+
+    monkeypatch.setenv("LAKERELAY_SPARK_REMOTE", spark_connect_url)
+    rows = 4_000
+    sink_server.set_faults({"latency_ms": 20})
+    resource = deployment.spark_resource()
+    session = resource.spark_session
+    outcome: list[BaseException | None] = []
+
+    def post_in_spark() -> None:
+        try:
+            session.range(0, rows, 1, 2).mapInArrow(
+                _post_each_row(sink_server.url, "interrupt"), "id long"
+            ).toArrow()
+            outcome.append(None)
+        except BaseException as exc:  # the test reads what the interrupted call raised
+            outcome.append(exc)
+
+    poster = threading.Thread(target=post_in_spark, daemon=True)
+    poster.start()
+    _wait_for(lambda: sink_server.es_count("interrupt") > 0, "the first documents in the sink")
+
+    resource.teardown_after_execution(dg.build_init_resource_context())  # what the end of a run calls
+
+    poster.join(timeout=120)
+    assert outcome and outcome[0] is not None, "the operation ran to its end: it was not interrupted"
+    assert session.is_stopped
+
+    # The server's Python workers stop: the count settles, well short of every row.
+    def settled() -> int | None:
+        first = sink_server.es_count("interrupt")
+        time.sleep(1.0)
+        second = sink_server.es_count("interrupt")
+        return second if first == second else None
+
+    final = _wait_for(settled, "the sink's count to stop growing", timeout_s=120, every_s=0)
+    print(f"\n{final} of {rows} documents posted before the run's end interrupted its Spark job")
+    assert final < rows
