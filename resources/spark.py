@@ -298,6 +298,37 @@ def grpc_reason(exc: BaseException | str) -> str:
     return f"{details[1]}: {details[2]}" if details else text[:400]
 
 
+def forget_dead_local_driver() -> bool:
+    """When this process's Spark driver JVM has exited (killed, out of memory), forget it; True if it had.
+
+    pyspark keeps the dead JVM's gateway for the life of the process, so every later session (a retry
+    of the run's step) would fail with "Connection refused" at once. With it forgotten, the next
+    session starts a new JVM. pyspark has no public call for this: these are the class attributes its
+    own ``SparkContext``/``SparkSession`` start from.
+    """
+    from pyspark.core.context import SparkContext
+    from pyspark.sql import SparkSession
+
+    gateway = SparkContext._gateway
+    process = getattr(gateway, "proc", None)
+    if gateway is None or process is None or process.poll() is None:
+        return False
+    with SparkContext._lock:
+        context = SparkContext._active_spark_context
+        server = getattr(context, "_accumulatorServer", None)
+        if server is not None:
+            with contextlib.suppress(Exception):
+                server.shutdown()  # its socket and thread, which served the dead JVM
+        with contextlib.suppress(Exception):
+            gateway.close()
+        SparkContext._active_spark_context = None
+        SparkContext._gateway = None
+        SparkContext._jvm = None
+        SparkSession._instantiatedSession = None
+        SparkSession._activeSession = None
+    return True
+
+
 def prepare_classic_environment(spark_config: dict[str, Any]) -> None:
     """What a classic session reads from this process's environment rather than from its config.
 
@@ -342,11 +373,14 @@ class SparkSessionResource(LazyPySparkResource):
 
     def _init_session(self) -> None:
         if self._spark_session is not None:
-            if not self._connect_session or connect_session_is_usable(self._spark_session):
+            if self._connect_session:
+                if connect_session_is_usable(self._spark_session):
+                    return
+                # The server restarted (it no longer knows the session) or is down: a retry of the
+                # run's step gets a new session, or a clear failure within connect_timeout_s.
+                end_connect_session(self._spark_session)
+            elif not forget_dead_local_driver():
                 return
-            # The server restarted (it no longer knows the session) or is down: a retry of the run's
-            # step gets a new session, or a clear failure within connect_timeout_s, never a dead one.
-            end_connect_session(self._spark_session)
             self._spark_session, self._connect_session = None, False
         remote = self.spark_config.get("spark.remote")
         if remote:
@@ -362,6 +396,7 @@ class SparkSessionResource(LazyPySparkResource):
             # PySpark's driver hands $PYSPARK_PYTHON to the executors as their Python; the
             # spark.pyspark.python setting alone is read only by spark-submit, not by this process.
             prepare_classic_environment(self.spark_config)
+            forget_dead_local_driver()  # another resource's JVM of this process that died: start anew
             self._spark_session = spark_session_from_config(self.spark_config)
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:

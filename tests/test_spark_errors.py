@@ -1,5 +1,10 @@
 """Failures diagnosed by cause, from the texts real failures raised: only what a person must fix is needs_fix."""
 
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import dagster as dg
 import pytest
 from spark_error_texts import (
@@ -104,3 +109,22 @@ def test_a_sink_configuration_error_still_needs_a_fix() -> None:
         raised(("PythonException", "x\nresources.sinks.writer.SinkAuthError: sink es: 401\n")), "es"
     )
     assert _needs_fix(failure) and "sink es: 401" in (failure.description or "")
+
+
+@pytest.mark.integration
+def test_a_local_driver_jvm_that_died_is_transient_and_the_next_session_starts_a_new_jvm(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """In a subprocess (this one's Spark is shared): kill the JVM, run the executor check, ask for a session again."""
+    monkeypatch.delenv("LAKERELAY_SPARK_REMOTE", raising=False)
+    probe = Path(__file__).with_name("dead_driver_probe.py")
+    done = subprocess.run(
+        [sys.executable, str(probe)], capture_output=True, text=True, timeout=600, cwd=probe.parent.parent
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    print(f"\ndead driver: {report['raised']}")
+    assert report["fault"] == SparkFault.DRIVER_GONE.value and report["allow_retries"], report
+    assert "driver (the JVM of this run) died" in report["description"]
+    assert "executor-requirements" not in report["description"]
+    assert report["new_session"] and report["new_jvm"] and report["rows"] == 7
