@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from connect_client_probe import post_each_row
 from test_post_job import write_feed_batch
 
 from devtools.spark_connect import free_port
@@ -259,27 +260,6 @@ def test_a_connect_server_that_dies_mid_post_fails_the_run_fast_and_the_next_run
         spark_connect.stop(directory)
 
 
-def _post_each_row(url: str, index: str):
-    """A mapInArrow function that posts its rows one by one to the sink at ``url`` (a slow post stage)."""
-
-    def post(batches):
-        import requests
-
-        with requests.Session() as http:
-            for batch in batches:
-                for i in batch.column("id").to_pylist():
-                    body = f'{{"index":{{"_index":"{index}","_id":"{i}"}}}}\n{{"n":{i}}}\n'
-                    http.post(
-                        f"{url}/_bulk",
-                        data=body,
-                        headers={"Content-Type": "application/x-ndjson"},
-                        timeout=30,
-                    )
-                yield batch
-
-    return post
-
-
 @pytest.mark.integration
 def test_the_end_of_a_run_interrupts_its_operations_on_the_connect_server_so_its_workers_stop_posting(
     sink_server, spark_connect_url: str, monkeypatch: pytest.MonkeyPatch
@@ -298,7 +278,7 @@ def test_the_end_of_a_run_interrupts_its_operations_on_the_connect_server_so_its
     def post_in_spark() -> None:
         try:
             session.range(0, rows, 1, 2).mapInArrow(
-                _post_each_row(sink_server.url, "interrupt"), "id long"
+                post_each_row(sink_server.url, "interrupt"), "id long"
             ).toArrow()
             outcome.append(None)
         except BaseException as exc:  # the test reads what the interrupted call raised
@@ -315,12 +295,58 @@ def test_the_end_of_a_run_interrupts_its_operations_on_the_connect_server_so_its
     assert session.is_stopped
 
     # The server's Python workers stop: the count settles, well short of every row.
-    def settled() -> int | None:
-        first = sink_server.es_count("interrupt")
-        time.sleep(1.0)
-        second = sink_server.es_count("interrupt")
-        return second if first == second else None
-
-    final = _wait_for(settled, "the sink's count to stop growing", timeout_s=120, every_s=0)
+    final = _wait_for(_settled_count(sink_server, "interrupt"), "the sink's count to stop growing", every_s=0)
     print(f"\n{final} of {rows} documents posted before the run's end interrupted its Spark job")
     assert final < rows
+
+
+def _settled_count(sink_server, index: str):
+    """A condition for _wait_for: the index's count when it did not change over a second, else None."""
+
+    def settled() -> int | None:
+        first = sink_server.es_count(index)
+        time.sleep(1.0)
+        second = sink_server.es_count(index)
+        return second if first == second else None
+
+    return settled
+
+
+@pytest.mark.integration
+def test_the_server_interrupts_the_operations_of_a_killed_client_so_its_workers_stop_posting(
+    tmp_path: Path, sink_server, worker_python: Path
+) -> None:
+    """A run's process killed (SIGKILL: nothing of it runs again): the server's detached timeout ends its work."""
+    import subprocess
+    import sys
+
+    from devtools import spark_connect
+
+    directory = tmp_path / "server"
+    server = spark_connect.start(
+        directory, port=free_port(), master="local[2]", python=str(worker_python), detached_timeout_s=5
+    )
+    rows = 4_000
+    try:
+        sink_server.set_faults({"latency_ms": 20})
+        probe = Path(__file__).with_name("connect_client_probe.py")
+        client = subprocess.Popen(
+            [sys.executable, str(probe), server.url, sink_server.url, "orphan", str(rows)],
+            cwd=probe.parent.parent,
+        )
+        try:
+            _wait_for(
+                lambda: sink_server.es_count("orphan") > 0 or client.poll() is not None,
+                "the client's first posts",
+            )
+            assert client.poll() is None, f"the client exited with {client.returncode} before it posted"
+        finally:
+            client.kill()
+            client.wait()
+        final = _wait_for(
+            _settled_count(sink_server, "orphan"), "the sink's count to stop growing", every_s=0
+        )
+        print(f"\n{final} of {rows} documents posted by the operation of a killed client")
+        assert final < rows
+    finally:
+        spark_connect.stop(directory)
