@@ -148,7 +148,8 @@ def start(
     started = time.monotonic()
     with (directory / "server.log").open("ab") as log:
         # A session of its own: Ctrl-C in the terminal of `make ui` reaches dagster, not the server,
-        # which the Makefile's trap then stops in order; its Python workers share its process group.
+        # which the Makefile's trap then stops in order. Its pyspark.daemon starts a process group of its
+        # own: SIGTERM lets the JVM stop it; after a SIGKILL it lingers until it notices the JVM is gone.
         process = subprocess.Popen(
             command,
             cwd=work,  # derby, metastore_db and spark-warehouse leftovers land here, not in the repo
@@ -300,7 +301,7 @@ def _alive(pid: int) -> bool:
 
 
 def _signal_group(pid: int, sig: signal.Signals) -> None:
-    """The server and its Python workers: the process group it leads (started with a new session)."""
+    """The process group the server leads (started with a new session); its pyspark.daemon has its own."""
     try:
         if os.getpgid(pid) == pid:
             os.killpg(pid, sig)

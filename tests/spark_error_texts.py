@@ -45,3 +45,10 @@ CONNECT_SERVER_RESTARTED = (
     "SparkConnectException",
     "[NO_ACTIVE_SESSION] No active Spark session found. Please create a new Spark session before running the code.",
 )
+# The Connect server killed during a post and restarted on its port while the session's calls still
+# retried: the reattach finds no session (tests/test_spark_connect.py, restarted_mid_post).
+CONNECT_SERVER_RESTARTED_MID_QUERY = (
+    "PySparkRuntimeError",
+    "[RESPONSE_ALREADY_RECEIVED] INVALID_HANDLE.SESSION_NOT_FOUND on the server but responses were already "
+    "received from it.",
+)

@@ -219,7 +219,7 @@ def test_a_connect_server_that_dies_mid_post_fails_the_run_fast_and_the_next_run
 
         def kill_when_posting() -> None:
             _wait_for(lambda: sink_server.es_count("crash") > 0, "the first documents in the sink")
-            os.killpg(server.pid, signal.SIGKILL)  # the JVM and its Python workers, as a crash would
+            os.killpg(server.pid, signal.SIGKILL)  # the server's JVM, as a crash would
             killed_at.append(time.monotonic())
 
         killer = threading.Thread(target=kill_when_posting, daemon=True)
@@ -241,6 +241,7 @@ def test_a_connect_server_that_dies_mid_post_fails_the_run_fast_and_the_next_run
         assert 0 < sink_server.es_count("crash") < records
 
         _wait_for(lambda: spark_connect.status(directory) is None, "the killed server to be gone")
+        _wait_for(lambda: _port_is_free(port), f"port {port} to be free")  # see the restart test below
         server = spark_connect.start(directory, port=port, master="local[2]", python=str(worker_python))
         sink_server.set_faults(None)
 
@@ -300,6 +301,14 @@ def test_the_end_of_a_run_interrupts_its_operations_on_the_connect_server_so_its
     assert final < rows
 
 
+def _port_is_free(port: int) -> bool:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.settimeout(0.5)
+        return probe.connect_ex(("127.0.0.1", port)) != 0
+
+
 def _settled_count(sink_server, index: str):
     """A condition for _wait_for: the index's count when it did not change over a second, else None."""
 
@@ -348,5 +357,68 @@ def test_the_server_interrupts_the_operations_of_a_killed_client_so_its_workers_
         )
         print(f"\n{final} of {rows} documents posted by the operation of a killed client")
         assert final < rows
+    finally:
+        spark_connect.stop(directory)
+
+
+@pytest.mark.integration
+def test_a_connect_server_restarted_mid_post_is_ridden_out_by_a_retry_of_the_step_on_a_new_session(
+    tmp_path: Path, sink_server, worker_python: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Killed mid-post and back while the session's calls still retry: the step's retry posts on a new session."""
+    import os
+    import signal
+    import threading
+
+    from devtools import spark_connect
+    from resources.spark import SparkSessionResource
+
+    lake = local_lake(tmp_path)
+    records = 20_000
+    write_feed_batch(lake, 1, records)
+    directory, port = tmp_path / "server", free_port()
+    server = spark_connect.start(directory, port=port, master="local[2]", python=str(worker_python))
+    try:
+        monkeypatch.setenv("LAKERELAY_SPARK_REMOTE", server.url)
+        sink_server.set_faults({"latency_ms": 150})
+        sink = ElasticsearchSinkResource(
+            sink_name="es",
+            url=sink_server.url,
+            index="restart",
+            id_field="event_id",
+            max_records_per_call=100,
+        )
+        # Calls ride out the restart (however long it takes on a busy machine): the attempt then meets a
+        # server that no longer knows its session.
+        spark = SparkSessionResource(spark_config=deployment.spark_config(), connect_retry_s=240)
+        restarted: list[BaseException | float] = []
+
+        def restart_when_posting() -> None:
+            try:
+                _wait_for(lambda: sink_server.es_count("restart") > 0, "the first documents in the sink")
+                os.killpg(server.pid, signal.SIGKILL)
+                _wait_for(lambda: spark_connect.status(directory) is None, "the killed server to be gone")
+                # The dead server's pyspark.daemon (its own process group, so the kill spared it) holds
+                # the listening socket it inherited until it notices its JVM is gone.
+                _wait_for(lambda: _port_is_free(port), f"port {port} to be free")
+                sink_server.set_faults(None)
+                spark_connect.start(directory, port=port, master="local[2]", python=str(worker_python))
+                restarted.append(time.monotonic())
+            except BaseException as exc:  # the test reports it
+                restarted.append(exc)
+
+        restarter = threading.Thread(target=restart_when_posting, daemon=True)
+        restarter.start()
+        result = run_post(lake, sink, spark, raise_on_error=False)
+        restarter.join(timeout=300)
+        assert restarted and isinstance(restarted[0], float), restarted
+
+        failures = [e.step_failure_data.error.message for e in result.all_events if e.is_step_failure]
+        retries = [e for e in result.all_events if e.event_type_value == "STEP_UP_FOR_RETRY"]
+        print(f"\nrestart mid-post: {len(retries)} step retries, failures: {failures}")
+        assert result.success, failures
+        assert retries, "the step did not need a retry: the server was not restarted mid-post"
+        ids = sink_server.es_ids("restart")
+        assert len(ids) == records and set(ids) == {f"e{i}" for i in range(records)}
     finally:
         spark_connect.stop(directory)

@@ -10,6 +10,7 @@ import pytest
 from spark_error_texts import (
     CONNECT_SERVER_KILLED,
     CONNECT_SERVER_RESTARTED,
+    CONNECT_SERVER_RESTARTED_MID_QUERY,
     DRIVER_PY4J_REFLECTION,
     DRIVER_REFUSED,
     DRIVER_SHUT_DOWN_DURING_COLLECT,
@@ -61,6 +62,7 @@ def raised(sample: tuple[str, str]) -> Exception:
         ),
         (CONNECT_SERVER_KILLED, SparkFault.CONNECT_UNREACHABLE),
         (CONNECT_SERVER_RESTARTED, SparkFault.CONNECT_SESSION_LOST),
+        (CONNECT_SERVER_RESTARTED_MID_QUERY, SparkFault.CONNECT_SESSION_LOST),
         (("PythonException", "Traceback (most recent call last):\nValueError: bad value"), SparkFault.OTHER),
     ],
 )
@@ -99,9 +101,10 @@ def test_a_connect_server_that_went_away_fails_at_once_and_one_that_restarted_is
     assert not gone.allow_retries and not _needs_fix(gone)  # its calls already waited; the sensor asks again
     assert "UNAVAILABLE: failed to connect to all addresses" in (gone.description or "")
     assert "python -m devtools.spark_connect start" in (gone.description or "")
-    restarted = spark_failure(raised(CONNECT_SERVER_RESTARTED), "es")
-    assert restarted.allow_retries and not _needs_fix(restarted)
-    assert "new session" in (restarted.description or "")
+    for sample in (CONNECT_SERVER_RESTARTED, CONNECT_SERVER_RESTARTED_MID_QUERY):
+        restarted = spark_failure(raised(sample), "es")
+        assert restarted.allow_retries and not _needs_fix(restarted)
+        assert "no longer knows this run's session" in (restarted.description or "")
 
 
 def test_a_sink_configuration_error_still_needs_a_fix() -> None:
