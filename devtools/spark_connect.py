@@ -71,12 +71,14 @@ def start(
     timeout_s: float = 180.0,
     token_env: str | None = None,
     ui: bool = False,
+    detached_timeout_s: float = 60.0,
 ) -> ConnectServer:
     """Start a server (or return the one already running from ``directory`` on ``port``) and wait for it.
 
     Returns once a client session has run a query on it. ``token_env`` names an environment variable
     whose value the server will require as bearer token (handed over in the server's environment,
-    never on its command line, which ``ps`` shows).
+    never on its command line, which ``ps`` shows). ``detached_timeout_s``: how long an operation
+    whose client is gone (its process killed) keeps running before the server interrupts it.
     """
     directory = directory.resolve()
     running = status(directory)
@@ -113,6 +115,14 @@ def start(
         "spark.sql.session.timeZone": "UTC",
         "spark.sql.execution.arrow.pyspark.enabled": "true",
         "spark.sql.shuffle.partitions": "8",
+        # An operation whose client went away (killed: no run left to interrupt it) is interrupted
+        # after this, not after Spark's 5 minutes, so its Python workers stop posting. Longer than a
+        # client's own retries of an unreachable server (connect_retry_s, 30 s), which detach it too.
+        # The server notices a client is gone only when a response stream ends (a query that is still
+        # running sends nothing), so streams end (the client reattaches at once) every half of it.
+        "spark.connect.execute.manager.detachedTimeout": f"{round(detached_timeout_s * 1000)}ms",
+        "spark.connect.execute.manager.maintenanceInterval": f"{round(min(5.0, detached_timeout_s / 2) * 1000)}ms",
+        "spark.connect.execute.reattachable.senderMaxStreamDuration": f"{round(detached_timeout_s * 500)}ms",
     }
     command = [str(pyspark_home / "bin" / "spark-submit"), "--class", SERVER_CLASS]
     command += ["--name", "lakerelay Spark Connect server", "--master", master]
@@ -138,7 +148,8 @@ def start(
     started = time.monotonic()
     with (directory / "server.log").open("ab") as log:
         # A session of its own: Ctrl-C in the terminal of `make ui` reaches dagster, not the server,
-        # which the Makefile's trap then stops in order; its Python workers share its process group.
+        # which the Makefile's trap then stops in order. Its pyspark.daemon starts a process group of its
+        # own: SIGTERM lets the JVM stop it; after a SIGKILL it lingers until it notices the JVM is gone.
         process = subprocess.Popen(
             command,
             cwd=work,  # derby, metastore_db and spark-warehouse leftovers land here, not in the repo
@@ -290,7 +301,7 @@ def _alive(pid: int) -> bool:
 
 
 def _signal_group(pid: int, sig: signal.Signals) -> None:
-    """The server and its Python workers: the process group it leads (started with a new session)."""
+    """The process group the server leads (started with a new session); its pyspark.daemon has its own."""
     try:
         if os.getpgid(pid) == pid:
             os.killpg(pid, sig)

@@ -9,13 +9,24 @@ there surfaces only after the client's ~10 minutes of retries. :class:`SparkSess
 ``LazyPySparkResource``'s config and ``.spark_session`` property and builds Connect sessions with the
 Connect client itself: one session per resource, checked within ``connect_timeout_s``, with the token
 from the environment rather than from the URL, released when the run ends.
+
+A Connect session's calls ride out an unreachable server for ``connect_retry_s`` (the client's default
+is ~10 minutes), so a server that dies fails the run within a minute; a session the server no longer
+knows (it restarted) is replaced by a new one at the next attempt; and the run's operations on the
+server are interrupted when the run ends, fails or its process exits, so the server's Python workers
+stop posting.
 """
 
+import atexit
+import contextlib
 import hashlib
 import os
 import re
 import tempfile
+import threading
 import warnings
+import weakref
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +36,7 @@ from dagster_pyspark.resources import spark_session_from_config
 from pydantic import Field, PrivateAttr
 
 if TYPE_CHECKING:
+    from pyspark.sql.connect.client.retries import RetryPolicy
     from pyspark.sql.connect.session import SparkSession as ConnectSparkSession
 
 # Spark's console at WARN, without the lines every start prints: "Using Spark's default log4j
@@ -92,18 +104,134 @@ def connect_url_has_token(url: str) -> bool:
     return any(p.split("=", 1)[0].strip().lower() == "token" for p in parameters)
 
 
+# A bounded retry waits 0.25 s, then doubles up to 5 s between tries (pyspark's default policy starts at
+# 50 ms, multiplies by 4 up to 60 s, and gives up after ~10 minutes).
+_FIRST_BACKOFF_MS, _MAX_BACKOFF_MS = 250, 5000
+# How long ending a session may take on a server that does not answer (interrupt, then release).
+_END_SESSION_BUDGET_S = 2.0
+
+
+def bounded_retry_policy(budget_s: float) -> "RetryPolicy":
+    """pyspark's ``DefaultPolicy`` (what it retries: UNAVAILABLE, errors the server marks retryable), ~``budget_s`` in all.
+
+    0 gives a policy that never retries. The server may ask for a longer wait (gRPC ``RetryInfo``); it
+    is honoured up to the longest backoff, never the client's default of 10 minutes.
+    """
+    from pyspark.sql.connect.client.retries import DefaultPolicy
+
+    retries, waited, backoff = 0, 0.0, _FIRST_BACKOFF_MS / 1000
+    while waited + backoff <= budget_s:
+        waited, backoff, retries = waited + backoff, min(backoff * 2, _MAX_BACKOFF_MS / 1000), retries + 1
+    return DefaultPolicy(
+        max_retries=retries,
+        initial_backoff=_FIRST_BACKOFF_MS,
+        backoff_multiplier=2.0,
+        max_backoff=_MAX_BACKOFF_MS,
+        jitter=250,
+        min_jitter_threshold=2000,
+        recognize_server_retry_delay=True,
+        max_server_retry_delay=_MAX_BACKOFF_MS,
+    )
+
+
+@contextlib.contextmanager
+def _retrying_for(session: "ConnectSparkSession", budget_s: float) -> Iterator[None]:
+    """Calls of ``session`` inside the block ride out an unreachable server for ~``budget_s`` only."""
+    client = session.client
+    before = client.get_retry_policies()
+    client.set_retry_policies([bounded_retry_policy(budget_s)])
+    try:
+        yield
+    finally:
+        client.set_retry_policies(before)
+
+
+# Connect sessions this process opened and the server of each (as shown: no token). A failure message
+# names the server; at exit the sessions a run did not end are interrupted and released.
+_OPEN_SESSIONS: "weakref.WeakKeyDictionary[ConnectSparkSession, str]" = weakref.WeakKeyDictionary()
+_OPEN_SESSIONS_LOCK = threading.Lock()
+
+
+def connect_server_of(spark: object) -> str | None:
+    """The Spark Connect server (``sc://host:port``, never a token) of a session from :func:`connect_session`."""
+    with _OPEN_SESSIONS_LOCK:
+        try:
+            return _OPEN_SESSIONS.get(spark)  # type: ignore[arg-type]
+        except TypeError:  # not weak-referenceable: not one of ours
+            return None
+
+
+def connect_session_is_usable(session: "ConnectSparkSession") -> bool:
+    """One round trip without retries: False when the session is closed, gone from its server, or the server is down.
+
+    A server that restarted no longer knows the session (pyspark then closes it: ``NO_ACTIVE_SESSION``
+    on every later call); only a new session works there.
+    """
+    if session.is_stopped:
+        return False
+    try:
+        with _retrying_for(session, 0), warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # RETRIES_EXCEEDED: the answer is False
+            session.version  # noqa: B018 - an AnalyzePlan round trip, checked against the session
+    except Exception:
+        return False
+    return not session.is_stopped
+
+
+def end_connect_session(session: "ConnectSparkSession") -> list[str]:
+    """Interrupt the session's operations on the server, then release it; the ids of what was interrupted.
+
+    The server then stops the session's Spark jobs, whose tasks stop their Python workers: nothing is
+    posted for a run that has ended. Bounded to a few seconds whatever the server's state, and never
+    raises (it runs when a run ends, fails, or its process exits).
+    """
+    with _OPEN_SESSIONS_LOCK:
+        _OPEN_SESSIONS.pop(session, None)
+    if session.is_stopped:
+        return []
+    with _retrying_for(session, _END_SESSION_BUDGET_S), warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        try:
+            interrupted = list(session.interruptAll())
+        except Exception:
+            # The server is not there (or lost the session): nothing to interrupt or release. Closing
+            # the channel waits up to 10 s for pyspark's background releases of the call that failed,
+            # still retrying a dead server: that wait is not the run's.
+            session.release_session_on_close = False
+            threading.Thread(target=session.stop, name="lakerelay-connect-close", daemon=True).start()
+            return []
+        session.stop()
+    return interrupted
+
+
+def _end_open_sessions() -> None:
+    """At exit: interrupt and release the Connect sessions a run left open (its process is ending)."""
+    with _OPEN_SESSIONS_LOCK:
+        sessions = list(_OPEN_SESSIONS.keys())
+    for session in sessions:
+        with contextlib.suppress(Exception):
+            end_connect_session(session)
+
+
+atexit.register(_end_open_sessions)
+
+
 def connect_session(
-    url: str, token: str | None = None, options: dict[str, Any] | None = None, timeout_s: float = 60.0
+    url: str,
+    token: str | None = None,
+    options: dict[str, Any] | None = None,
+    timeout_s: float = 60.0,
+    retry_s: float = 30.0,
 ) -> "ConnectSparkSession":
     """A new Spark Connect session on ``url``, checked with one round trip that gives up after ``timeout_s``.
 
     ``token`` is sent as the bearer token (gRPC credentials; pyspark then uses TLS unless the host is
     ``localhost``). ``options`` are applied to the session like the builder's ``config()``: Spark SQL
     settings take effect, settings the server owns (``spark.master``, the app name) are ignored.
+    Each later call of the session rides out an unreachable server for ``retry_s``, then raises.
     """
     from pyspark.errors import PySparkValueError
     from pyspark.sql.connect.client import DefaultChannelBuilder
-    from pyspark.sql.connect.client.retries import DefaultPolicy
     from pyspark.sql.connect.session import SparkSession as ConnectSession
 
     shown = connect_url_for_display(url)
@@ -120,32 +248,22 @@ def connect_session(
         channel.set("token", token)
     probe = ConnectSession(connection=channel)
     # The client's default policy retries an unreachable server for ~10 minutes; a run should say
-    # within seconds that the server is not there. Backoff 0.25 s doubling to 5 s, ~timeout_s in all.
-    retries, waited, backoff = 0, 0.0, 0.25
-    while waited + backoff <= timeout_s:
-        waited, backoff, retries = waited + backoff, min(backoff * 2, 5.0), retries + 1
-    probe.client.set_retry_policies(
-        [DefaultPolicy(max_retries=retries, initial_backoff=250, backoff_multiplier=2.0, max_backoff=5000)]
-    )
+    # within seconds that the server is not there.
+    probe.client.set_retry_policies([bounded_retry_policy(timeout_s)])
     try:
         with warnings.catch_warnings():  # pyspark also warns RETRIES_EXCEEDED; the error below says it
             warnings.simplefilter("ignore", UserWarning)
             probe.version  # noqa: B018 - one round trip: reachable, accepts this client and its token
     except Exception as exc:
         probe.release_session_on_close = False  # no session to release, and releasing would retry again
-        # gRPC's own words ("StatusCode.UNAVAILABLE … Connection refused"), not its whole repr.
-        text = " ".join(str(exc).split())
-        details = re.search(r"status = StatusCode\.(\w+) details = \"([^\"]*)\"", text)
-        reason = f"{details[1]}: {details[2]}" if details else text[:400]
+        reason = grpc_reason(exc)
         hint = (
             "check the token in LAKERELAY_SPARK_CONNECT_TOKEN (or SPARK_CONNECT_AUTHENTICATE_TOKEN)"
             if "UNAUTHENTICATED" in reason or "PERMISSION_DENIED" in reason
             else "the server does not speak TLS, which pyspark uses with a token unless the host is "
             "localhost: serve TLS (a proxy in front of it) or use sc://localhost for a local server"
             if "Tls handshake failed" in reason or "SSL_ERROR" in reason
-            else "start it (`make ui` runs one on sc://127.0.0.1:15002; "
-            "`python -m devtools.spark_connect start --port <port>` starts one), fix LAKERELAY_SPARK_REMOTE, "
-            "or unset LAKERELAY_SPARK_REMOTE to run Spark locally in each run"
+            else START_CONNECT_SERVER_HINT
         )
         raise SparkConnectUnavailable(
             f"cannot open a session on the Spark Connect server {shown} within {timeout_s:.0f}s: {reason}. "
@@ -154,11 +272,61 @@ def connect_session(
     finally:
         probe.stop()
     # The public builder makes the session the process's default Connect session when there is none
-    # (some client APIs look it up) and applies the options; the default retry policy is back for the
-    # run itself, so a server restart mid-run is ridden out.
+    # (some client APIs look it up) and applies the options.
     builder = ConnectSession.builder.channelBuilder(channel)
     options = {k: v for k, v in (options or {}).items() if k not in ("spark.remote", "spark.master")}
-    return builder.config(map=options).create() if options else builder.create()
+    session = builder.config(map=options).create() if options else builder.create()
+    # Riding out a dead server for the default ~10 minutes buys nothing: a server that comes back has
+    # lost this session anyway. A blip of up to retry_s is ridden out; longer fails the call.
+    session.client.set_retry_policies([bounded_retry_policy(retry_s)])
+    with _OPEN_SESSIONS_LOCK:
+        _OPEN_SESSIONS[session] = shown
+    return session
+
+
+START_CONNECT_SERVER_HINT = (
+    "start it (`make ui` runs one on sc://127.0.0.1:15002; "
+    "`python -m devtools.spark_connect start --port <port>` starts one), fix LAKERELAY_SPARK_REMOTE, "
+    "or unset LAKERELAY_SPARK_REMOTE to run Spark locally in each run"
+)
+
+
+def grpc_reason(exc: BaseException | str) -> str:
+    """gRPC's own words (``UNAVAILABLE: … Connection refused``) from a Connect error, not its whole repr."""
+    text = " ".join(str(exc).split())
+    details = re.search(r"status = StatusCode\.(\w+) details = \"([^\"]*)\"", text)
+    return f"{details[1]}: {details[2]}" if details else text[:400]
+
+
+def forget_dead_local_driver() -> bool:
+    """When this process's Spark driver JVM has exited (killed, out of memory), forget it; True if it had.
+
+    pyspark keeps the dead JVM's gateway for the life of the process, so every later session (a retry
+    of the run's step) would fail with "Connection refused" at once. With it forgotten, the next
+    session starts a new JVM. pyspark has no public call for this: these are the class attributes its
+    own ``SparkContext``/``SparkSession`` start from.
+    """
+    from pyspark.core.context import SparkContext
+    from pyspark.sql import SparkSession
+
+    gateway = SparkContext._gateway
+    process = getattr(gateway, "proc", None)
+    if gateway is None or process is None or process.poll() is None:
+        return False
+    with SparkContext._lock:
+        context = SparkContext._active_spark_context
+        server = getattr(context, "_accumulatorServer", None)
+        if server is not None:
+            with contextlib.suppress(Exception):
+                server.shutdown()  # its socket and thread, which served the dead JVM
+        with contextlib.suppress(Exception):
+            gateway.close()
+        SparkContext._active_spark_context = None
+        SparkContext._gateway = None
+        SparkContext._jvm = None
+        SparkSession._instantiatedSession = None
+        SparkSession._activeSession = None
+    return True
 
 
 def prepare_classic_environment(spark_config: dict[str, Any]) -> None:
@@ -191,6 +359,12 @@ class SparkSessionResource(LazyPySparkResource):
     connect_timeout_s: float = Field(
         default=60.0, gt=0, description="How long to wait for the Spark Connect server when a run starts."
     )
+    connect_retry_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="How long each call to the Spark Connect server rides out an unreachable server before "
+        "the run fails (pyspark's own default is ~10 minutes).",
+    )
     _connect_session: bool = PrivateAttr(default=False)
 
     @classmethod
@@ -199,22 +373,41 @@ class SparkSessionResource(LazyPySparkResource):
 
     def _init_session(self) -> None:
         if self._spark_session is not None:
-            return
+            if self._connect_session:
+                if connect_session_is_usable(self._spark_session):
+                    return
+                # The server restarted (it no longer knows the session) or is down: a retry of the
+                # run's step gets a new session, or a clear failure within connect_timeout_s.
+                end_connect_session(self._spark_session)
+            elif not forget_dead_local_driver():
+                return
+            self._spark_session, self._connect_session = None, False
         remote = self.spark_config.get("spark.remote")
         if remote:
             self._spark_session = connect_session(
-                str(remote), self.connect_token, self.spark_config, self.connect_timeout_s
+                str(remote),
+                self.connect_token,
+                self.spark_config,
+                self.connect_timeout_s,
+                self.connect_retry_s,
             )
             self._connect_session = True
         else:
             # PySpark's driver hands $PYSPARK_PYTHON to the executors as their Python; the
             # spark.pyspark.python setting alone is read only by spark-submit, not by this process.
             prepare_classic_environment(self.spark_config)
+            forget_dead_local_driver()  # another resource's JVM of this process that died: start anew
             self._spark_session = spark_session_from_config(self.spark_config)
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
-        # A Connect session lives on the server until released; a local session is shared and stays.
+        # A Connect session lives on the server until released, and so do its operations: a run that
+        # ends (success, failure, termination) interrupts what it still has running there first, so the
+        # server's Python workers stop posting. A local session is shared and stays.
         if self._connect_session and self._spark_session is not None:
-            self._spark_session.stop()
+            interrupted = end_connect_session(self._spark_session)
+            if interrupted:
+                context.log.info(
+                    f"interrupted {len(interrupted)} operation(s) of this run on the Spark Connect server"
+                )
             self._spark_session = None
             self._connect_session = False

@@ -1,14 +1,21 @@
-"""Why a post run failed, in words a person can act on, and whether a retry in the run may cure it."""
+"""Why a post run failed, in words a person can act on, and whether a retry may cure it.
+
+Only what a person must change is ``needs_fix`` (tagged, so the table sensor waits its longest backoff):
+the sink's configuration, and executors whose Python lacks a package or is another version. A worker
+slow to start, a driver JVM that died and a Spark Connect server that restarted are retried in the
+run; a Connect server that stays unreachable fails the run at once (its calls already waited), and the
+table sensor asks again with its short backoff.
+"""
 
 import dagster as dg
 
 from resources.sinks.resource import NEEDS_FIX
-from resources.spark_errors import root_cause
+from resources.spark import START_CONNECT_SERVER_HINT, connect_server_of, grpc_reason
+from resources.spark_errors import SparkFault, root_cause, spark_fault
 
 # Errors of the sink layer that a retry cannot cure: configuration (credentials, TLS, URL, HEC ack).
 _SINK_CONFIG_ERRORS = ("SinkAuthError: ", "SinkTlsError: ", "SinkConfigError: ", "SinkRequestError: ")
-# Root causes that say the executors' Python is unfit, which no retry cures.
-_ENVIRONMENT_ERRORS = ("ModuleNotFoundError:", "ImportError:", "[PYTHON_VERSION_MISMATCH]")
+_NOT_SETTLED = "Records not settled yet are posted again by the next attempt"
 
 
 def needs_fix(description: str) -> dg.Failure:
@@ -16,30 +23,75 @@ def needs_fix(description: str) -> dg.Failure:
     return dg.Failure(description=description, allow_retries=False, metadata={NEEDS_FIX: True})
 
 
-def spark_failure(exc: Exception, sink_name: str) -> dg.Failure:
-    """The failure to raise for an exception of the Spark post stage."""
-    description, fixable_by_retry = explain_spark_failure(exc, sink_name)
-    return dg.Failure(description=description) if fixable_by_retry else needs_fix(description)
-
-
-def explain_spark_failure(exc: Exception, sink_name: str) -> tuple[str, bool]:
-    """The failure's description, and whether a retry may cure it (False: the configuration must change)."""
+def spark_failure(exc: Exception, sink_name: str, spark: object = None) -> dg.Failure:
+    """The failure to raise for an exception of the Spark post stage (``spark``: its session, to name a Connect server)."""
     text = str(exc)
     for marker in _SINK_CONFIG_ERRORS:
         if marker in text:
             line = text[text.index(marker) + len(marker) :].splitlines()[0]
-            return f"{line} Nothing was marked as posted; fix the configuration and re-run.", False
-    cause = root_cause(text).rstrip(".")
-    if any(marker in cause for marker in _ENVIRONMENT_ERRORS):
+            return needs_fix(f"{line} Nothing was marked as posted; fix the configuration and re-run.")
+    return _failure(exc, f"posting to sink {sink_name} failed in Spark", spark)
+
+
+def executor_check_failure(exc: Exception, spark: object = None) -> dg.Failure:
+    """The failure to raise when the check of the executors' Python could not run (not: found a misfit)."""
+    return _failure(exc, "Spark executors could not run the check of their Python", spark)
+
+
+def explain_spark_failure(exc: Exception, sink_name: str, spark: object = None) -> tuple[str, bool]:
+    """The failure's description, and whether a person need not act (False: the configuration must change)."""
+    failure = spark_failure(exc, sink_name, spark)
+    return failure.description or "", NEEDS_FIX not in (failure.metadata or {})
+
+
+def _failure(exc: Exception, what: str, spark: object) -> dg.Failure:
+    fault = spark_fault(exc)
+    cause = root_cause(exc).rstrip(".")
+    server = connect_server_of(spark) or "(see LAKERELAY_SPARK_REMOTE)"
+    if fault is SparkFault.ENVIRONMENT:
         # A retry meets the same executors: their Python must change first.
-        return (
-            f"posting to sink {sink_name} failed in Spark: {cause}. Nothing was marked as posted. What to "
-            "do: the executors' Python lacks what the post stage imports; install deploy/executor-requirements.txt "
-            "in it on every worker (or set LAKERELAY_SPARK_EXECUTOR_PYTHON), then re-run.",
-            False,
+        return needs_fix(
+            f"{what}: {cause}. Nothing was marked as posted. What to do: the executors' Python lacks what "
+            "the post stage imports or is not the driver's Python version; install "
+            "deploy/executor-requirements.txt in the driver's Python version on every worker (or set "
+            "LAKERELAY_SPARK_EXECUTOR_PYTHON), then re-run."
         )
-    return (
-        f"posting to sink {sink_name} failed in Spark: {cause} (the step log has the "
-        f"executor's traceback). Nothing was marked as posted; a re-run resends the same records.",
-        True,
+    if fault is SparkFault.CONNECT_UNREACHABLE:
+        # Not retried in the run: the session's calls already rode the outage out for connect_retry_s,
+        # and a server that comes back has lost this session anyway. The table sensor asks again.
+        return dg.Failure(
+            description=(
+                f"{what}: the Spark Connect server {server} stopped answering ({grpc_reason(exc)}). "
+                f"{_NOT_SETTLED}. What to do: check that server and its log; if it is down, {START_CONNECT_SERVER_HINT}. "
+                "The next run opens a new session on it."
+            ),
+            allow_retries=False,
+        )
+    if fault is SparkFault.CONNECT_SESSION_LOST:
+        return dg.Failure(
+            description=(
+                f"{what}: the Spark Connect server {server} no longer knows this run's session (it restarted: "
+                f"{cause}). {_NOT_SETTLED}, on a new session; nothing to do unless it keeps restarting (see its log)."
+            )
+        )
+    if fault is SparkFault.WORKER_START:
+        return dg.Failure(
+            description=(
+                f"{what}: a Python worker did not start ({cause}), which a busy or memory-starved host causes. "
+                f"{_NOT_SETTLED}. If it persists, give the Spark workers more memory or fewer tasks (max_tasks)."
+            )
+        )
+    if fault is SparkFault.DRIVER_GONE:
+        return dg.Failure(
+            description=(
+                f"{what}: the Spark driver (the JVM of this run) died or stopped ({cause}), e.g. killed for "
+                f"memory. {_NOT_SETTLED}, with a new driver. If it persists, raise LAKERELAY_SPARK_DRIVER_MEMORY "
+                "or look for the JVM's hs_err_pid*.log / the kernel's OOM killer."
+            )
+        )
+    return dg.Failure(
+        description=(
+            f"{what}: {cause} (the step log has the executor's traceback). {_NOT_SETTLED}; "
+            "a re-run resends the same records."
+        )
     )

@@ -24,7 +24,7 @@ from pipelines.post.checks import DEAD_LETTER_CHECK, dead_letter_evaluation
 from pipelines.post.config import PostConfig
 from pipelines.post.dead_letters import DEAD_LETTER_TABLE, append_dead_letters
 from pipelines.post.enrich import EnrichmentError, default_enrichment_for, enrich, to_sink_records
-from pipelines.post.failures import needs_fix, spark_failure
+from pipelines.post.failures import executor_check_failure, needs_fix, spark_failure
 from pipelines.post.liveness import beacon_host
 from pipelines.post.plan import PostPlan, cut_groups, group_rows_for, plan_post
 from pipelines.post.post_stage import RESULT_DDL, make_poster, per_task_settings
@@ -342,7 +342,7 @@ class _GroupPoster:
             context.log.error(
                 f"the post stage failed in Spark: {root_cause(spark_error)}\n{str(spark_error)[:4000]}"
             )
-            raise spark_failure(spark_error, sink.sink_name) from None
+            raise spark_failure(spark_error, sink.sink_name, self._spark) from None
         if not todo:  # every group was settled by the run that was interrupted: close the plan
             write_progress(
                 lake, sink.sink_name, feed.table_name, plan.delta_version, plan.batch_to, lease=self.lease
@@ -434,14 +434,9 @@ def _prepare_executors(context: dg.OpExecutionContext, spark: SparkSession, slot
         report = prepare_executors(spark, slots, check)
     except ExecutorEnvironmentError as exc:
         raise needs_fix(str(exc)) from None
-    except Exception as exc:
-        cause = root_cause(exc).rstrip(".")
-        context.log.error(f"the executors' check failed in Spark: {cause}\n{str(exc)[:4000]}")
-        raise needs_fix(
-            f"Spark executors could not run the check of their Python: {cause}. Nothing was posted. What to "
-            "do: see the step log for the executor's traceback; the executors' Python must be the driver's "
-            "Python version with the packages of deploy/executor-requirements.txt (LAKERELAY_SPARK_EXECUTOR_PYTHON)."
-        ) from None
+    except Exception as exc:  # only a missing package or another Python version needs a person
+        context.log.error(f"the executors' check failed in Spark: {root_cause(exc)}\n{str(exc)[:4000]}")
+        raise executor_check_failure(exc, spark) from None
     if report is not None:
         pythons = ", ".join(sorted({f"{p['python']} (Python {p['python_version']})" for p in report.pythons}))
         code = "shipped with this session" if report.shipped else "already installed there, not shipped"
