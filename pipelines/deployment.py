@@ -279,7 +279,8 @@ def spark_resource() -> SparkSessionResource:
     return SparkSessionResource(
         spark_config=spark_config(),
         connect_token=_secret("LAKERELAY_SPARK_CONNECT_TOKEN"),
-        connect_timeout_s=_env_number("LAKERELAY_SPARK_CONNECT_TIMEOUT_S", float, 60.0),
+        connect_timeout_s=_env_number("LAKERELAY_SPARK_CONNECT_TIMEOUT_S", float, 45.0),
+        connect_retry_s=_env_number("LAKERELAY_SPARK_CONNECT_RETRY_S", float, 30.0),
     )
 
 

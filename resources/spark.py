@@ -357,7 +357,10 @@ class SparkSessionResource(LazyPySparkResource):
         description="Bearer token for the Spark Connect server; pass dg.EnvVar('LAKERELAY_SPARK_CONNECT_TOKEN').",
     )
     connect_timeout_s: float = Field(
-        default=60.0, gt=0, description="How long to wait for the Spark Connect server when a run starts."
+        default=45.0,
+        gt=0,
+        description="How long to wait for the Spark Connect server when a run starts (under a minute, so a "
+        "server that is down fails the run within one).",
     )
     connect_retry_s: float = Field(
         default=30.0,
