@@ -77,9 +77,11 @@ def build_table_sensor(
     default_status: dg.DefaultSensorStatus = dg.DefaultSensorStatus.STOPPED,
     backoff_first_s: float = BACKOFF_FIRST_S,
     backoff_max_s: float = BACKOFF_MAX_S,
+    clock: Callable[[], float] = time.time,
 ) -> dg.SensorDefinition:
     """Requests job ``job_name`` (in this code location) while Delta table ``table_name`` of feed
-    ``feed_name`` is ahead of ``settled_version(lake)``, the last version the sink settled (-1: none)."""
+    ``feed_name`` is ahead of ``settled_version(lake)``, the last version the sink settled (-1: none).
+    ``clock`` gives epoch seconds (the backoff's and the request grace's), so tests need not sleep."""
 
     @dg.sensor(
         name=f"{feed_name}_to_{sink_key}_sensor",
@@ -116,7 +118,7 @@ def build_table_sensor(
             return dg.SkipReason(
                 f"run {in_flight[0].run_id} is posting to {sink_name}; it settles what it planned"
             )
-        now = time.time()
+        now = clock()
         if cursor.run_key:
             last = instance.get_runs(dg.RunsFilter(tags={"dagster/run_key": cursor.run_key}), limit=1)
             if not last and now - cursor.requested_at < REQUEST_GRACE_S:

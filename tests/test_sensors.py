@@ -238,8 +238,15 @@ def test_a_failed_post_is_requested_again_with_backoff_without_new_data(tmp_path
     lake = local_lake(tmp_path)
     land_events(lake, files=1, records_per_file=10)
     ingest_feed(EVENTS_FEED, lake)
+    clock = FakeClock()
     sensor = table_sensor(
-        EVENTS_FEED, "elasticsearch", "es", failing_post_job.name, backoff_first_s=0.5, backoff_max_s=2.0
+        EVENTS_FEED,
+        "elasticsearch",
+        "es",
+        failing_post_job.name,
+        backoff_first_s=0.5,
+        backoff_max_s=2.0,
+        clock=clock,
     )
     with dg.DagsterInstance.ephemeral() as instance:
 
@@ -260,7 +267,7 @@ def test_a_failed_post_is_requested_again_with_backoff_without_new_data(tmp_path
         run(request)
         waiting = tick(first.cursor)  # failed: back off before asking again
         assert not waiting.run_requests and "after 1 unsuccessful run" in waiting.skip_reason.skip_message
-        time.sleep(0.6)
+        clock.advance(0.6)
         second = tick(waiting.cursor)
         assert [r.run_key for r in second.run_requests] == ["elasticsearch:events:v0:retry1"]
         run(second.run_requests[0])
@@ -268,7 +275,7 @@ def test_a_failed_post_is_requested_again_with_backoff_without_new_data(tmp_path
         assert "in 1s after 2 unsuccessful" in backing_off.skip_reason.skip_message  # 0.5 s doubled
 
         # A run that only a person can fix (tagged by the post op) waits the longest backoff.
-        time.sleep(1.1)
+        clock.advance(1.1)
         third = tick(backing_off.cursor)
         [request] = third.run_requests
         failing_post_job.execute_in_process(

@@ -1,5 +1,8 @@
 """Posting's share of the Definitions: per feed and sink, the sink's asset (a Spark op), its job and table sensor."""
 
+import time
+from collections.abc import Callable
+
 import dagster as dg
 
 from pipelines.feeds import FeedSpec
@@ -21,6 +24,7 @@ def table_sensor(
     default_status: dg.DefaultSensorStatus = dg.DefaultSensorStatus.STOPPED,
     backoff_first_s: float = BACKOFF_FIRST_S,
     backoff_max_s: float = BACKOFF_MAX_S,
+    clock: Callable[[], float] = time.time,
 ) -> dg.SensorDefinition:
     """The table sensor of (``feed``, sink), requesting ``job_name``; the post domain's progress says
     which version the sink settled."""
@@ -39,6 +43,7 @@ def table_sensor(
         default_status=default_status,
         backoff_first_s=backoff_first_s,
         backoff_max_s=backoff_max_s,
+        clock=clock,
     )
 
 
