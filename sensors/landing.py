@@ -31,7 +31,7 @@ from sensors.table import (
     RELAY_TAG,
     REQUEST_GRACE_S,
     UNFINISHED,
-    backoff_s,
+    schedule_retry,
 )
 
 # Runs that have not listed the landing zone yet (queued behind a running one, or starting).
@@ -159,10 +159,7 @@ def build_landing_sensor(
                 cursor.failures, cursor.retry_at = 0, 0.0  # it took its files; these are new
             elif problem is not None and cursor.retry_at == 0.0:
                 needs_fix = run.tags.get(NEEDS_FIX_TAG, "") if run is not None else ""
-                cursor.failures += 1
-                cursor.retry_at = now + backoff_s(
-                    cursor.failures, bool(needs_fix), backoff_first_s, backoff_max_s
-                )
+                schedule_retry(cursor, now, bool(needs_fix), backoff_first_s, backoff_max_s)
                 context.log.warning(
                     f"{'run ' + run.run_id if run is not None else 'the run ' + cursor.run_key} of {job_name} "
                     f"{problem} while files of feed {feed_name} still wait ({cursor.failures} in a row"

@@ -12,6 +12,7 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import Protocol
 
 import dagster as dg
 from deltalake.exceptions import TableNotFoundError
@@ -64,6 +65,27 @@ def backoff_s(
     if needs_fix:
         return max_s
     return min(max_s, first_s * 2 ** max(0, failures - 1))
+
+
+class RetryCursor(Protocol):
+    failures: int
+    retry_at: float
+
+
+def schedule_retry(
+    cursor: RetryCursor,
+    now: float,
+    needs_fix: bool,
+    first_s: float = BACKOFF_FIRST_S,
+    max_s: float = BACKOFF_MAX_S,
+) -> float:
+    """Count one more unsuccessful run on ``cursor`` and set when to ask again; returns the wait in seconds.
+
+    The one backoff rule of the sensors that heal (this one and the landing sensor).
+    """
+    cursor.failures += 1
+    cursor.retry_at = now + backoff_s(cursor.failures, needs_fix, first_s, max_s)
+    return cursor.retry_at - now
 
 
 def build_table_sensor(
@@ -131,10 +153,7 @@ def build_table_sensor(
                 # Failed, or ended well without settling this version (another writer held the
                 # sink): ask again, after a backoff so that it is never a tight loop.
                 needs_fix = last[0].tags.get(NEEDS_FIX_TAG, "") if last else ""
-                cursor.failures += 1
-                cursor.retry_at = now + backoff_s(
-                    cursor.failures, bool(needs_fix), backoff_first_s, backoff_max_s
-                )
+                schedule_retry(cursor, now, bool(needs_fix), backoff_first_s, backoff_max_s)
                 context.log.warning(
                     f"run {last[0].run_id if last else cursor.run_key} of {job_name} "
                     f"{'ended' if ended_well else 'failed'} with sink {sink_name} still behind "
