@@ -49,8 +49,10 @@ class HolderBeacon:
                     sock = key.fileobj
                     if sock is self._server:
                         connection = self._take_connection()
+                        # close() may have closed it meanwhile (fd -1): nothing left to watch then.
                         if connection is not None:
-                            selector.register(connection, selectors.EVENT_READ)
+                            with contextlib.suppress(ValueError, OSError):
+                                selector.register(connection, selectors.EVENT_READ)
                     else:
                         with contextlib.suppress(KeyError, ValueError):
                             selector.unregister(sock)
