@@ -17,7 +17,7 @@ failed one is asked again at the next interval.
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Protocol
 
 import dagster as dg
@@ -31,6 +31,7 @@ from sensors.table import (
     RELAY_TAG,
     REQUEST_GRACE_S,
     UNFINISHED,
+    RetryCursor,
     schedule_retry,
 )
 
@@ -67,15 +68,11 @@ class LandingBacklog(Protocol):
     def backfill_interval_s(self) -> float: ...
 
 
-@dataclass
-class LandingSensorCursor:
-    """What the sensor last asked for, and how often that has gone wrong in a row."""
+@dataclass(kw_only=True)
+class LandingSensorCursor(RetryCursor):
+    """What the landing sensor last asked for, and how often that has gone wrong in a row."""
 
     backlog: str = ""  # what waited when the last run was requested
-    run_key: str = ""
-    failures: int = 0
-    retry_at: float = 0.0  # epoch seconds; no new request before this after a failure
-    requested_at: float = 0.0
 
     @classmethod
     def parse(cls, text: str | None) -> "LandingSensorCursor":
@@ -84,9 +81,6 @@ class LandingSensorCursor:
         if not text.startswith("{"):  # the cursor before healing: the run key "<feed>:<backlog>"
             return cls(backlog=text.partition(":")[2], run_key=text)
         return cls(**json.loads(text))
-
-    def dump(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
 
 
 def _backlog(waiting: LandingBacklog) -> str:
@@ -186,7 +180,9 @@ def build_landing_sensor(
         run_key = f"{feed_name}:{backlog}" + (f":retry{cursor.failures}" if cursor.failures else "")
         if run_key == cursor.run_key:
             return dg.SkipReason(f"{waiting.count} pending files already requested (run key {run_key})")
-        next_cursor = LandingSensorCursor(backlog, run_key, cursor.failures, requested_at=now)
+        next_cursor = LandingSensorCursor(
+            backlog=backlog, run_key=run_key, failures=cursor.failures, requested_at=now
+        )
         return dg.SensorResult(
             run_requests=[dg.RunRequest(run_key=run_key, tags={FEED_TAG: feed_name, RELAY_TAG: feed_name})],
             cursor=next_cursor.dump(),

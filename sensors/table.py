@@ -12,7 +12,6 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Protocol
 
 import dagster as dg
 from deltalake.exceptions import TableNotFoundError
@@ -36,15 +35,25 @@ UNFINISHED = [
 ]
 
 
-@dataclass
-class TableSensorCursor:
-    """What the sensor last asked for, and how often that has failed in a row."""
+@dataclass(kw_only=True)
+class RetryCursor:
+    """The part of a healing sensor's cursor that says what it last asked for and how often that went
+    wrong in a row (the table and landing sensors' cursors extend it with what the request was for)."""
 
-    version: int = -1  # the table version the last request was for
     run_key: str = ""
     failures: int = 0
     retry_at: float = 0.0  # epoch seconds; no new request before this after a failure
     requested_at: float = 0.0
+
+    def dump(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+
+@dataclass(kw_only=True)
+class TableSensorCursor(RetryCursor):
+    """What the table sensor last asked for, and how often that has failed in a row."""
+
+    version: int = -1  # the table version the last request was for
 
     @classmethod
     def parse(cls, text: str | None) -> "TableSensorCursor":
@@ -54,9 +63,6 @@ class TableSensorCursor:
             return cls(version=int(text))
         return cls(**json.loads(text))
 
-    def dump(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
-
 
 def backoff_s(
     failures: int, needs_fix: bool, first_s: float = BACKOFF_FIRST_S, max_s: float = BACKOFF_MAX_S
@@ -65,11 +71,6 @@ def backoff_s(
     if needs_fix:
         return max_s
     return min(max_s, first_s * 2 ** max(0, failures - 1))
-
-
-class RetryCursor(Protocol):
-    failures: int
-    retry_at: float
 
 
 def schedule_retry(
