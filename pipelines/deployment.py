@@ -188,7 +188,7 @@ def lake_resource() -> LakeResource:
 
 
 def sink_resources() -> dict[str, dg.ConfigurableResource]:
-    shared = _sink_tuning()
+    shared = sink_tuning()
     return {
         "elasticsearch": ElasticsearchSinkResource(
             sink_name="elasticsearch",
@@ -220,7 +220,7 @@ def sink_resources() -> dict[str, dg.ConfigurableResource]:
     }
 
 
-def _sink_tuning() -> dict:
+def sink_tuning() -> dict:
     """Batching and flow-control settings shared by the sinks, from ``LAKERELAY_SINK_*`` when set."""
     whole = {
         "max_records_per_call": "LAKERELAY_SINK_MAX_RECORDS_PER_CALL",
@@ -308,6 +308,11 @@ def retry_backoff_s() -> tuple[float, float]:
 def maintenance_cron() -> str:
     """When each feed's table, ledger and quarantine table are compacted and vacuumed (daily by default)."""
     return _env("LAKERELAY_MAINTENANCE_CRON", "30 3 * * *")
+
+
+def feeds_file() -> str | None:
+    """``LAKERELAY_FEEDS_FILE``: a deployment declared before components (feeds to every sink)."""
+    return _env("LAKERELAY_FEEDS_FILE")
 
 
 def feeds(default: list) -> list:

@@ -89,7 +89,6 @@ class FeedSpec:
     # expression only where the table has its columns; () = post records as they are.
     enrich: tuple[str, ...] | None = None
     description: str = ""
-    extra_metadata: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         def bad(option: str, value: object, allowed: tuple) -> ValueError:

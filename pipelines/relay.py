@@ -1,4 +1,4 @@
-"""The always-on path of a feed: one run that ingests new landing files, then posts them to every sink.
+"""The always-on path of a feed: one run that ingests new landing files, then posts them on each of its routes.
 
 The landing sensor requests ``relay_<feed>`` when files land, so a record reaches the sinks without
 waiting for a second run to be launched and a second sensor tick. The post jobs and their table
@@ -11,7 +11,7 @@ import dagster as dg
 
 from pipelines.feeds import FeedSpec
 from pipelines.ingest.discovery import files_waiting
-from pipelines.post.job import sink_asset_key
+from pipelines.routes import RouteSpec
 from pipelines.run_defaults import INFO_LOGS
 from sensors.landing import build_landing_sensor
 from sensors.table import RELAY_TAG
@@ -21,8 +21,8 @@ def relay_job_name(feed: FeedSpec) -> str:
     return f"relay_{feed.name}"
 
 
-def relay_job(feed: FeedSpec, sink_keys: list[str]):  # -> the unresolved job of dg.define_asset_job
-    sinks = [sink_asset_key(key, feed) for key in sink_keys]
+def relay_job(feed: FeedSpec, routes: list[RouteSpec]):  # -> the unresolved job of dg.define_asset_job
+    sinks = [route.asset_key for route in routes]
     return dg.define_asset_job(
         relay_job_name(feed),
         # The post ops evaluate their dead-letter checks themselves; the ingest keeps its own check.
@@ -32,7 +32,8 @@ def relay_job(feed: FeedSpec, sink_keys: list[str]):  # -> the unresolved job of
         executor_def=dg.in_process_executor,
         config=INFO_LOGS,
         tags={"lakerelay/feed": feed.name, RELAY_TAG: feed.name},
-        description=f"Ingest new files of feed {feed.name!r}, then post them to {', '.join(sink_keys)}.",
+        description=f"Ingest new files of feed {feed.name!r}, then post them on its routes "
+        f"({', '.join(route.name for route in routes) or 'none'}).",
     )
 
 
@@ -54,12 +55,12 @@ def landing_sensor(
 
 def relay_defs(
     feeds: list[FeedSpec],
-    sink_keys: list[str],
+    routes: list[RouteSpec],
     sensor_status: dg.DefaultSensorStatus,
     sensor_interval_s: int,
 ) -> dg.Definitions:
     return dg.Definitions(
-        jobs=[relay_job(feed, sink_keys) for feed in feeds],
+        jobs=[relay_job(feed, [r for r in routes if r.feed.name == feed.name]) for feed in feeds],
         sensors=[
             landing_sensor(
                 feed,

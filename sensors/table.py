@@ -21,6 +21,7 @@ from resources.sinks.resource import NEEDS_FIX
 
 FEED_TAG = "lakerelay/feed"
 SINK_TAG = "lakerelay/sink"
+ROUTE_TAG = "lakerelay/route"  # post runs of one route (a feed to a sink, under the route's name)
 RELAY_TAG = "lakerelay/relay"  # runs of pipelines/relay.py: ingest, then post to every sink
 NEEDS_FIX_TAG = NEEDS_FIX  # the post op tags runs that failed on something only a person can fix
 BACKOFF_FIRST_S = 15.0
@@ -103,11 +104,12 @@ def build_table_sensor(
     clock: Callable[[], float] = time.time,
 ) -> dg.SensorDefinition:
     """Requests job ``job_name`` (in this code location) while Delta table ``table_name`` of feed
-    ``feed_name`` is ahead of ``settled_version(lake)``, the last version the sink settled (-1: none).
+    ``feed_name`` is ahead of ``settled_version(lake)``, the last version route ``sink_name`` (a route
+    to sink ``sink_key``) settled (-1: none).
     ``clock`` gives epoch seconds (the backoff's and the request grace's), so tests need not sleep."""
 
     @dg.sensor(
-        name=f"{feed_name}_to_{sink_key}_sensor",
+        name=f"{feed_name}_to_{sink_name}_sensor",
         job_name=job_name,
         minimum_interval_seconds=minimum_interval_seconds,
         default_status=default_status,
@@ -133,9 +135,9 @@ def build_table_sensor(
                 )
             return dg.SkipReason(f"sink {sink_name} has settled version {version}")
         instance = context.instance
-        # A post of this (sink, feed), or a relay run of the feed (it posts to every sink).
+        # A post of this route, or a relay run of the feed (it posts on every route of the feed).
         in_flight = instance.get_runs(
-            dg.RunsFilter(tags={FEED_TAG: feed_name, SINK_TAG: sink_key}, statuses=UNFINISHED), limit=1
+            dg.RunsFilter(tags={FEED_TAG: feed_name, ROUTE_TAG: sink_name}, statuses=UNFINISHED), limit=1
         ) or instance.get_runs(dg.RunsFilter(tags={RELAY_TAG: feed_name}, statuses=UNFINISHED), limit=1)
         if in_flight:
             return dg.SkipReason(
@@ -168,7 +170,7 @@ def build_table_sensor(
                     cursor=cursor.dump(),
                 )
         attempt = cursor.failures
-        run_key = f"{sink_key}:{feed_name}:v{version}" + (f":retry{attempt}" if attempt else "")
+        run_key = f"{sink_name}:{feed_name}:v{version}" + (f":retry{attempt}" if attempt else "")
         if run_key == cursor.run_key:
             return dg.SkipReason(f"a run for version {version} was already requested ({run_key})")
         next_cursor = TableSensorCursor(
@@ -178,7 +180,12 @@ def build_table_sensor(
             run_requests=[
                 dg.RunRequest(
                     run_key=run_key,
-                    tags={"lakerelay/delta_version": str(version), FEED_TAG: feed_name, SINK_TAG: sink_key},
+                    tags={
+                        "lakerelay/delta_version": str(version),
+                        FEED_TAG: feed_name,
+                        SINK_TAG: sink_key,
+                        ROUTE_TAG: sink_name,
+                    },
                 )
             ],
             cursor=next_cursor.dump(),

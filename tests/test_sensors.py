@@ -13,6 +13,7 @@ from pipelines.ingest.runner import ingest_feed
 from pipelines.post.defs import table_sensor
 from pipelines.post.progress import write_progress
 from pipelines.relay import landing_sensor
+from pipelines.routes import RouteSpec
 from sensors.landing import NOT_STARTED_TIMEOUT_S, build_landing_sensor
 from sensors.table import BACKOFF_FIRST_S, NEEDS_FIX_TAG, REQUEST_GRACE_S
 
@@ -202,7 +203,7 @@ def test_the_landing_sensor_reads_the_cursor_it_wrote_before_healing(tmp_path: P
 
 def test_table_sensor_requests_a_post_run_until_the_sink_settles_the_version(tmp_path: Path) -> None:
     lake = local_lake(tmp_path)
-    sensor = table_sensor(EVENTS_FEED, "elasticsearch", "elasticsearch", dummy_job.name)
+    sensor = table_sensor(RouteSpec(EVENTS_FEED, "elasticsearch"), dummy_job.name)
     with dg.DagsterInstance.ephemeral() as instance:
 
         def tick(cursor: str | None = None):
@@ -229,7 +230,7 @@ def failing_post() -> None:
     raise dg.Failure("the sink is down")
 
 
-@dg.job(tags={"lakerelay/feed": "events", "lakerelay/sink": "elasticsearch"})
+@dg.job(tags={"lakerelay/feed": "events", "lakerelay/route": "es"})
 def failing_post_job() -> None:
     failing_post()
 
@@ -240,9 +241,7 @@ def test_a_failed_post_is_requested_again_with_backoff_without_new_data(tmp_path
     ingest_feed(EVENTS_FEED, lake)
     clock = FakeClock()
     sensor = table_sensor(
-        EVENTS_FEED,
-        "elasticsearch",
-        "es",
+        RouteSpec(EVENTS_FEED, "elasticsearch", name="es"),
         failing_post_job.name,
         backoff_first_s=0.5,
         backoff_max_s=2.0,
@@ -269,7 +268,7 @@ def test_a_failed_post_is_requested_again_with_backoff_without_new_data(tmp_path
         assert not waiting.run_requests and "after 1 unsuccessful run" in waiting.skip_reason.skip_message
         clock.advance(0.6)
         second = tick(waiting.cursor)
-        assert [r.run_key for r in second.run_requests] == ["elasticsearch:events:v0:retry1"]
+        assert [r.run_key for r in second.run_requests] == ["es:events:v0:retry1"]
         run(second.run_requests[0])
         backing_off = tick(second.cursor)
         assert "in 1s after 2 unsuccessful" in backing_off.skip_reason.skip_message  # 0.5 s doubled
@@ -300,11 +299,11 @@ def test_no_post_is_requested_while_one_is_in_flight(tmp_path: Path) -> None:
     lake = local_lake(tmp_path)
     land_events(lake, files=1, records_per_file=10)
     ingest_feed(EVENTS_FEED, lake)
-    sensor = table_sensor(EVENTS_FEED, "elasticsearch", "es", failing_post_job.name)
+    sensor = table_sensor(RouteSpec(EVENTS_FEED, "elasticsearch", name="es"), failing_post_job.name)
     with dg.DagsterInstance.ephemeral() as instance:
         # A run of this sink and feed that has not finished (created, not started: e.g. from the UI).
         queued = instance.create_run_for_job(
-            failing_post_job, tags={"lakerelay/feed": "events", "lakerelay/sink": "elasticsearch"}
+            failing_post_job, tags={"lakerelay/feed": "events", "lakerelay/route": "es"}
         )
         result = sensor(dg.build_sensor_context(resources={"lake": lake}, instance=instance))
         assert isinstance(result, dg.SkipReason) and queued.run_id in result.skip_message

@@ -75,6 +75,26 @@ def enrich(frame: DataFrame, expressions: list[str], feed_name: str = "") -> Dat
     return enriched
 
 
+def select_where(frame: DataFrame, predicate: str | None) -> DataFrame:
+    """The records a route posts: those of ``frame`` for which ``predicate`` (Spark SQL) is true.
+
+    Records it leaves out are settled with the rest: a route's filter is a decision, not a backlog.
+    """
+    if not predicate:
+        return frame
+    try:
+        selected = frame.where(predicate)
+        _ = selected.columns  # Spark Connect analyses lazily: resolve the predicate before posting
+    except Exception as exc:
+        first_line = str(exc).strip().splitlines()[0][:500] if str(exc).strip() else type(exc).__name__
+        raise EnrichmentError(
+            f"the route's where {predicate!r} does not fit its records ({first_line}). Their columns: "
+            f"{', '.join(c for c in frame.columns if not c.startswith('_'))}. Fix `where` in the route's "
+            f"defs.yaml."
+        ) from None
+    return selected
+
+
 def to_sink_records(frame: DataFrame, id_expression: str | None, time_field: str | None) -> DataFrame:
     """Columns ``_id`` (string), ``_doc`` (JSON bytes, made by Spark's compiled encoder), ``_time`` (epoch s).
 

@@ -1,63 +1,55 @@
-"""The post job: per (sink, feed), the sink's asset (one Spark op that posts new records) and its job.
+"""The post job: per route (a feed to a sink), the route's asset (one Spark op that posts new records) and its job.
 
 What the op does is ``run.py``'s; its config is ``config.py``'s; what it reports is ``report.py``'s.
 """
 
 from collections.abc import Iterator
+from typing import Any
 
 import dagster as dg
 
 from pipelines.feeds import FeedSpec
 from pipelines.post.config import PostConfig
 from pipelines.post.run import PostRun, run_post
+from pipelines.routes import RouteSpec
 from pipelines.run_defaults import INFO_LOGS
 from resources.lake import LakeResource
 from resources.sinks.resource import NEEDS_FIX, RestSinkResource
+from sensors.table import FEED_TAG, ROUTE_TAG, SINK_TAG
 
 # Transient crashes (a lost executor, an S3 hiccup) are retried in the run; failures a retry cannot
 # fix say so (dg.Failure(allow_retries=False)) and are healed by the table sensor's backoff instead.
 POST_RETRY_POLICY = dg.RetryPolicy(max_retries=2, delay=10, backoff=dg.Backoff.EXPONENTIAL)
 
 
-def sink_asset_key(sink_key: str, feed: FeedSpec) -> dg.AssetKey:
-    """The feed's documents in a sink: ``sinks/<feed>_in_<sink>``, a name the lineage view tells apart."""
-    return dg.AssetKey(["sinks", f"{feed.name}_in_{sink_key}"])
-
-
-def post_job_name(sink_key: str, feed: FeedSpec) -> str:
-    return f"post_{feed.name}_to_{sink_key}"
-
-
-def post_pool(sink_key: str, feed: FeedSpec) -> str:
-    """The Dagster concurrency pool of one (sink, feed): the instance allows one slot per pool."""
-    return f"lakerelay_post_{feed.name}_to_{sink_key}"
-
-
-def build_post_asset(sink_key: str, feed: FeedSpec, kind: str = "rest") -> dg.AssetsDefinition:
-    """The sink's documents of ``feed``, materialized by one Spark op that posts the new records."""
+def build_post_asset(route: RouteSpec) -> dg.AssetsDefinition:
+    """The route's documents in its sink, materialized by one Spark op that posts the new records."""
+    feed, sink_key = route.feed, route.sink
 
     @dg.multi_asset(
-        name=f"spark_post_{feed.name}_to_{sink_key}",
+        name=f"spark_{route.job_name}",
         specs=[
             dg.AssetSpec(
-                sink_asset_key(sink_key, feed),
+                route.asset_key,
                 deps=[dg.AssetKey(feed.name)],
                 # Materialized only when records were posted: an empty run changes nothing in the sink.
                 skippable=True,
                 group_name="sinks",
-                kinds={kind, "spark"},
-                description=f"Documents of feed {feed.name!r} in sink {sink_key!r}, posted by job "
-                f"{post_job_name(sink_key, feed)} (its table sensor keeps it fresh).",
+                kinds={route.sink_kind, "spark"},
+                description=route.description
+                or f"Documents of feed {feed.name!r} in sink {sink_key!r}, posted by job "
+                f"{route.job_name} (its table sensor keeps it fresh).",
             )
         ],
         required_resource_keys={sink_key, "lake", "pyspark"},
-        pool=post_pool(sink_key, feed),
+        pool=route.pool,
         retry_policy=POST_RETRY_POLICY,
-        description=f"Read unsettled records of table {feed.table_name!r}, enrich them in Spark and post them to {sink_key}.",
+        description=f"Read unsettled records of table {feed.table_name!r}, enrich them in Spark and post "
+        f"them to {sink_key}" + (f" where {route.where}" if route.where else "") + ".",
     )
     def post_asset(context: dg.AssetExecutionContext, config: PostConfig) -> Iterator[dg.MaterializeResult]:
         lake: LakeResource = context.resources.lake
-        sink: RestSinkResource = getattr(context.resources, sink_key)
+        sink: RestSinkResource = getattr(context.resources, sink_key).for_route(route.name, route.destination)
         try:
             run_post(
                 PostRun(
@@ -65,9 +57,10 @@ def build_post_asset(sink_key: str, feed: FeedSpec, kind: str = "rest") -> dg.As
                     lake,
                     sink,
                     lambda: context.resources.pyspark.spark_session,  # Spark starts only once there is work
-                    feed,
-                    sink_asset_key(sink_key, feed),
+                    route.posted_feed(),
+                    route.asset_key,
                     config,
+                    where=route.where,
                 )
             )
         except dg.Failure as failure:
@@ -80,27 +73,29 @@ def build_post_asset(sink_key: str, feed: FeedSpec, kind: str = "rest") -> dg.As
     return post_asset
 
 
-def post_asset_job(sink_key: str, feed: FeedSpec) -> dg.JobDefinition:
-    """``post_<feed>_to_<sink>``: in-process (one op, no step subprocess to start), tagged for sensors."""
+def post_asset_job(route: RouteSpec) -> dg.JobDefinition:
+    """``post_<feed>_to_<route>``: in-process (one op, no step subprocess to start), tagged for sensors."""
     return dg.define_asset_job(
-        post_job_name(sink_key, feed),
+        route.job_name,
         # The op evaluates the dead-letter check itself; the check's own step would only repeat it.
-        selection=dg.AssetSelection.assets(sink_asset_key(sink_key, feed))
-        - dg.AssetSelection.checks_for_assets(sink_asset_key(sink_key, feed)),
+        selection=dg.AssetSelection.assets(route.asset_key)
+        - dg.AssetSelection.checks_for_assets(route.asset_key),
         executor_def=dg.in_process_executor,
         config=INFO_LOGS,
-        tags={"lakerelay/sink": sink_key, "lakerelay/feed": feed.name},
+        tags={SINK_TAG: route.sink, ROUTE_TAG: route.name, FEED_TAG: route.feed.name},
     )
 
 
-def build_post_job(sink_key: str, feed: FeedSpec, kind: str = "rest") -> dg.JobDefinition:
-    """The post job resolved on its own, for tests, benchmarks and in-process execution.
+def build_post_job(sink_key: str, feed: FeedSpec, kind: str = "rest", **route: Any) -> dg.JobDefinition:
+    """The post job of a route from ``feed`` to ``sink_key``, resolved on its own, for tests, benchmarks
+    and in-process execution; ``route`` takes the other ``RouteSpec`` fields (name, where, destination...).
 
     Its resources are placeholders: pass the real ones to ``execute_in_process(resources=...)``.
     """
+    spec = RouteSpec(feed=feed, sink=sink_key, sink_kind=kind, **route)
     placeholders = {key: dg.ResourceDefinition.none_resource() for key in (sink_key, "lake", "pyspark")}
     defs = dg.Definitions(
-        assets=dg.with_resources([build_post_asset(sink_key, feed, kind)], placeholders),
-        jobs=[post_asset_job(sink_key, feed)],
+        assets=dg.with_resources([build_post_asset(spec)], placeholders),
+        jobs=[post_asset_job(spec)],
     )
-    return defs.resolve_job_def(post_job_name(sink_key, feed))
+    return defs.resolve_job_def(spec.job_name)

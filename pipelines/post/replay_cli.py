@@ -131,7 +131,9 @@ def _instance() -> DagsterInstance:
 
 
 def _replay(args: argparse.Namespace) -> int:
-    sinks = deployment.sink_resources()
+    from pipelines.definitions import deployment_topology  # the declared sinks; heavy, so only here
+
+    sinks = deployment_topology().sinks
     key = _sink_key(args.sink, sinks)
     config = _replay_config(args)
     job = build_replay_job(key)

@@ -17,13 +17,19 @@ from dataclasses import dataclass
 import dagster as dg
 import pyarrow as pa
 from deltalake.exceptions import TableNotFoundError
-from pyspark.sql import SparkSession
+from pyspark.sql import DataFrame, SparkSession
 
 from pipelines.feeds import FeedSpec
 from pipelines.post.checks import DEAD_LETTER_CHECK, dead_letter_evaluation
 from pipelines.post.config import PostConfig
 from pipelines.post.dead_letters import DEAD_LETTER_TABLE, append_dead_letters
-from pipelines.post.enrich import EnrichmentError, default_enrichment_for, enrich, to_sink_records
+from pipelines.post.enrich import (
+    EnrichmentError,
+    default_enrichment_for,
+    enrich,
+    select_where,
+    to_sink_records,
+)
 from pipelines.post.failures import executor_check_failure, needs_fix, spark_failure
 from pipelines.post.liveness import beacon_host
 from pipelines.post.plan import PostPlan, cut_groups, group_rows_for, plan_post
@@ -58,6 +64,7 @@ class PostRun:
     feed: FeedSpec
     asset_key: dg.AssetKey
     config: PostConfig
+    where: str | None = None  # the route's Spark SQL predicate on enriched records; None posts all
 
 
 def run_post(run: PostRun) -> None:
@@ -256,8 +263,13 @@ class _GroupPoster:
             partial = PartialProgress(plan.delta_version, plan.batch_to, group_rows, len(groups))
         groups = cut_groups(file_rows, partial.group_rows)
         fs = lake.filesystem_settings()
+        where = self.run.where
+
+        def shaped(units: list) -> DataFrame:
+            return select_where(enrich(read_units(spark, plan, fs, units), expressions, feed.name), where)
+
         try:  # resolved once, before any group posts: a misfit is for a person to fix
-            enrich(read_units(spark, plan, fs, list(groups[0])), expressions, feed.name)
+            shaped(list(groups[0]))
         except EnrichmentError as exc:
             raise needs_fix(str(exc)) from None
         settings = per_task_settings(sink.settings(), self.slots)
@@ -276,7 +288,7 @@ class _GroupPoster:
             if stop.is_set():
                 return None
             try:
-                frame = enrich(read_units(spark, plan, fs, list(groups[group])), expressions, feed.name)
+                frame = shaped(list(groups[group]))
                 records = to_sink_records(frame, id_expression, time_column)
                 table = records.mapInArrow(make_poster(settings, guard), RESULT_DDL).toArrow()
             except Exception as exc:

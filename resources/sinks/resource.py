@@ -6,7 +6,8 @@ new option needs only its field here and, if executors read it, a same-named fie
 """
 
 import base64
-from typing import ClassVar, Literal
+from collections.abc import Mapping
+from typing import Any, ClassVar, Literal
 
 import dagster as dg
 import requests
@@ -36,6 +37,9 @@ class RestSinkResource(dg.ConfigurableResource):
     """Settings every REST sink shares: endpoint, batching, concurrency, retries, TLS."""
 
     asset_kind: ClassVar[str] = "rest"  # the kind the UI shows on the sink's asset
+    # Fields a route may set for itself (where its records go and how they are shaped); the sink's
+    # own values are the defaults of every route to it.
+    DESTINATION_FIELDS: ClassVar[tuple[str, ...]] = ()
     # The protocol's settings dataclass: filled from this resource's fields of the same names.
     protocol_settings: ClassVar[type]
 
@@ -95,6 +99,17 @@ class RestSinkResource(dg.ConfigurableResource):
         description="Headers added to every request (e.g. a gateway's API key; use EnvVar for secrets).",
     )
 
+    def for_route(self, route_name: str, destination: Mapping[str, Any]) -> "RestSinkResource":
+        """This sink as one route posts to it: progress, metadata and dead letters under the route's
+        name, and the route's destination values over the sink's."""
+        unknown = sorted(set(destination) - set(self.DESTINATION_FIELDS))
+        if unknown:
+            raise ValueError(
+                f"route {route_name!r}: {type(self).__name__} takes no destination {unknown}; it takes "
+                f"{', '.join(self.DESTINATION_FIELDS) or 'none'}"
+            )
+        return self.model_copy(update={"sink_name": route_name, **destination})
+
     def settings(self) -> SinkSettings:
         """What executors need to post: this resource's values, by field name, and the headers."""
         return from_fields(
@@ -151,6 +166,7 @@ class ElasticsearchSinkResource(RestSinkResource):
     """Elasticsearch or OpenSearch `_bulk`. Ids are deterministic, so a replay overwrites, never duplicates."""
 
     asset_kind: ClassVar[str] = "elasticsearch"
+    DESTINATION_FIELDS: ClassVar[tuple[str, ...]] = ("index", "op_type", "pipeline", "id_field", "id_fields")
     protocol_settings: ClassVar[type] = ElasticsearchSettings
 
     index: str = Field(default="events", description="Target index, alias or data stream.")
@@ -196,6 +212,7 @@ class SplunkHecSinkResource(RestSinkResource):
     """Splunk HTTP Event Collector, `/services/collector/event`. HEC has no ids: delivery is at-least-once."""
 
     asset_kind: ClassVar[str] = "splunk"
+    DESTINATION_FIELDS: ClassVar[tuple[str, ...]] = ("index", "source", "sourcetype", "host", "time_field")
     protocol_settings: ClassVar[type] = HecSettings
 
     token: str = Field(description="HEC token (Authorization: Splunk <token>). Use EnvVar.")
@@ -229,6 +246,7 @@ class GenericRestSinkResource(RestSinkResource):
     """
 
     protocol_settings: ClassVar[type] = GenericSettings
+    DESTINATION_FIELDS: ClassVar[tuple[str, ...]] = ("path", "method", "body_format")
 
     path: str = Field(default="", description="Path appended to url, e.g. /v1/events.")
     method: Literal["POST", "PUT"] = "POST"

@@ -1,0 +1,72 @@
+"""``lakerelay.Feed``: a landing source ingested, Auto Loader style, into one Delta table."""
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from pipelines.components.declaration import Declaration, only_set
+from pipelines.feeds import CsvOptions, FeedSpec
+
+Duration = str  # "30s", "15 minutes", "1 hour", "1 day" (pipelines.feeds.parse_duration_s)
+
+
+class CsvModel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    header: bool = True
+    delimiter: str = ","
+    quote: str = '"'
+    escape: str | None = None
+
+
+class Feed(Declaration):
+    """A landing zone (a folder or an S3 prefix) ingested into a Delta table; unset options take the
+    defaults of ``pipelines.feeds.FeedSpec`` (docs/configuration.md lists them)."""
+
+    name: str = Field(description="The feed's name: its Delta table, asset and jobs are named after it.")
+    source: str | None = Field(
+        default=None,
+        description="Where files land: a path under the lake's landing root, an absolute folder or s3://bucket/prefix.",
+    )
+    table: str | None = Field(
+        default=None, description="Delta table name under the lake root (default: name)."
+    )
+    format: Literal["json", "json_array", "csv", "parquet"] | None = None
+    csv: CsvModel | None = None
+    encoding: str | None = Field(default=None, description="Text encoding of json/csv files (default utf-8).")
+    schema_hints: str | dict[str, str] | None = Field(
+        default=None, description='Pinned column types: "ts timestamp, bytes bigint" or a mapping.'
+    )
+    schema_evolution_mode: Literal["add_new_columns", "rescue", "fail_on_new_columns", "none"] | None = None
+    infer_max_files: int | None = Field(default=None, gt=0)
+    recursive: bool | None = None
+    path_glob: str | None = None
+    modified_after: str | None = Field(default=None, description="ISO 8601: ignore files modified before.")
+    listing: Literal["incremental", "full"] | None = None
+    backfill_interval: Duration | None = None
+    max_files_per_batch: int | None = Field(default=None, gt=0)
+    max_bytes_per_batch: int | None = Field(default=None, ge=0)
+    allow_overwrites: bool | None = None
+    read_deadline: Duration | None = None
+    settle_time: Duration | None = None
+    find_late_names: bool | None = None
+    max_quarantine_rate: float | None = Field(default=None, ge=0, le=1)
+    enrich: list[str] | None = Field(
+        default=None,
+        description="Spark SQL select expressions added before posting (default: the built-in "
+        "enrichment where the table has its columns; [] posts records as they are).",
+    )
+    description: str | None = None
+
+    def spec(self) -> FeedSpec:
+        """The feed as the pipeline knows it; a value FeedSpec refuses names this file."""
+        values = only_set(self)
+        if isinstance(values.get("csv"), dict):
+            values["csv"] = CsvOptions(**values["csv"])
+        if values.get("enrich") is not None:
+            values["enrich"] = tuple(values["enrich"])
+        if isinstance(values.get("schema_hints"), dict):
+            values["schema_hints"] = ", ".join(f"{k} {v}" for k, v in values["schema_hints"].items())
+        try:
+            return FeedSpec(**values)
+        except (ValueError, LookupError) as exc:
+            raise ValueError(f"{self.declared_in}: {exc}") from None

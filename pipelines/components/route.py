@@ -1,0 +1,33 @@
+"""``lakerelay.Route``: one feed delivered to one sink, with its own destination, filter and enrichment."""
+
+from typing import Any
+
+from pydantic import Field
+
+from pipelines.components.declaration import Declaration
+
+
+class Route(Declaration):
+    """A feed posted to a sink. Each route has its own progress, fence, dead letters, asset, job,
+    check and failure history: one route failing never holds back another."""
+
+    feed: str = Field(description="Name of the feed whose records this route posts.")
+    sink: str = Field(description="Name of the sink it posts to.")
+    name: str | None = Field(
+        default=None,
+        description="The route's name, unique per feed (default: the sink's name). Its asset is "
+        "sinks/<feed>_in_<name> and its job post_<feed>_to_<name>.",
+    )
+    destination: dict[str, Any] = Field(
+        default={},
+        description="Where and how records go, over the sink's defaults. Elasticsearch: index, op_type, "
+        "pipeline, id_field, id_fields; Splunk HEC: index, source, sourcetype, host, time_field; REST: "
+        "path, method, body_format.",
+    )
+    where: str | None = Field(
+        default=None, description="Spark SQL predicate on the enriched records: only those are posted."
+    )
+    enrich: list[str] | None = Field(
+        default=None, description="Spark SQL select expressions for this route, instead of the feed's."
+    )
+    description: str | None = None

@@ -1,0 +1,132 @@
+"""The deployment's topology: the feeds, sinks, routes and exports declared as components, joined.
+
+A route names a feed and a sink by their names; this is where those names are checked, against
+every declaration of the defs folder, with the file of the declaration in the error.
+"""
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import dagster as dg
+from pydantic import ValidationError
+
+from pipelines.components import ElasticsearchSink, Export, Feed, RestSink, Route, SplunkHecSink
+from pipelines.components.declaration import located_errors
+from pipelines.components.sinks import Sink
+from pipelines.export.spec import ExportSpec
+from pipelines.feeds import FeedSpec
+from pipelines.routes import RouteSpec
+from resources.sinks.resource import RestSinkResource
+
+SINK_TYPES: tuple[type[Sink], ...] = (ElasticsearchSink, SplunkHecSink, RestSink)
+
+
+@dataclass(frozen=True)
+class Topology:
+    feeds: list[FeedSpec]
+    sinks: dict[str, RestSinkResource]  # sink name (= resource key) → its resource
+    routes: list[RouteSpec]
+    exports: list[ExportSpec] | None  # None: the default, one export per feed
+
+
+def load_topology(project_root: Path, sink_defaults: Mapping[str, Any] = MappingProxyType({})) -> Topology:
+    """The declarations of the project's defs folder (``[tool.dg.project]`` in pyproject.toml), joined;
+    ``sink_defaults`` are the deployment's sink settings, under what each sink's YAML sets."""
+    tree = dg.ComponentTree.for_project(project_root)
+    try:
+        sinks: list[Sink] = [s for kind in SINK_TYPES for s in tree.get_all_components(of_type=kind)]
+        feeds, routes = tree.get_all_components(of_type=Feed), tree.get_all_components(of_type=Route)
+        exports = tree.get_all_components(of_type=Export)
+    except Exception as exc:
+        located = _located(exc, tree.defs_module_path)
+        if located is None:
+            raise
+        raise ValueError(located) from None  # what is wrong and where, without the loader's frames
+    return join(feeds, sinks, routes, exports, sink_defaults)
+
+
+def join(
+    feeds: list[Feed],
+    sinks: list[Sink],
+    routes: list[Route],
+    exports: list[Export],
+    sink_defaults: Mapping[str, Any] = MappingProxyType({}),
+) -> Topology:
+    """Feeds, sinks, routes and exports checked against each other; errors name the declaring file."""
+    _unique("feed", [(f.name, f.declared_in) for f in feeds])
+    _unique("sink", [(s.name, s.declared_in) for s in sinks])
+    feed_specs = {f.name: f.spec() for f in feeds}
+    sink_by_name = {s.name: s for s in sinks}
+    route_specs = [_route(r, feed_specs, sink_by_name) for r in routes]
+    _unique(
+        "route",
+        [(f"{r.feed.name}/{r.name}", d.declared_in) for r, d in zip(route_specs, routes, strict=True)],
+    )
+    tables = {name: spec.table_name for name, spec in feed_specs.items()}
+    export_specs = [e.spec(tables) for e in exports]
+    _unique(
+        "export dataset", [(e.dataset, d.declared_in) for e, d in zip(export_specs, exports, strict=True)]
+    )
+    return Topology(
+        feeds=list(feed_specs.values()),
+        sinks={s.name: s.resource(sink_defaults) for s in sinks},
+        routes=route_specs,
+        exports=export_specs or None,
+    )
+
+
+def _route(route: Route, feeds: dict[str, FeedSpec], sinks: dict[str, Sink]) -> RouteSpec:
+    where = f"{route.declared_in}: route of feed {route.feed!r} to sink {route.sink!r}"
+    if route.feed not in feeds:
+        raise ValueError(
+            f"{where}: no feed is named {route.feed!r}; feeds: {', '.join(sorted(feeds)) or 'none'}"
+        )
+    sink = sinks.get(route.sink)
+    if sink is None:
+        raise ValueError(
+            f"{where}: no sink is named {route.sink!r}; sinks: {', '.join(sorted(sinks)) or 'none'}"
+        )
+    unknown = sorted(set(route.destination) - set(sink.destination_fields))
+    if unknown:
+        raise ValueError(
+            f"{where}: destination key(s) {', '.join(unknown)} do not apply to a {type(sink).__name__}; "
+            f"it takes {', '.join(sink.destination_fields)}"
+        )
+    return RouteSpec(
+        feed=feeds[route.feed],
+        sink=route.sink,
+        name=route.name or "",
+        sink_kind=sink.kind,
+        where=route.where,
+        enrich=tuple(route.enrich) if route.enrich is not None else None,
+        destination=dict(route.destination),
+        description=route.description or "",
+    )
+
+
+def _located(error: BaseException, defs_root: Path) -> str | None:
+    """What is wrong in which defs.yaml, from inside the loader's error: a declaration's own error
+    names its file; the loader's schema check (unknown keys) is located by the component it names."""
+    component = re.search(r"loading component (\S+?)(\[\d+\])?:", str(error))
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, ValueError) and "defs.yaml: " in str(seen):
+            return str(seen)
+        if isinstance(seen, ValidationError) and component is not None:
+            return located_errors(defs_root / component.group(1) / "defs.yaml", seen.title, seen)
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _unique(what: str, named: list[tuple[str, str]]) -> None:
+    seen: dict[str, str] = {}
+    for name, declared_in in named:
+        if name in seen:
+            raise ValueError(
+                f"{declared_in}: {what} {name!r} is also declared in {seen[name]}; names must be unique"
+            )
+        seen[name] = declared_in
