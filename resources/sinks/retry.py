@@ -20,7 +20,10 @@ class Backoff:
 
     def delay(self, attempt: int, retry_after: float | None) -> float:
         """Seconds to wait before attempt ``attempt + 1``, jittered between half and all of the step."""
-        delay = min(self.max_s, self.initial_s * 2 ** (attempt - 1)) * self._rng.uniform(0.5, 1.0)
+        # The exponent is capped: a loop retrying for minutes with a tiny initial step reaches
+        # attempts whose 2**n no float holds (OverflowError), long after the cap max_s applies.
+        step = self.initial_s * 2.0 ** min(max(attempt - 1, 0), 60)
+        delay = min(self.max_s, step) * self._rng.uniform(0.5, 1.0)
         if retry_after is not None:
             delay = max(delay, min(retry_after, self.max_s))
         return delay
