@@ -43,6 +43,8 @@ class SigV4Verifier:
     session_token: str | None = field(default=None, repr=False)
     max_skew_s: float = 15 * 60
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+    # Session tokens of the accepted requests, in order: shows whether a client renews temporary keys.
+    tokens_seen: list[str] = field(default_factory=list, repr=False)
 
     def refusal(self, method: str, target: str, headers: Mapping[str, str], body: bytes) -> str | None:
         """Why AWS would answer 403 to this request (its message), or None when the signature holds.
@@ -85,6 +87,8 @@ class SigV4Verifier:
         expected = self._signature(method, target, {h: headers.get(h) or "" for h in signed}, body, stamp)
         if not hmac.compare_digest(expected, match["signature"]):
             return _SIGNATURE_MISMATCH
+        if token := headers.get("X-Amz-Security-Token"):
+            self.tokens_seen.append(token)
         return None
 
     def _signature(self, method: str, target: str, signed: dict[str, str], body: bytes, stamp: str) -> str:

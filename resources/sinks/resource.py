@@ -10,7 +10,7 @@ from typing import Any, ClassVar, Literal
 
 import dagster as dg
 import requests
-from pydantic import Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from resources.sinks import es_auth
 from resources.sinks.elasticsearch import ElasticsearchSettings
@@ -35,6 +35,9 @@ def authorization(bearer_token: str | None, username: str | None, password: str 
 
 class RestSinkResource(dg.ConfigurableResource):
     """Settings every REST sink shares: endpoint, batching, concurrency, retries, TLS."""
+
+    # Secrets stay out of validation errors (no input echoed) and out of repr (their fields say repr=False).
+    model_config = ConfigDict(hide_input_in_errors=True)
 
     asset_kind: ClassVar[str] = "rest"  # the kind the UI shows on the sink's asset
     # The protocol's settings dataclass: filled from this resource's fields of the same names.
@@ -93,6 +96,7 @@ class RestSinkResource(dg.ConfigurableResource):
     client_key: str | None = Field(default=None, description="PEM private key of client_cert.")
     extra_headers: dict[str, str] = Field(
         default={},
+        repr=False,
         description="Headers added to every request (e.g. a gateway's API key; use EnvVar for secrets).",
     )
 
@@ -192,11 +196,11 @@ class ElasticsearchSinkResource(RestSinkResource):
     )
     # Authentication: at most one of api_key, username/password, bearer_token, aws_sigv4 (two is an error).
     api_key: str | None = Field(
-        default=None, description="Encoded API key (Authorization: ApiKey ...). Use EnvVar."
+        default=None, repr=False, description="Encoded API key (Authorization: ApiKey ...). Use EnvVar."
     )
     username: str | None = Field(default=None, description="Basic-auth user name.")
-    password: str | None = Field(default=None, description="Basic-auth password. Use EnvVar.")
-    bearer_token: str | None = Field(default=None, description="Bearer token. Use EnvVar.")
+    password: str | None = Field(default=None, repr=False, description="Basic-auth password. Use EnvVar.")
+    bearer_token: str | None = Field(default=None, repr=False, description="Bearer token. Use EnvVar.")
     aws_sigv4: bool = Field(
         default=False,
         description="Sign every request with AWS SigV4 (Amazon OpenSearch Service or Serverless), with the "
@@ -210,13 +214,16 @@ class ElasticsearchSinkResource(RestSinkResource):
         description="Region of the domain or collection, e.g. us-east-1 (required with aws_sigv4).",
     )
     aws_access_key_id: str | None = Field(
-        default=None, description="AWS access key id (unset: the default credential chain). Use EnvVar."
+        default=None,
+        repr=False,
+        description="AWS access key id (unset: the default credential chain). Use EnvVar.",
     )
     aws_secret_access_key: str | None = Field(
-        default=None, description="AWS secret access key, with aws_access_key_id. Use EnvVar."
+        default=None, repr=False, description="AWS secret access key, with aws_access_key_id. Use EnvVar."
     )
     aws_session_token: str | None = Field(
         default=None,
+        repr=False,
         description="Session token of temporary keys (these expire and are not renewed: prefer the chain). "
         "Use EnvVar.",
     )
@@ -264,7 +271,7 @@ class SplunkHecSinkResource(RestSinkResource):
     asset_kind: ClassVar[str] = "splunk"
     protocol_settings: ClassVar[type] = HecSettings
 
-    token: str = Field(description="HEC token (Authorization: Splunk <token>). Use EnvVar.")
+    token: str = Field(repr=False, description="HEC token (Authorization: Splunk <token>). Use EnvVar.")
     index: str | None = Field(default=None, description="Splunk index; the token's default index when unset.")
     source: str | None = "lakerelay"
     sourcetype: str | None = "_json"
@@ -304,9 +311,9 @@ class GenericRestSinkResource(RestSinkResource):
     success_statuses: list[int] = Field(
         default=[200, 201, 202, 204], description="Statuses that mean every record of the call was accepted."
     )
-    bearer_token: str | None = Field(default=None, description="Bearer token. Use EnvVar.")
+    bearer_token: str | None = Field(default=None, repr=False, description="Bearer token. Use EnvVar.")
     username: str | None = None
-    password: str | None = Field(default=None, description="Basic-auth password. Use EnvVar.")
+    password: str | None = Field(default=None, repr=False, description="Basic-auth password. Use EnvVar.")
     health_path: str | None = Field(
         default=None, description="GET this path before posting to check reachability and credentials."
     )

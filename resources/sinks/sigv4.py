@@ -17,6 +17,7 @@ outside the object, so it never travels to executors.
 """
 
 import hashlib
+import logging
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,6 +37,16 @@ NO_CREDENTIALS_HINT = (
     "AWS_PROFILE naming a profile of ~/.aws/config, or run with an instance/container/IRSA role, or give "
     "the sink aws_access_key_id/aws_secret_access_key"
 )
+
+
+class _NoCanonicalRequest(logging.Filter):
+    """botocore logs each canonical request at DEBUG, and it holds the session token: never let it out."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("CanonicalRequest")
+
+
+logging.getLogger("botocore.auth").addFilter(_NoCanonicalRequest())
 
 _chain_lock = threading.Lock()
 _chains: dict[str | None, Any] = {}  # profile -> botocore credentials, resolved once per process
