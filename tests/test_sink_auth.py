@@ -332,3 +332,27 @@ def test_the_session_token_never_reaches_the_logs(caplog) -> None:
     assert "StringToSign" in caplog.text  # botocore did log at DEBUG
     assert "session-token-secret" not in caplog.text and SECRET not in caplog.text
     assert "session-token-secret" not in repr(signer) and SECRET not in repr(signer)
+
+
+def test_secrets_given_as_values_stay_out_of_repr_and_settings_repr() -> None:
+    secrets = {
+        "aws_access_key_id": "AKIDSECRETVALUE",
+        "aws_secret_access_key": "aws-secret-value",
+        "aws_session_token": "aws-token-value",
+    }
+    signed = ElasticsearchSinkResource(
+        sink_name="es",
+        url="http://x",
+        aws_sigv4=True,
+        aws_region=REGION,
+        extra_headers={"X-Gw": "gw-value"},
+        **secrets,
+    )
+    keyed = ElasticsearchSinkResource(sink_name="es", url="http://x", api_key="api-key-value")
+    basic = ElasticsearchSinkResource(sink_name="es", url="http://x", username="u", password="password-value")
+    bearer = ElasticsearchSinkResource(sink_name="es", url="http://x", bearer_token="bearer-value")
+    shown = " ".join(
+        repr(x) + str(x) for sink in (signed, keyed, basic, bearer) for x in (sink, sink.settings())
+    )
+    for secret in [*secrets.values(), "gw-value", "api-key-value", "password-value", "bearer-value"]:
+        assert secret not in shown
