@@ -8,8 +8,12 @@ signed with another secret or for another region, signed over another body, or t
 
 import hashlib
 import logging
+import os
+import signal
+import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -18,6 +22,7 @@ import dagster as dg
 import pydantic
 import pytest
 import requests
+from elasticsearch import Elasticsearch
 from test_sink_tls import post
 
 from localsink.server import LocalSinkServer
@@ -102,6 +107,9 @@ def test_a_cloud_id_resolves_to_its_elasticsearch_endpoint(cloud_id: str, url: s
     assert elasticsearch_url(cloud_id) == url
     sink = ElasticsearchSinkResource(sink_name="es", cloud_id=cloud_id, api_key="k")
     assert sink.settings().url == url
+    # The official client (installed for the tests) lands on the same node; it always writes the port.
+    [node] = Elasticsearch(cloud_id=cloud_id, api_key="k").transport.node_pool.all()
+    assert node.base_url == (url if url.count(":") == 2 else f"{url}:443")
 
 
 @pytest.mark.parametrize(
@@ -356,3 +364,40 @@ def test_secrets_given_as_values_stay_out_of_repr_and_settings_repr() -> None:
     )
     for secret in [*secrets.values(), "gw-value", "api-key-value", "password-value", "bearer-value"]:
         assert secret not in shown
+
+
+SIGV4_CLI_ARGS = ["--sigv4-region", REGION, "--sigv4-service", "aoss"]
+
+
+def test_the_local_sink_cli_verifies_signatures_with_the_secret_of_its_environment(tmp_path: Path) -> None:
+    port_file = tmp_path / "sink.port"
+    secret = "cli-secret-from-the-environment"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "localsink", "--port-file", str(port_file), *SIGV4_CLI_ARGS],
+        cwd=Path(__file__).resolve().parents[1],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "LOCALSINK_SIGV4_SECRET_ACCESS_KEY": secret},
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while not port_file.exists():
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            assert time.monotonic() < deadline, "localsink CLI did not write its port file"
+            time.sleep(0.05)
+        url = f"http://127.0.0.1:{int(port_file.read_text())}"
+        assert requests.get(url, timeout=5).status_code == 403
+        sink = sigv4_sink(url, "aoss", aws_secret_access_key=secret)
+        sink.check_connection()
+        assert post(sink.settings(), 30).accepted == 30
+        with pytest.raises(dg.Failure, match="signature refused"):
+            sigv4_sink(url, "aoss").check_connection()  # the built-in test secret is not this server's
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+        if proc.stderr is not None:
+            proc.stderr.close()
