@@ -12,6 +12,7 @@ from typing import Any
 
 from localsink.faults import FaultConfig
 from localsink.server import LocalSinkServer
+from localsink.sigv4 import SIGV4_TEST_ACCESS_KEY_ID, SIGV4_TEST_SECRET_ACCESS_KEY, SigV4Verifier
 from localsink.splunk import DEFAULT_HEC_TOKEN
 
 
@@ -62,6 +63,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="allow this HEC index (repeatable); without it every index is allowed",
     )
 
+    aws = parser.add_argument_group(
+        "AWS SigV4 (verify signatures as Amazon OpenSearch does; the secret comes from the environment)"
+    )
+    aws.add_argument("--sigv4-region", help="require requests signed for this region, e.g. us-east-1")
+    aws.add_argument(
+        "--sigv4-service", choices=("es", "aoss"), default="es", help="the signing service (default: es)"
+    )
+    aws.add_argument(
+        "--sigv4-access-key-id",
+        default=SIGV4_TEST_ACCESS_KEY_ID,
+        help=f"the one access key accepted (default: {SIGV4_TEST_ACCESS_KEY_ID}); its secret is "
+        f"$LOCALSINK_SIGV4_SECRET_ACCESS_KEY, else the test secret of localsink.sigv4",
+    )
+
     faults = parser.add_argument_group("fault injection (seeded, reproducible)")
     faults.add_argument("--seed", type=int, default=0, help="random seed for fault draws (default: 0)")
     faults.add_argument(
@@ -109,6 +124,18 @@ def write_port_file(path: str, port: int) -> None:
         raise
 
 
+def _sigv4_verifier(args: argparse.Namespace) -> SigV4Verifier | None:
+    if not args.sigv4_region:
+        return None
+    return SigV4Verifier(
+        region=args.sigv4_region,
+        service=args.sigv4_service,
+        access_key_id=args.sigv4_access_key_id,
+        secret_access_key=os.environ.get("LOCALSINK_SIGV4_SECRET_ACCESS_KEY") or SIGV4_TEST_SECRET_ACCESS_KEY,
+        session_token=os.environ.get("LOCALSINK_SIGV4_SESSION_TOKEN") or None,
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -140,6 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         tls_client_ca=args.tls_client_ca,
+        sigv4=_sigv4_verifier(args),
     )
     stop = threading.Event()
 

@@ -26,6 +26,7 @@ from localsink.elasticsearch import ElasticsearchApi
 from localsink.faults import FaultConfig, FaultInjector
 from localsink.generic import PREFIX as GENERIC_PREFIX
 from localsink.generic import GenericApi
+from localsink.sigv4 import SigV4Verifier
 from localsink.splunk import DEFAULT_HEC_INDEX, DEFAULT_HEC_TOKEN, HecApi
 from localsink.store import SinkStore
 from localsink.wire import DEFAULT_MAX_CONTENT_LENGTH, BodyError, Reply, Request, json_reply
@@ -43,11 +44,19 @@ def is_ingest(path: str) -> bool:
 class SinkApp:
     """Routes a parsed request to the protocol that owns its path."""
 
-    def __init__(self, store: SinkStore, faults: FaultInjector, es: ElasticsearchApi, hec: HecApi) -> None:
+    def __init__(
+        self,
+        store: SinkStore,
+        faults: FaultInjector,
+        es: ElasticsearchApi,
+        hec: HecApi,
+        sigv4: SigV4Verifier | None = None,
+    ) -> None:
         self.store = store
         self.faults = faults
         self.es = es
         self.hec = hec
+        self.sigv4 = sigv4
         self.admin = AdminApi(store, faults)
         self.generic = GenericApi(store, faults, es.auth)
 
@@ -61,6 +70,10 @@ class SinkApp:
             return self.generic.handle(req)
         if path == _HEC_PREFIX or path.startswith(_HEC_PREFIX + "/"):
             return self.hec.handle(req)
+        if self.sigv4 is not None:  # Amazon OpenSearch: every Elasticsearch call is signed
+            refusal = self.sigv4.refusal(req.method, req.target or req.path, req.headers, req.raw_body)
+            if refusal is not None:
+                return json_reply(403, {"message": refusal})
         return self.es.handle(req)
 
 
@@ -94,6 +107,7 @@ class _Handler(BaseHTTPRequestHandler):
             query=dict(parse_qsl(split.query, keep_blank_values=True)),
             headers=self.headers,  # type: ignore[arg-type]  # email.message.Message is a case-insensitive mapping
             max_content_length=server.max_content_length,
+            target=self.path,
         )
         if not self._read_body(req):
             return
@@ -270,9 +284,11 @@ class LocalSinkServer:
         tls_cert: str | None = None,
         tls_key: str | None = None,
         tls_client_ca: str | None = None,
+        sigv4: SigV4Verifier | None = None,
     ) -> None:
         """``tls_cert`` (PEM, with the key unless ``tls_key`` is given) switches the server to HTTPS;
-        ``tls_client_ca`` then requires clients to present a certificate signed by that CA (mutual TLS)."""
+        ``tls_client_ca`` then requires clients to present a certificate signed by that CA (mutual TLS).
+        ``sigv4`` makes the Elasticsearch API verify AWS SigV4 signatures, as Amazon OpenSearch does."""
         self.tls: ssl.SSLContext | None = None
         if tls_cert:
             self.tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -288,7 +304,7 @@ class LocalSinkServer:
         self.faults = FaultInjector(_fault_config(faults))
         es = ElasticsearchApi(self.store, self.faults, EsAuth(es_api_key, es_basic, es_bearer))
         hec = HecApi(self.store, self.faults, hec_token, hec_ack, hec_indexes, hec_default_index)
-        self.app = SinkApp(self.store, self.faults, es, hec)
+        self.app = SinkApp(self.store, self.faults, es, hec, sigv4)
         self._httpd: _SinkHTTPServer | None = None
         self._thread: threading.Thread | None = None
 

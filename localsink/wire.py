@@ -32,6 +32,7 @@ class Request:
     max_content_length: int = DEFAULT_MAX_CONTENT_LENGTH
     # Set by the transport when it refused to read the body (too large): raised on first use.
     body_error: BodyError | None = None
+    target: str = ""  # the request line's path and query as received (what a SigV4 signature covers)
     _decoded: bytes | None = field(default=None, repr=False)
 
     def header(self, name: str, default: str = "") -> str:

@@ -88,7 +88,13 @@ class ElasticsearchSink(Sink):
         "api_key_env": "api_key",
         "password_env": "password",
         "bearer_token_env": "bearer_token",
+        "aws_access_key_id_env": "aws_access_key_id",
+        "aws_secret_access_key_env": "aws_secret_access_key",
+        "aws_session_token_env": "aws_session_token",
     }
+
+    url: str | None = Field(default=None, description="Base URL; or cloud_id for Elastic Cloud.")  # type: ignore[assignment]
+    cloud_id: str | None = Field(default=None, description="Elastic Cloud deployment id, instead of url.")
 
     index: str | None = Field(default=None, description="Default index, alias or data stream of its routes.")
     op_type: Literal["index", "create"] | None = None
@@ -99,6 +105,19 @@ class ElasticsearchSink(Sink):
     api_key_env: str | None = Field(default=None, description="Variable holding the encoded API key.")
     password_env: str | None = Field(default=None, description="Variable holding the basic-auth password.")
     bearer_token_env: str | None = Field(default=None, description="Variable holding a bearer token.")
+    aws_sigv4: bool | None = Field(
+        default=None, description="Sign requests with AWS SigV4 (Amazon OpenSearch Service or Serverless)."
+    )
+    aws_service: Literal["es", "aoss"] | None = Field(
+        default=None, description="'es': OpenSearch Service; 'aoss': OpenSearch Serverless."
+    )
+    aws_region: str | None = None
+    aws_profile: str | None = Field(default=None, description="AWS profile of the default credential chain.")
+    aws_access_key_id_env: str | None = Field(
+        default=None, description="Variable holding an access key id (unset: the default credential chain)."
+    )
+    aws_secret_access_key_env: str | None = None
+    aws_session_token_env: str | None = None
 
 
 class SplunkHecSink(Sink):

@@ -20,8 +20,13 @@ class SinkTlsError(RuntimeError):
 
 
 def auth_error_message(settings: SinkSettings, status: int, body: bytes) -> str:
+    """One line: who refused what, the server's own words, and what to check."""
+    answer = " ".join(body[:300].decode(errors="replace").split())
+    where = f"sink {settings.sink_name!r} ({settings.kind} at {settings.url})"
+    refusal_hint = getattr(settings.auth, "refusal_hint", None)
+    if refusal_hint is not None:  # a signing auth (SigV4) says what a refused signature means
+        return f"{where}: signature refused with HTTP {status} ({answer}): {refusal_hint()}"
     return (
-        f"sink {settings.sink_name!r} ({settings.kind} at {settings.url}) refused the credentials with HTTP "
-        f"{status}: {body[:300].decode(errors='replace')}. Check the token/API key configured for this sink "
-        f"(environment variable behind its EnvVar) and its permissions on the target index."
+        f"{where} refused the credentials with HTTP {status}: {answer}. Check the token/API key configured "
+        f"for this sink (environment variable behind its EnvVar) and its permissions on the target index."
     )

@@ -11,10 +11,11 @@ from typing import Any, ClassVar, Literal
 
 import dagster as dg
 import requests
-from pydantic import Field
+from pydantic import ConfigDict, Field, model_validator
 
+from resources.sinks import es_auth
 from resources.sinks.elasticsearch import ElasticsearchSettings
-from resources.sinks.errors import auth_error_message
+from resources.sinks.errors import SinkAuthError, SinkConfigError, auth_error_message
 from resources.sinks.generic import GenericSettings
 from resources.sinks.hec import HecSettings
 from resources.sinks.settings import SinkSettings, from_fields
@@ -35,6 +36,9 @@ def authorization(bearer_token: str | None, username: str | None, password: str 
 
 class RestSinkResource(dg.ConfigurableResource):
     """Settings every REST sink shares: endpoint, batching, concurrency, retries, TLS."""
+
+    # Secrets stay out of validation errors (no input echoed) and out of repr (their fields say repr=False).
+    model_config = ConfigDict(hide_input_in_errors=True)
 
     asset_kind: ClassVar[str] = "rest"  # the kind the UI shows on the sink's asset
     # Fields a route may set for itself (where its records go and how they are shaped); the sink's
@@ -96,6 +100,7 @@ class RestSinkResource(dg.ConfigurableResource):
     client_key: str | None = Field(default=None, description="PEM private key of client_cert.")
     extra_headers: dict[str, str] = Field(
         default={},
+        repr=False,
         description="Headers added to every request (e.g. a gateway's API key; use EnvVar for secrets).",
     )
 
@@ -111,17 +116,27 @@ class RestSinkResource(dg.ConfigurableResource):
         return self.model_copy(update={"sink_name": route_name, **destination})
 
     def settings(self) -> SinkSettings:
-        """What executors need to post: this resource's values, by field name, and the headers."""
+        """What executors need to post: this resource's values, by field name, the headers and the signer."""
         return from_fields(
             SinkSettings,
             self,
+            url=self.endpoint(),
             headers={**self.extra_headers, **self.authorization()},
+            auth=self.request_auth(),
             protocol=from_fields(self.protocol_settings, self),
         )
+
+    def endpoint(self) -> str:
+        """The base URL requests go to."""
+        return self.url or ""
 
     def authorization(self) -> dict[str, str]:
         """The sink's auth header(s); extra_headers are sent too, and these win over them."""
         return {}
+
+    def request_auth(self) -> Any:
+        """A ``requests`` auth that signs each request as sent (AWS SigV4), or None."""
+        return None
 
     def id_expression(self) -> str | None:
         """Spark SQL for the record id, or None when the sink takes no ids."""
@@ -134,23 +149,26 @@ class RestSinkResource(dg.ConfigurableResource):
         try:
             response = requests.request(
                 method,
-                self.url.rstrip("/") + path,
+                settings.url.rstrip("/") + path,
                 headers=settings.headers,
+                auth=settings.auth,
                 timeout=(self.connect_timeout_s, self.read_timeout_s),
                 verify=settings.verify,
                 cert=settings.cert,
                 **kwargs,
             )
+        except SinkAuthError as exc:  # the signer found no credentials: no request was sent
+            raise dg.Failure(str(exc), allow_retries=False, metadata={NEEDS_FIX: True}) from None
         except requests.exceptions.SSLError as exc:
             raise dg.Failure(
-                f"sink {self.sink_name!r}: TLS verification of {self.url} failed ({exc}). Set ca_bundle to the "
+                f"sink {self.sink_name!r}: TLS verification of {settings.url} failed ({exc}). Set ca_bundle to the "
                 f"PEM file of the CA that signed the server certificate.",
                 allow_retries=False,
                 metadata={NEEDS_FIX: True},
             ) from None
         except requests.ConnectionError as exc:
             raise dg.Failure(
-                f"sink {self.sink_name!r}: cannot reach {self.url} ({type(exc).__name__}). Check the URL and that "
+                f"sink {self.sink_name!r}: cannot reach {settings.url} ({type(exc).__name__}). Check the URL and that "
                 f"the service is up and reachable from here."
             ) from None
         if response.status_code in (401, 403):
@@ -184,17 +202,68 @@ class ElasticsearchSinkResource(RestSinkResource):
         description="Columns whose values make the document id (SHA-1 of them); empty = a hash of the whole "
         "document (content hash).",
     )
-    api_key: str | None = Field(
-        default=None, description="Encoded API key (Authorization: ApiKey ...). Use EnvVar."
+    url: str | None = Field(  # type: ignore[assignment]  # optional here: cloud_id may name the endpoint
+        default=None, description="Base URL of the cluster, e.g. https://es.example:9200 (or give cloud_id)."
     )
-    username: str | None = None
-    password: str | None = Field(default=None, description="Basic-auth password. Use EnvVar.")
-    bearer_token: str | None = Field(default=None, description="Bearer token. Use EnvVar.")
+    cloud_id: str | None = Field(
+        default=None,
+        description="Elastic Cloud deployment id ('name:base64...'), instead of url: requests go to its "
+        "Elasticsearch endpoint, https://<es_uuid>.<host>[:port].",
+    )
+    # Authentication: at most one of api_key, username/password, bearer_token, aws_sigv4 (two is an error).
+    api_key: str | None = Field(
+        default=None, repr=False, description="Encoded API key (Authorization: ApiKey ...). Use EnvVar."
+    )
+    username: str | None = Field(default=None, description="Basic-auth user name.")
+    password: str | None = Field(default=None, repr=False, description="Basic-auth password. Use EnvVar.")
+    bearer_token: str | None = Field(default=None, repr=False, description="Bearer token. Use EnvVar.")
+    aws_sigv4: bool = Field(
+        default=False,
+        description="Sign every request with AWS SigV4 (Amazon OpenSearch Service or Serverless), with the "
+        "given AWS keys or else the AWS default credential chain (renewed before they expire).",
+    )
+    aws_service: Literal["es", "aoss"] = Field(
+        default="es", description="'es' for OpenSearch Service domains, 'aoss' for OpenSearch Serverless."
+    )
+    aws_region: str | None = Field(
+        default=None,
+        description="Region of the domain or collection, e.g. us-east-1 (required with aws_sigv4).",
+    )
+    aws_access_key_id: str | None = Field(
+        default=None,
+        repr=False,
+        description="AWS access key id (unset: the default credential chain). Use EnvVar.",
+    )
+    aws_secret_access_key: str | None = Field(
+        default=None, repr=False, description="AWS secret access key, with aws_access_key_id. Use EnvVar."
+    )
+    aws_session_token: str | None = Field(
+        default=None,
+        repr=False,
+        description="Session token of temporary keys (these expire and are not renewed: prefer the chain). "
+        "Use EnvVar.",
+    )
+    aws_profile: str | None = Field(
+        default=None, description="Profile of the shared AWS config files for the default credential chain."
+    )
+
+    @model_validator(mode="after")
+    def _one_authentication(self) -> "ElasticsearchSinkResource":
+        # Judged by which fields are set, so it holds before EnvVars resolve: a bad combination stops
+        # the code location when it loads, not a run hours later.
+        problem = es_auth.configuration_problem(self)
+        if problem is not None:
+            raise ValueError(f"sink {self.sink_name!r}: {problem}.")
+        return self
+
+    def endpoint(self) -> str:
+        return es_auth.endpoint(self)
 
     def authorization(self) -> dict[str, str]:
-        if self.api_key:
-            return {"Authorization": f"ApiKey {self.api_key}"}
-        return authorization(self.bearer_token, self.username, self.password)
+        return es_auth.authorization(self)
+
+    def request_auth(self) -> Any:
+        return es_auth.request_auth(self)
 
     def id_expression(self) -> str:
         if self.id_field:
@@ -205,7 +274,11 @@ class ElasticsearchSinkResource(RestSinkResource):
         return f"sha1(concat_ws('\\u0001', {parts}))"
 
     def check_connection(self) -> None:
-        self._probe("GET", "/", self.settings())
+        try:
+            settings = self.settings()
+        except SinkConfigError as exc:
+            raise dg.Failure(str(exc), allow_retries=False, metadata={NEEDS_FIX: True}) from None
+        self._probe("GET", "/", settings)
 
 
 class SplunkHecSinkResource(RestSinkResource):
@@ -215,7 +288,7 @@ class SplunkHecSinkResource(RestSinkResource):
     DESTINATION_FIELDS: ClassVar[tuple[str, ...]] = ("index", "source", "sourcetype", "host", "time_field")
     protocol_settings: ClassVar[type] = HecSettings
 
-    token: str = Field(description="HEC token (Authorization: Splunk <token>). Use EnvVar.")
+    token: str = Field(repr=False, description="HEC token (Authorization: Splunk <token>). Use EnvVar.")
     index: str | None = Field(default=None, description="Splunk index; the token's default index when unset.")
     source: str | None = "lakerelay"
     sourcetype: str | None = "_json"
@@ -256,9 +329,9 @@ class GenericRestSinkResource(RestSinkResource):
     success_statuses: list[int] = Field(
         default=[200, 201, 202, 204], description="Statuses that mean every record of the call was accepted."
     )
-    bearer_token: str | None = Field(default=None, description="Bearer token. Use EnvVar.")
+    bearer_token: str | None = Field(default=None, repr=False, description="Bearer token. Use EnvVar.")
     username: str | None = None
-    password: str | None = Field(default=None, description="Basic-auth password. Use EnvVar.")
+    password: str | None = Field(default=None, repr=False, description="Basic-auth password. Use EnvVar.")
     health_path: str | None = Field(
         default=None, description="GET this path before posting to check reachability and credentials."
     )

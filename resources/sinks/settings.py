@@ -47,6 +47,9 @@ class SinkSettings:
     ca_bundle: str | None
     client_cert: str | None  # PEM with the certificate (and the key when client_key is unset)
     client_key: str | None
+    # A requests auth that signs each request as sent (AWS SigV4, ``sigv4.py``), or None. Its secrets are
+    # not in its repr; it is last, with a default, so settings built before it existed still build.
+    auth: Any = field(default=None, repr=False)
 
     @property
     def kind(self) -> str:

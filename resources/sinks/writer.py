@@ -126,6 +126,9 @@ class SinkWriter:
                 session.headers["Content-Encoding"] = "gzip"
             session.headers.update(self.protocol.headers())
             session.cert = self.settings.cert
+            # A signing auth (SigV4) signs each prepared request: its final URL, headers and the
+            # body as sent (gzipped when gzip_level > 0), on every attempt, so a retry is signed anew.
+            session.auth = self.settings.auth
             # What requests reads from the environment on every call (proxies, NO_PROXY, the CA
             # bundle variables) is read once here: with trust_env it scanned os.environ per request,
             # 6-10% of a post worker's CPU (py-spy). The answers are the same ones.
