@@ -49,7 +49,12 @@ def build_post_asset(route: RouteSpec) -> dg.AssetsDefinition:
     )
     def post_asset(context: dg.AssetExecutionContext, config: PostConfig) -> Iterator[dg.MaterializeResult]:
         lake: LakeResource = context.resources.lake
-        sink: RestSinkResource = getattr(context.resources, sink_key).for_route(route.name, route.destination)
+        declared: RestSinkResource = getattr(context.resources, sink_key)
+        # A route named after its sink keeps the resource's own sink_name (the same name when the sink
+        # is declared as a component); a route of its own name settles progress under that name.
+        sink = declared.for_route(
+            declared.sink_name if route.name == sink_key else route.name, route.destination
+        )
         try:
             run_post(
                 PostRun(
