@@ -52,11 +52,11 @@ def build_defs(
 
 
 def deployment_topology() -> Topology:
-    """The components of ``pipelines/defs``; or, while a deployment still names a feeds file
+    """The components of ``pipelines/defs`` (or of the dg project ``LAKERELAY_DEFS_PROJECT`` names); or, while a deployment still names a feeds file
     (``LAKERELAY_FEEDS_FILE``, before components), its feeds, each routed to the sinks of the environment."""
     feeds_file = deployment.feeds_file()
     if feeds_file is None:
-        return load_topology(PROJECT_ROOT, deployment.sink_tuning())
+        return load_topology(deployment.defs_project_root() or PROJECT_ROOT, deployment.sink_tuning())
     feeds = deployment.feeds(default=[EVENTS_FEED])
     sinks = deployment.sink_resources()
     # Exports None: LAKERELAY_EXPORTS_FILE's, or one per feed (pipelines/export/assets.py).

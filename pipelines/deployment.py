@@ -310,6 +310,22 @@ def maintenance_cron() -> str:
     return _env("LAKERELAY_MAINTENANCE_CRON", "30 3 * * *")
 
 
+def defs_project_root() -> Path | None:
+    """``LAKERELAY_DEFS_PROJECT``: a dg project folder (its pyproject.toml names its defs module)
+    whose feeds, sinks, routes and exports this deployment runs instead of the shipped ones: keep
+    the declarations in a repository of their own, or try a topology without editing this one."""
+    root = _env("LAKERELAY_DEFS_PROJECT")
+    if root is None:
+        return None
+    path = Path(root).resolve()
+    if not (path / "pyproject.toml").is_file():
+        raise ValueError(
+            f"LAKERELAY_DEFS_PROJECT={root!r} has no pyproject.toml; point it at a dg project folder "
+            "(with [tool.dg.project] defs_module) or unset it"
+        )
+    return path
+
+
 def feeds_file() -> str | None:
     """``LAKERELAY_FEEDS_FILE``: a deployment declared before components (feeds to every sink)."""
     return _env("LAKERELAY_FEEDS_FILE")

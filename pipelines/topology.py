@@ -5,6 +5,7 @@ every declaration of the defs folder, with the file of the declaration in the er
 """
 
 import re
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,8 @@ class Topology:
 def load_topology(project_root: Path, sink_defaults: Mapping[str, Any] = MappingProxyType({})) -> Topology:
     """The declarations of the project's defs folder (``[tool.dg.project]`` in pyproject.toml), joined;
     ``sink_defaults`` are the deployment's sink settings, under what each sink's YAML sets."""
+    if str(project_root) not in sys.path:
+        sys.path.append(str(project_root))  # a declarations-only project is not installed
     tree = dg.ComponentTree.for_project(project_root)
     try:
         sinks: list[Sink] = [s for kind in SINK_TYPES for s in tree.get_all_components(of_type=kind)]

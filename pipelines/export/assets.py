@@ -15,7 +15,14 @@ from pydantic import Field
 from pipelines import deployment
 from pipelines.export.exporter import export_table
 from pipelines.export.manifest import latest_manifest_key, new_export_id, verify_export
-from pipelines.export.metadata import asset_kinds, definition_metadata, location, run_metadata, storage_kinds
+from pipelines.export.metadata import (
+    asset_kinds,
+    definition_metadata,
+    destination_uris,
+    location,
+    run_metadata,
+    storage_kinds,
+)
 from pipelines.export.retention import DEFAULT_INCOMPLETE_GRACE_S, cleanup_exports
 from pipelines.export.spec import (
     MAX_URL_EXPIRY_S,
@@ -89,18 +96,23 @@ def _since(config: ExportConfig, spec: ExportSpec, storage: ExportStorage) -> st
     return json.loads(storage.read_bytes(latest)).get("next_cursor")
 
 
-def build_export_asset(spec: ExportSpec, storage: ExportStorage | None = None) -> dg.AssetsDefinition:
+def build_export_asset(
+    spec: ExportSpec, storage: ExportStorage | None = None, uri: str | None = None
+) -> dg.AssetsDefinition:
     """Asset ``<dataset>_export``: one export of the spec's Delta table per materialization.
 
     ``storage`` is the deployment's export storage, when known at definition time: it gives the
-    asset its storage kind (``s3`` or ``file``) and the ``dagster/uri`` of the destination.
+    asset its storage kind (``s3`` or ``file``); ``uri`` the ``dagster/uri`` of the destination
+    (default: resolved from ``storage``).
     """
 
     @dg.asset(
         name=export_asset_key(spec.dataset).path[-1],
         group_name=EXPORT_GROUP,
         kinds=asset_kinds(spec, storage),
-        metadata=definition_metadata(spec, storage),
+        metadata=definition_metadata(
+            spec, uri if uri is not None else destination_uris(storage, [spec.dataset]).get(spec.dataset)
+        ),
         deps=[dg.AssetKey(spec.source_asset or spec.table)],
         # One export of a dataset at a time: a new one aborts the uploads a crashed one left behind.
         pool=f"export_{spec.dataset}",
@@ -242,12 +254,13 @@ def export_defs(
     and destination URI (the resource itself is still injected at run time).
     """
     specs = export_specs(feeds) if specs is None else specs
+    uris = destination_uris(storage, [spec.dataset for spec in specs])
     cleanup_job = dg.define_asset_job(
         "export_cleanup", selection=dg.AssetSelection.assets(*(cleanup_asset_key(s.dataset) for s in specs))
     )
     return dg.Definitions(
         assets=[
-            *(build_export_asset(spec, storage) for spec in specs),
+            *(build_export_asset(spec, storage, uris.get(spec.dataset)) for spec in specs),
             *(build_cleanup_asset(spec, storage) for spec in specs),
         ],
         asset_checks=[build_export_check(spec.dataset) for spec in specs],

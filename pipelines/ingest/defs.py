@@ -1,12 +1,12 @@
-"""Ingestion's share of the Definitions, per feed: the ingest asset and its job, and the maintenance
-asset with its job and daily schedule. (The landing sensor starts the relay job: pipelines/relay.py.)"""
+"""Ingestion's share of the Definitions: per feed, the ingest asset and its job; for all feeds, the
+maintenance assets with one job and daily schedule. (The landing sensor starts the relay job: pipelines/relay.py.)"""
 
 import dagster as dg
 
 from pipelines import deployment
 from pipelines.feeds import FeedSpec
 from pipelines.ingest.asset import build_ingest_asset
-from pipelines.ingest.maintenance import build_maintenance_asset
+from pipelines.ingest.maintenance import build_maintenance_asset, maintenance_asset_key
 from pipelines.run_defaults import INFO_LOGS
 
 
@@ -24,13 +24,11 @@ def ingest_defs(
         )
         for feed in feeds
     }
+    # One maintenance job and schedule for every feed: their cost does not grow with the feeds.
     maintenance_jobs = [
         dg.define_asset_job(
-            f"maintain_{feed.name}",
-            selection=dg.AssetSelection.assets(f"{feed.name}_maintenance"),
-            tags={"lakerelay/feed": feed.name},
+            "maintain_feeds", selection=dg.AssetSelection.assets(*(maintenance_asset_key(f) for f in feeds))
         )
-        for feed in feeds
     ]
     schedule_status = (
         dg.DefaultScheduleStatus.RUNNING
@@ -38,8 +36,7 @@ def ingest_defs(
         else dg.DefaultScheduleStatus.STOPPED
     )
     return dg.Definitions(
-        assets=[build_ingest_asset(feed) for feed in feeds]
-        + [build_maintenance_asset(feed) for feed in feeds],
+        assets=[build_ingest_asset(feed) for feed in feeds] + [build_maintenance_asset(feeds)],
         jobs=list(jobs.values()) + maintenance_jobs,
         schedules=[
             dg.ScheduleDefinition(

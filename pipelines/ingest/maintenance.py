@@ -6,6 +6,7 @@ emits nothing for them) and keep the application transactions, so posting and ex
 unaffected. Vacuum deletes files unreferenced for longer than the retention.
 """
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import dagster as dg
@@ -69,32 +70,53 @@ class MaintenanceConfig(dg.Config):
     )
 
 
-def build_maintenance_asset(feed: FeedSpec) -> dg.AssetsDefinition:
-    @dg.asset(
-        name=f"{feed.name}_maintenance",
-        group_name="maintenance",
-        deps=[dg.AssetKey(feed.name)],
-        description=f"Compacts and vacuums feed {feed.name!r}: its table, file ledger and quarantine table.",
+def maintenance_asset_key(feed: FeedSpec) -> dg.AssetKey:
+    return dg.AssetKey(f"{feed.name}_maintenance")
+
+
+def build_maintenance_asset(feeds: FeedSpec | list[FeedSpec]) -> dg.AssetsDefinition:
+    """``<feed>_maintenance`` for each feed: one op for all of them (a run maintains the feeds
+    selected), so that a deployment of many feeds has one maintenance asset definition, job and
+    schedule, not one of each per feed."""
+    feeds = [feeds] if isinstance(feeds, FeedSpec) else feeds
+    by_key = {maintenance_asset_key(feed): feed for feed in feeds}
+
+    @dg.multi_asset(
+        name="feeds_maintenance" if len(feeds) != 1 else f"{feeds[0].name}_maintenance",
+        specs=[
+            dg.AssetSpec(
+                key,
+                group_name="maintenance",
+                deps=[dg.AssetKey(feed.name)],
+                skippable=True,
+                description=f"Compacts and vacuums feed {feed.name!r}: its table, file ledger and quarantine table.",
+            )
+            for key, feed in by_key.items()
+        ],
+        can_subset=True,
     )
     def maintenance_asset(
         context: dg.AssetExecutionContext, config: MaintenanceConfig, lake: LakeResource
-    ) -> dg.MaterializeResult:
-        results = maintain_feed(feed, lake, config.retention_hours)
-        for result in results:
-            context.log.info(
-                "%s: compacted %d files into %d, vacuumed %d",
-                result.uri,
-                result.files_removed,
-                result.files_added,
-                result.vacuumed_files,
+    ) -> Iterator[dg.MaterializeResult]:
+        for key in sorted(context.selected_asset_keys, key=lambda k: k.to_user_string()):
+            feed = by_key[key]
+            results = maintain_feed(feed, lake, config.retention_hours)
+            for result in results:
+                context.log.info(
+                    "%s: compacted %d files into %d, vacuumed %d",
+                    result.uri,
+                    result.files_removed,
+                    result.files_added,
+                    result.vacuumed_files,
+                )
+            yield dg.MaterializeResult(
+                asset_key=key,
+                metadata={
+                    "files_compacted": sum(r.files_removed for r in results),
+                    "files_written": sum(r.files_added for r in results),
+                    "files_vacuumed": sum(r.vacuumed_files for r in results),
+                    "retention_hours": config.retention_hours,
+                },
             )
-        return dg.MaterializeResult(
-            metadata={
-                "files_compacted": sum(r.files_removed for r in results),
-                "files_written": sum(r.files_added for r in results),
-                "files_vacuumed": sum(r.vacuumed_files for r in results),
-                "retention_hours": config.retention_hours,
-            }
-        )
 
     return maintenance_asset
