@@ -22,6 +22,11 @@ class ProtocolSettings(Protocol):
     def open(self, sink: "SinkSettings") -> Any: ...
 
 
+def per_record_columns(protocol: object) -> dict[str, str]:
+    """Which of a protocol's settings may be templates, and the column each then comes from."""
+    return dict(getattr(protocol, "per_record_columns", {}))
+
+
 @dataclass(frozen=True)
 class SinkSettings:
     sink_name: str
@@ -47,6 +52,9 @@ class SinkSettings:
     ca_bundle: str | None
     client_cert: str | None  # PEM with the certificate (and the key when client_key is unset)
     client_key: str | None
+    # Destination values taken per record (``pipelines/post/destination.py`` fills it for a run):
+    # (column, what it is, e.g. "index template 'logs-{service}'"). Empty: every destination is static.
+    per_record: tuple[tuple[str, str], ...] = ()
 
     @property
     def kind(self) -> str:
