@@ -12,6 +12,7 @@ import orjson
 import pyarrow as pa
 import pytest
 from pyspark.sql import SparkSession
+from test_dead_letter_replay import replay
 from test_post_job import run_post
 
 from pipelines.delta_once import append_once
@@ -140,6 +141,13 @@ def test_an_index_from_a_column_dead_letters_records_whose_column_is_null_and_na
     assert set(dead["status"].to_pylist()) == {None}
     [reason] = set(dead["reason"].to_pylist())
     assert reason.startswith("index template 'svc-{service}': a column it reads is null in this record")
+
+    # The fix: a default. The replay evaluates the template on each letter's document, with its id.
+    fixed = es_sink(sink_server.url, "es", index="svc-{service|unknown}")
+    _, _, replayed = replay("elasticsearch", fixed, lake)
+    assert (replayed["replayed"], replayed["accepted"], replayed["rejected_again"]) == (200, 200, 0)
+    assert sink_server.stats()["es"]["indices"] == {"svc-api": 200, "svc-web": 200, "svc-unknown": 200}
+    assert sorted(sink_server.es_ids("svc-unknown")) == sorted(dead["record_id"].to_pylist())
 
 
 def test_hec_sourcetype_and_index_per_record_and_indexed_fields(

@@ -14,9 +14,21 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+import pyarrow as pa
+
 from resources.sinks.records import FIELDS_COLUMN
 from resources.sinks.settings import SinkSettings, per_record_columns
-from resources.sinks.template import DATE_CODES, Column, Template, TemplateError, date_codes, parse_template
+from resources.sinks.template import (
+    DATE_CODES,
+    Column,
+    Template,
+    TemplateError,
+    as_text,
+    date_codes,
+    is_template,
+    parse_template,
+)
 
 _TIMESTAMP = "timestamp"  # Spark's simpleString of TIMESTAMP (with a zone: an instant)
 _WALL_CLOCK = ("timestamp_ntz", "date")  # no zone: formatted as they are
@@ -186,3 +198,46 @@ def _quote(name: str) -> str:
 
 def _columns(types: Mapping[str, tuple[str, str]]) -> str:
     return ", ".join(name for name, _ in types.values()) or "(none)"
+
+
+def replay_destination(
+    settings: SinkSettings, feeds: Sequence[str], docs: Sequence[bytes]
+) -> tuple[SinkSettings, dict[str, pa.Array]]:
+    """``plan_destination``'s twin for a few records (dead-letter replay): templates evaluated on each document.
+
+    ``feeds[i]`` names the feed of ``docs[i]`` (a JSON document as the post job encoded it, nulls left
+    out). Returns the settings to post with and the per-record columns for ``SinkWriter.add_arrow``.
+    """
+    protocol_values: dict[str, Any] = {}
+    columns: dict[str, pa.Array] = {}
+    described: list[tuple[str, str]] = []
+    records = [_as_object(doc) for doc in docs]
+    for name, column in per_record_columns(settings.protocol).items():
+        source = getattr(settings.protocol, name)
+        if not is_template(source):
+            continue
+        templates = {feed: parse_template(source, feed) for feed in set(feeds)}
+        protocol_values[name] = None
+        columns[column] = pa.array(
+            [templates[feed].render(record) for feed, record in zip(feeds, records, strict=True)], pa.string()
+        )
+        described.append((column, f"{name} template {source!r}"))
+    fields = getattr(settings.protocol, "fields", ())
+    if fields:
+        objects = [
+            {f: text for f in fields if (text := as_text(record.get(f))) is not None} for record in records
+        ]
+        columns[FIELDS_COLUMN] = pa.array([orjson.dumps(o).decode() for o in objects], pa.string())
+        described.append((FIELDS_COLUMN, f"fields {list(fields)!r}"))
+    if not columns:
+        return settings, {}
+    protocol = dataclasses.replace(settings.protocol, **protocol_values)
+    return dataclasses.replace(settings, protocol=protocol, per_record=tuple(described)), columns
+
+
+def _as_object(doc: bytes) -> Mapping[str, Any]:
+    try:
+        value = orjson.loads(doc)
+    except orjson.JSONDecodeError:
+        return {}
+    return value if isinstance(value, dict) else {}

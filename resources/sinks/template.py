@@ -89,7 +89,7 @@ class Template:
                 out.append(part.text)
                 continue
             value = record.get(part.name)
-            text = None if value is None else _as_text(value, part.date_format)
+            text = None if value is None else as_text(value, part.date_format)
             if text is None:
                 if part.default is None:
                     return None
@@ -185,7 +185,8 @@ def _merge_text(parts: list[Text | Column]) -> list[Text | Column]:
     return merged
 
 
-def _as_text(value: Any, date_format: str | None) -> str | None:
+def as_text(value: Any, date_format: str | None = None) -> str | None:
+    """A JSON value as Spark's ``cast(... as string)`` writes it (a date formatted in UTC), or None."""
     if date_format is not None:
         when = _as_datetime(value)
         return None if when is None else when.strftime(date_format)
