@@ -10,7 +10,7 @@ from pipelines.post.destination import plan_destination, with_overrides
 from resources.sinks.elasticsearch import ElasticsearchBulk
 from resources.sinks.errors import SinkConfigError
 from resources.sinks.hec import SplunkHec
-from resources.sinks.records import ArrowRecords, Record
+from resources.sinks.records import ArrowRecords, Record, is_plain
 from resources.sinks.resource import ElasticsearchSinkResource, SplunkHecSinkResource
 from resources.sinks.template import Column, TemplateError, Text, parse_template
 
@@ -232,3 +232,29 @@ def test_every_strftime_code_evaluates_like_python() -> None:
     template = parse_template("{ts:%Y %y %m %d %j %H %M %S %G-W%V %%}", "f")
     when = datetime(2027, 1, 1, 5, 6, 7, tzinfo=UTC) + timedelta(0)
     assert template.render({"ts": when.isoformat()}) == "2027 27 01 01 001 05 06 07 2026-W53 %"
+
+
+@pytest.mark.parametrize(
+    ("values", "plain"),
+    [
+        (["abc123", "DEF"], True),
+        (["logs-web-2026.03.01", "é-ü/x y"], True),
+        (['a"b'], False),
+        (["a\\b"], False),
+        (["a\nb"], False),
+        (["a\x1fb"], False),
+        (["ok", None], False),
+        ([], True),
+        (["", ""], True),
+    ],
+)
+def test_is_plain_says_whether_values_go_between_json_quotes_as_they_are(values, plain) -> None:
+    assert is_plain(pa.array(values, pa.string())) is plain
+    assert is_plain(pa.array(values, pa.large_string())) is plain
+
+
+def test_is_plain_reads_only_the_values_of_a_slice() -> None:
+    values = pa.array(['a"b', "plain-1", "plain-2", "c\\d"], pa.string())
+    assert (
+        is_plain(values.slice(1, 2)) and not is_plain(values.slice(0, 2)) and not is_plain(values.slice(2, 2))
+    )

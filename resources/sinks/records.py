@@ -32,10 +32,6 @@ class Record(NamedTuple):
     destination: Mapping[str, str | None] | None = None  # per-record destination columns, if any
 
 
-# Characters that would need escaping inside a JSON string: such ids take the per-record path.
-_NEEDS_ESCAPE = r'["\\\x00-\x1f]'
-
-
 class ArrowRecords:
     def __init__(
         self,
@@ -122,11 +118,23 @@ def is_plain(values: pa.Array) -> bool:
     """True when no value is null and every one can go into JSON between quotes as is."""
     if values.null_count:
         return False
-    # Letters and digits only (hashes, numbers) is the common case, and its kernel is ~4x cheaper
-    # than the regular expression, which decides for any other value.
+    # Letters and digits only (hashes, numbers) is the common case, and its kernel is the cheapest;
+    # any other value is decided by one scan of the bytes, ~10x cheaper than a regular expression
+    # (UTF-8 bytes of characters beyond ASCII are >= 0x80, so they never look like '"', '\\' or a control).
     if pc.all(pc.ascii_is_alnum(values)).as_py():
         return True
-    return not pc.any(pc.match_substring_regex(values, _NEEDS_ESCAPE)).as_py()
+    data = _value_bytes(values)
+    return not bool(((data < 0x20) | (data == 0x22) | (data == 0x5C)).any())
+
+
+def _value_bytes(values: pa.Array) -> np.ndarray:
+    """The bytes of all values of a string or binary array, back to back, without a copy."""
+    if len(values) == 0 or values.buffers()[2] is None:
+        return np.empty(0, dtype=np.uint8)
+    large = pa.types.is_large_binary(values.type) or pa.types.is_large_string(values.type)
+    offsets = np.frombuffer(values.buffers()[1], dtype=np.int64 if large else np.int32)
+    start, stop = offsets[values.offset], offsets[values.offset + len(values)]
+    return np.frombuffer(values.buffers()[2], dtype=np.uint8)[start:stop]
 
 
 def concat_binary(values: pa.Array) -> bytes:
