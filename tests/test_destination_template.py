@@ -258,3 +258,15 @@ def test_is_plain_reads_only_the_values_of_a_slice() -> None:
     assert (
         is_plain(values.slice(1, 2)) and not is_plain(values.slice(0, 2)) and not is_plain(values.slice(2, 2))
     )
+
+
+def test_an_index_template_whose_text_elasticsearch_refuses_is_refused_at_planning() -> None:
+    with pytest.raises(TemplateError) as refused:
+        plan_destination(es_settings(index="Logs {feed}-{service}"), "web", DTYPES)
+    assert str(refused.value).startswith(
+        "es.index: template 'Logs {feed}-{service}' gives index names with ' ' 'L', which Elasticsearch refuses"
+    )
+    with pytest.raises(TemplateError, match=r"'W'.*or the feed's name"):
+        plan_destination(es_settings(index="logs-{feed}"), "Web", DTYPES)
+    # Column values are the sink's to judge (a refused one is dead-lettered with its reason).
+    assert plan_destination(es_settings(index="logs-{service}"), "web", DTYPES).columns

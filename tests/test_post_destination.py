@@ -223,12 +223,13 @@ def test_spark_formats_dates_in_utc_like_the_python_evaluation(spark_resource, s
     spark.conf.set("spark.sql.session.timeZone", session_zone)
     try:
         frame = spark.createDataFrame(rows, "ts timestamp, day date, service string, n bigint")
-        sink = es_sink("http://127.0.0.1:1", index=source)
+        # A HEC sourcetype: any text goes (an index name would refuse the spaces and quotes).
+        sink = SplunkHecSinkResource(sink_name="hec", url="http://127.0.0.1:1", token="t", sourcetype=source)
         [(column, sql)] = plan_destination(sink.settings(), "events", frame.dtypes).columns
         got = [row[0] for row in frame.selectExpr(sql).collect()]
     finally:
         spark.conf.set("spark.sql.session.timeZone", previous)
     template = parse_template(source, "events")
-    assert column == "_index"
+    assert column == "_sourcetype"
     assert got == [template.render(r) for r in rows]
     assert got[1].startswith("2027.01.01 03:00:00 001 27 2026-W53 % o'c|it's \\ 2027/01/01")

@@ -83,6 +83,8 @@ def plan_destination(
         if not isinstance(value, str) or ("{" not in value and "}" not in value):
             continue
         template = parse_template(value, feed)
+        if settings.kind == "elasticsearch" and name == "index":
+            _check_index_text(template, f"{settings.sink_name}.{name}")
         if template.is_static:
             protocol_values[name] = template.static_value()
             continue
@@ -185,6 +187,22 @@ def _date_sql(template: Template, part: Column, name: str, kind: str) -> str:
             pattern.append(DATE_CODES[token[1]] or "")
     flush()
     return pieces[0] if len(pieces) == 1 else f"concat({', '.join(pieces)})"
+
+
+# What Elasticsearch refuses in an index name besides capitals (its invalid_index_name_exception).
+_BAD_INDEX_CHARACTERS = frozenset('\\/*?"<>|,#: ')
+
+
+def _check_index_text(template: Template, where: str) -> None:
+    """An index template's fixed text (the feed's name included) must be a valid index name's."""
+    text = "".join(p.text for p in template.parts if not isinstance(p, Column))
+    bad = sorted({c for c in text if c in _BAD_INDEX_CHARACTERS or c != c.lower()})
+    if bad:
+        raise TemplateError(
+            f"{where}: template {template.source!r} gives index names with {' '.join(repr(c) for c in bad)}, which "
+            f'Elasticsearch refuses (index names are lowercase, without \\ / * ? " < > | , # : or a space); '
+            f"change the text (or the feed's name)"
+        )
 
 
 def _literal(text: str) -> str:
