@@ -106,7 +106,14 @@ class ElasticsearchApi:
         if parts[-1] == "_bulk" and n <= 2:
             self._allow(req, "POST", "PUT")
             return self._ingest(
-                req, lambda: bulk(req.body(), parts[0] if n == 2 else None, self.store, self.faults)
+                req,
+                lambda: bulk(
+                    req.body(),
+                    parts[0] if n == 2 else None,
+                    self.store,
+                    self.faults,
+                    req.query.get("pipeline"),
+                ),
             )
         if parts[-1] == "_count" and n <= 2:
             self._allow(req, "GET", "POST")

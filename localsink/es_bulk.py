@@ -472,9 +472,17 @@ class BulkResponse:
 
 
 def bulk(
-    body: bytes, default_index: str | None, store: SinkStore, faults: FaultInjector
+    body: bytes,
+    default_index: str | None,
+    store: SinkStore,
+    faults: FaultInjector,
+    default_pipeline: str | None = None,
 ) -> tuple[int, dict[str, Any] | BulkResponse]:
-    """Handle one `_bulk` body; returns (HTTP status, error document or the encoded response)."""
+    """Handle one `_bulk` body; returns (HTTP status, error document or the encoded response).
+
+    ``default_pipeline`` is the request's ``?pipeline=``; an action line's ``pipeline`` wins over it,
+    and ``_none`` means no pipeline, as in Elasticsearch. Stored documents are counted per pipeline.
+    """
     started = time.perf_counter()
     try:
         actions = parse_bulk(body, default_index)
@@ -493,6 +501,24 @@ def bulk(
             items.append(item)
             errors = errors or failed
         # Counted once per request from plain lists (Counter counts in C), not per item.
-        store.record_bulk(Counter(statuses), Counter([a.op for a in actions]))
+        store.record_bulk(
+            Counter(statuses),
+            Counter([a.op for a in actions]),
+            _pipelines(actions, statuses, default_pipeline),
+        )
     took = int((time.perf_counter() - started) * 1000)
     return 200, BulkResponse(took, errors, items)
+
+
+def _pipelines(
+    actions: list[BulkAction], statuses: list[int], default_pipeline: str | None
+) -> Counter[tuple[str, str]] | None:
+    """(pipeline, index) of each document stored through an ingest pipeline."""
+    if default_pipeline is None and not any("pipeline" in a.meta for a in actions):
+        return None  # the common case: no pipeline anywhere, nothing to count
+    counted: Counter[tuple[str, str]] = Counter()
+    for action, status in zip(actions, statuses, strict=True):
+        pipeline = action.meta.get("pipeline", default_pipeline)
+        if action.op in ("index", "create") and 200 <= status < 300 and pipeline and pipeline != "_none":
+            counted[(str(pipeline), action.index or "")] += 1
+    return counted

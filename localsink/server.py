@@ -365,6 +365,10 @@ class LocalSinkServer:
     def es_ids(self, index: str) -> list[str]:
         return self.store.es_ids(index) or []
 
+    def es_pipelines(self) -> dict[str, dict[str, int]]:
+        """Per ingest pipeline named in ``_bulk`` requests, the documents stored through it per index."""
+        return self.store.es_pipelines()
+
     def hec_count(self, index: str = DEFAULT_HEC_INDEX) -> int:
         return self.store.hec_count(index)
 

@@ -83,6 +83,9 @@ class SinkStore:
             self.bulk_requests = 0
             self.items_by_status: Counter[int] = Counter()
             self.items_by_op: Counter[str] = Counter()
+            # (ingest pipeline, index) -> documents stored through it: no pipeline runs here, but a
+            # test can see which pipeline each request or action line named for which index.
+            self.docs_by_pipeline: Counter[tuple[str, str]] = Counter()
             self.hec_requests = 0
             self.hec_responses_by_code: Counter[int] = Counter()
             self.generic_records: dict[str, list[Any]] = {}
@@ -131,11 +134,23 @@ class SinkStore:
                 return []
             return [doc.source for doc in itertools.islice(index.docs.values(), offset, None)]
 
-    def record_bulk(self, statuses: Counter[int], ops: Counter[str]) -> None:
+    def record_bulk(
+        self, statuses: Counter[int], ops: Counter[str], pipelines: Counter[tuple[str, str]] | None = None
+    ) -> None:
         with self.lock:
             self.bulk_requests += 1
             self.items_by_status.update(statuses)
             self.items_by_op.update(ops)
+            if pipelines:
+                self.docs_by_pipeline.update(pipelines)
+
+    def es_pipelines(self) -> dict[str, dict[str, int]]:
+        """Per ingest pipeline, the documents stored through it per index."""
+        with self.lock:
+            out: dict[str, dict[str, int]] = {}
+            for (pipeline, index), n in sorted(self.docs_by_pipeline.items()):
+                out.setdefault(pipeline, {})[index] = n
+            return out
 
     # --- Splunk HEC ----------------------------------------------------------------------------
 
@@ -212,6 +227,10 @@ class SinkStore:
                     "bulk_requests": self.bulk_requests,
                     "items_by_status": {str(k): v for k, v in sorted(self.items_by_status.items())},
                     "items_by_op": dict(sorted(self.items_by_op.items())),
+                    "pipelines": {
+                        f"{pipeline}/{index}": n
+                        for (pipeline, index), n in sorted(self.docs_by_pipeline.items())
+                    },
                 },
                 "hec": {
                     "indices": {name: len(events) for name, events in sorted(self.hec_events.items())},

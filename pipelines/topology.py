@@ -22,7 +22,10 @@ from pipelines.export.spec import ExportSpec
 from pipelines.feeds import FeedSpec
 from pipelines.routes import RouteSpec
 from resources.sinks.resource import RestSinkResource
+from resources.sinks.template import TemplateError, parse_template
 
+# Destination settings read as templates (resources/sinks/template.py); columns are checked at planning.
+TEMPLATED = ("index", "pipeline", "source", "sourcetype", "host")
 SINK_TYPES: tuple[type[Sink], ...] = (ElasticsearchSink, SplunkHecSink, RestSink)
 
 
@@ -99,6 +102,12 @@ def _route(route: Route, feeds: dict[str, FeedSpec], sinks: dict[str, Sink]) -> 
             f"{where}: destination key(s) {', '.join(unknown)} do not apply to a {type(sink).__name__}; "
             f"it takes {', '.join(sink.destination_fields)}"
         )
+    for key, value in route.destination.items():
+        if key in TEMPLATED and isinstance(value, str):
+            try:
+                parse_template(value, route.feed)  # a template that cannot be read stops the load here
+            except TemplateError as exc:
+                raise ValueError(f"{where}: destination {key}: {exc}") from None
     return RouteSpec(
         feed=feeds[route.feed],
         sink=route.sink,

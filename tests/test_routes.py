@@ -34,9 +34,9 @@ def topology(main_url: str, siem_url: str) -> Topology:
         ),
     ]
     routes = [
-        Route(feed="web", sink="es_main", destination={"index": "web-logs"}),
+        Route(feed="web", sink="es_main", destination={"index": "{feed}-logs"}),
         Route(feed="audit", sink="hec", destination={"index": "audit", "sourcetype": "audit:json"}),
-        Route(feed="fw", sink="es_main", destination={"index": "fw"}),
+        Route(feed="fw", sink="es_main", destination={"index": "fw-{ts:%Y.%m.%d}"}),
         Route(feed="fw", sink="hec", name="fw_hec", destination={"index": "fw"}),
         Route(feed="fw", sink="siem", where="status_code >= 400", destination={"index": "fw-failures"}),
     ]
@@ -81,7 +81,9 @@ def test_each_feed_reaches_exactly_its_routes_and_a_down_sink_holds_back_no_othe
         rows = {feed: read_delta(lake.table(feed)) for feed in ("web", "audit", "fw")}
         # ... and every other route delivered, each into exactly the destination it names.
         assert main.es_count("web-logs") == rows["web"].num_rows == 80
-        assert main.es_count("fw") == rows["fw"].num_rows == 80
+        days = pc.unique(pc.strftime(rows["fw"].column("ts"), "%Y.%m.%d")).to_pylist()
+        per_day = {day: main.es_count(f"fw-{day}") for day in days}
+        assert sum(per_day.values()) == rows["fw"].num_rows == 80 and all(per_day.values())
         assert main.es_count("events") == 0 and main.es_count("audit") == 0
         audit = main.hec_events("audit")
         assert len(audit) == rows["audit"].num_rows and {e.get("sourcetype") for e in audit} == {"audit:json"}
@@ -100,7 +102,7 @@ def test_each_feed_reaches_exactly_its_routes_and_a_down_sink_holds_back_no_othe
 
         # Replaying the feed's routes adds nothing to Elasticsearch.
         assert defs.resolve_job_def("post_fw_to_es_main").execute_in_process().success
-        assert main.es_count("fw") == 80
+        assert sum(main.es_count(f"fw-{day}") for day in days) == 80
     finally:
         main.stop()
         if siem is not None:

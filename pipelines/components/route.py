@@ -21,8 +21,9 @@ class Route(Declaration):
     destination: dict[str, Any] = Field(
         default={},
         description="Where and how records go, over the sink's defaults. Elasticsearch: index, op_type, "
-        "pipeline, id_field, id_fields; Splunk HEC: index, source, sourcetype, host, time_field; REST: "
-        "path, method, body_format.",
+        "pipeline, id_field, id_fields; Splunk HEC: index, source, sourcetype, host, fields, time_field; "
+        "REST: path, method, body_format. index, pipeline, source, sourcetype and host are templates: "
+        "static text, {feed}, {column}, {column|default}, {ts:%Y.%m.%d}.",
     )
     where: str | None = Field(
         default=None, description="Spark SQL predicate on the enriched records: only those are posted."

@@ -140,6 +140,7 @@ class SplunkHecSink(Sink):
     source: str | None = None
     sourcetype: str | None = None
     host: str | None = None
+    fields: list[str] | None = Field(default=None, description="Columns sent as HEC indexed fields.")
     time_field: str | None = None
     ack: bool | None = None
     ack_timeout_s: float | None = Field(default=None, gt=0)

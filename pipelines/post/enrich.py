@@ -1,5 +1,6 @@
 """Enrichment in Spark SQL, and the shape every sink receives: an id, the JSON document, a time."""
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -95,8 +96,16 @@ def select_where(frame: DataFrame, predicate: str | None) -> DataFrame:
     return selected
 
 
-def to_sink_records(frame: DataFrame, id_expression: str | None, time_field: str | None) -> DataFrame:
+def to_sink_records(
+    frame: DataFrame,
+    id_expression: str | None,
+    time_field: str | None,
+    destination: Sequence[tuple[str, str]] = (),
+) -> DataFrame:
     """Columns ``_id`` (string), ``_doc`` (JSON bytes, made by Spark's compiled encoder), ``_time`` (epoch s).
+
+    ``destination``: per-record destination columns ``(name, SQL)`` of a templated destination
+    (``pipelines/post/destination.py``), e.g. ``_index``; none when every destination is static.
 
     Columns starting with ``_`` are lakerelay's bookkeeping and stay out of the document. Timestamps
     are written in one canonical form, RFC 3339 in UTC with microseconds (``2026-01-01T00:00:10.850000Z``),
@@ -117,4 +126,5 @@ def to_sink_records(frame: DataFrame, id_expression: str | None, time_field: str
         f"{id_expression or 'cast(NULL as string)'} AS _id",
         "_doc",
         f"{time_sql} AS _time",
+        *(f"{sql} AS `{name}`" for name, sql in destination),
     )

@@ -9,6 +9,7 @@ import pyarrow as pa
 
 from resources.lease import LeaseGuard
 from resources.sinks.outcome import PostOutcome
+from resources.sinks.protocols import Rejection
 from resources.sinks.settings import SinkSettings
 from resources.sinks.writer import SinkWriter
 from resources.worker_heap import freeze_imported_heap
@@ -43,6 +44,10 @@ RESULT_DDL = (
     "records_sent bigint, ack_timeouts bigint, pending bigint, bytes bigint, elapsed_s double, startup_s double, "
     "concurrency_peak bigint, concurrency_decreases bigint, latencies_ms array<double>"
 )
+
+
+# Every other column of the post stage's input is a per-record destination column (``_index``, ...).
+_RECORD_COLUMNS = frozenset({"_id", "_doc", "_time"})
 
 
 def per_task_settings(settings: SinkSettings, tasks: int) -> SinkSettings:
@@ -89,7 +94,12 @@ def make_poster(
                     # Out of delivery time, or the lease is lost: the rest stays pending for the next run.
                     skipped += batch.num_rows
                     continue
-                writer.add_arrow(batch.column("_id"), batch.column("_doc"), batch.column("_time"))
+                writer.add_arrow(
+                    batch.column("_id"),
+                    batch.column("_doc"),
+                    batch.column("_time"),
+                    {n: batch.column(n) for n in batch.schema.names if n not in _RECORD_COLUMNS} or None,
+                )
             outcome = writer.close()
             outcome.pending += skipped
         elapsed_s = time.perf_counter() - started
@@ -132,6 +142,17 @@ def _result_batches(
             record=[r.record.doc for r in chunk],
             status=[r.status for r in chunk],
             error_type=[r.error_type for r in chunk],
-            reason=[r.reason for r in chunk],
+            reason=[_with_destination(r) for r in chunk],
         )
         yield pa.RecordBatch.from_pydict(rows, schema=RESULT_SCHEMA)
+
+
+def _with_destination(rejection: Rejection) -> str:
+    """The sink's reason, and where a templated destination meant the record to go (for the dead letter)."""
+    destination = rejection.record.destination
+    if not destination or rejection.error_type == "destination_unresolved":
+        return rejection.reason
+    meant = ", ".join(
+        f"{name.lstrip('_')}={value}" for name, value in destination.items() if value is not None
+    )
+    return f"{rejection.reason} (destination: {meant})"

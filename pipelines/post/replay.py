@@ -16,6 +16,7 @@ import pyarrow as pa
 from deltalake import CommitProperties, write_deltalake
 
 from pipelines.delta_once import writer_properties
+from pipelines.post.destination import replay_destination
 from pipelines.post.letters import ACCEPTED, REJECTED, REPLAY_SCHEMA, REPLAY_TABLE
 from resources.lake import LakeResource
 from resources.sinks.errors import SinkAuthError, SinkConfigError, SinkRequestError, SinkTlsError
@@ -66,13 +67,14 @@ class ReplayOutcome:
 def post_letters(sink: RestSinkResource, letters: pa.Table) -> ReplayOutcome:
     """Post ``letters`` through the sink's writer and say, per letter row, what the sink answered."""
     settings = sink.settings()
-    rows = letters.select(["record_id", "record", "letter_id"]).to_pylist()
+    rows = letters.select(["record_id", "record", "letter_id", "source_table"]).to_pylist()
     by_id = settings.kind == "elasticsearch"
     # Elasticsearch: one document per record id (the newest letter's), with that id, so a record
     # dead-lettered twice is written once. Sinks without ids get the letter id, which they do not
     # send, so each rejection still names the letter it belongs to.
     units: dict[str, list[int]] = {}
     docs: dict[str, bytes] = {}
+    feeds: dict[str, str] = {}  # the feed a templated destination names: its table's name
     without_id = []
     for n, row in enumerate(rows):
         key = row["record_id"] if by_id else row["letter_id"]
@@ -82,8 +84,11 @@ def post_letters(sink: RestSinkResource, letters: pa.Table) -> ReplayOutcome:
             continue
         units.setdefault(key, []).append(n)
         docs[key] = (row["record"] or "").encode()  # oldest first: the last one wins
+        feeds[key] = row["source_table"] or ""
     ids = list(units)
     time_field = None if by_id else getattr(sink, "time_field", None)
+    # A templated destination is evaluated on each letter's document, as the post job did in Spark.
+    settings, destination = replay_destination(settings, [feeds[k] for k in ids], [docs[k] for k in ids])
     writer = SinkWriter(settings)
     try:
         with writer:
@@ -91,6 +96,7 @@ def post_letters(sink: RestSinkResource, letters: pa.Table) -> ReplayOutcome:
                 pa.array(ids, pa.string()),
                 pa.array([docs[key] for key in ids], pa.binary()),
                 pa.array([event_time(docs[key], time_field) for key in ids], pa.float64()),
+                destination or None,
             )
             outcome: PostOutcome = writer.close()
     except _CONFIG_ERRORS as exc:

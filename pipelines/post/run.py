@@ -23,6 +23,7 @@ from pipelines.feeds import FeedSpec
 from pipelines.post.checks import DEAD_LETTER_CHECK, dead_letter_evaluation
 from pipelines.post.config import PostConfig
 from pipelines.post.dead_letters import DEAD_LETTER_TABLE, append_dead_letters
+from pipelines.post.destination import plan_destination
 from pipelines.post.enrich import (
     EnrichmentError,
     default_enrichment_for,
@@ -50,6 +51,7 @@ from resources.executor_check import ExecutorEnvironmentError, prepare_executors
 from resources.lake import LakeResource
 from resources.lease import Lease, LeaseHeld, LeaseLost, LeaseRecord
 from resources.sinks.resource import RestSinkResource
+from resources.sinks.template import TemplateError
 from resources.spark_errors import root_cause
 
 
@@ -269,10 +271,11 @@ class _GroupPoster:
             return select_where(enrich(read_units(spark, plan, fs, units), expressions, feed.name), where)
 
         try:  # resolved once, before any group posts: a misfit is for a person to fix
-            shaped(list(groups[0]))
-        except EnrichmentError as exc:
+            enriched = shaped(list(groups[0]))
+            destination = plan_destination(sink.settings(), feed.name, enriched.dtypes)
+        except (EnrichmentError, TemplateError) as exc:
             raise needs_fix(str(exc)) from None
-        settings = per_task_settings(sink.settings(), self.slots)
+        settings = per_task_settings(destination.settings, self.slots)
         guard = self.lease.guard()
         id_expression, time_column = sink.id_expression(), _time_column(sink, plan.schema)
 
@@ -289,7 +292,7 @@ class _GroupPoster:
                 return None
             try:
                 frame = shaped(list(groups[group]))
-                records = to_sink_records(frame, id_expression, time_column)
+                records = to_sink_records(frame, id_expression, time_column, destination.columns)
                 table = records.mapInArrow(make_poster(settings, guard), RESULT_DDL).toArrow()
             except Exception as exc:
                 stop.set()

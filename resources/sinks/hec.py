@@ -17,8 +17,9 @@ import requests
 
 from resources.sinks.errors import SinkConfigError
 from resources.sinks.protocols import Post, Records, Rejection, Settlement, SinkProtocol
-from resources.sinks.records import ArrowRecords, join_columns
+from resources.sinks.records import FIELDS_COLUMN, ArrowRecords, Record, join_columns
 from resources.sinks.settings import SinkSettings
+from resources.sinks.template import is_template
 
 ACK_PATH = "/services/collector/ack"
 
@@ -28,10 +29,18 @@ class HecSettings:
     """Same names as ``SplunkHecSinkResource``'s fields, which hold the defaults and descriptions."""
 
     kind: ClassVar[str] = "splunk_hec"
+    # Settings that may be templates, and the per-record column each then comes from.
+    per_record_columns: ClassVar[dict[str, str]] = {
+        "index": "_hec_index",
+        "source": "_source",
+        "sourcetype": "_sourcetype",
+        "host": "_host",
+    }
     index: str | None
     source: str | None
     sourcetype: str | None
     host: str | None
+    fields: tuple[str, ...]  # columns sent as indexed fields (the per-record ``_fields`` object)
     ack: bool
     ack_timeout_s: float
     ack_poll_interval_s: float
@@ -47,6 +56,13 @@ class SplunkHec(SinkProtocol):
     def __init__(self, sink: SinkSettings, options: HecSettings) -> None:
         super().__init__(sink)
         self.options = options
+        for name in HecSettings.per_record_columns:
+            if is_template(getattr(options, name)):
+                raise SinkConfigError(
+                    f"sink {sink.sink_name!r}: the {name} {getattr(options, name)!r} is a template that was not "
+                    f"resolved for this run; post through the post job (or pipelines.post.destination."
+                    f"plan_destination), which evaluates it"
+                )
         meta = {
             k: v
             for k, v in (
@@ -58,6 +74,13 @@ class SplunkHec(SinkProtocol):
             if v
         }
         self._meta = orjson.dumps(meta)[1:-1] + b"," if meta else b""
+        # Per record, after the static keys: (envelope key, column), in a fixed order.
+        per_record = {column for column, _ in sink.per_record}
+        self._per_record = [
+            (key.encode(), column)
+            for key, column in (*HecSettings.per_record_columns.items(), ("fields", FIELDS_COLUMN))
+            if column in per_record
+        ]
         # One channel per writer (a protocol object is made per writer): acks are tracked per channel.
         self.channel = str(uuid.uuid4())
 
@@ -65,7 +88,7 @@ class SplunkHec(SinkProtocol):
         return {"X-Splunk-Request-Channel": self.channel}
 
     def encode(self, records: Records) -> bytes:
-        if isinstance(records, ArrowRecords):
+        if isinstance(records, ArrowRecords) and (not self._per_record or records.destination_is_plain()):
             # Arrow's shortest round-trip float formatting, as repr() does.
             head = pc.if_else(
                 pc.is_null(records.times),
@@ -74,16 +97,47 @@ class SplunkHec(SinkProtocol):
                     b'{"time":', records.times.cast(pa.string()).cast(pa.binary()), b",", b""
                 ),
             )
-            return join_columns(head, self._meta + b'"event":', records.docs, b"}\n")
+            if not self._per_record:
+                return join_columns(head, self._meta + b'"event":', records.docs, b"}\n")
+            return join_columns(head, self._meta, *self._per_record_parts(records), records.docs, b"}\n")
         meta = self._meta
         parts = []
         for r in records:
             head = b'{"time":' + repr(r.time).encode() + b"," if r.time is not None else b"{"
-            parts.append(head + meta + b'"event":' + r.doc + b"}\n")
+            if self._per_record:
+                head += meta + self._per_record_meta(r)
+            else:
+                head += meta
+            parts.append(head + b'"event":' + r.doc + b"}\n")
         return b"".join(parts)
 
+    def _per_record_parts(self, records: ArrowRecords) -> list:
+        """``"key":"value",`` per record for each per-record key (values plain), then ``"event":``."""
+        parts: list = []
+        for key, column in self._per_record:
+            if column == FIELDS_COLUMN:  # a JSON object already
+                parts += [b'"' + key + b'":', records.destination[column], b","]
+            else:
+                parts += [b'"' + key + b'":"', records.destination[column], b'",']
+        return [*parts, b'"event":']
+
+    def _per_record_meta(self, r: Record) -> bytes:
+        destination = r.destination or {}
+        out = b""
+        for key, column in self._per_record:
+            value = destination.get(column)
+            if column == FIELDS_COLUMN:
+                encoded = value if isinstance(value, bytes) else (value or "{}").encode()
+            else:
+                encoded = orjson.dumps(value)
+            out += b'"' + key + b'":' + encoded + b","
+        return out
+
     def overhead(self, records: ArrowRecords) -> np.ndarray:
-        return np.full(len(records), len(self._meta) + 40, dtype=np.int64)
+        sizes = np.full(len(records), len(self._meta) + 40, dtype=np.int64)
+        for _, column in self._per_record:
+            sizes = sizes + 16 + pc.binary_length(records.destination[column]).to_numpy(zero_copy_only=False)
+        return sizes
 
     def settle_refusal(self, records: Records, status: int, body: bytes) -> Settlement | None:
         """Code 6 names the first bad event: the ones before it were indexed, the rest can be resent."""

@@ -124,6 +124,7 @@ class RestSinkResource(dg.ConfigurableResource):
             headers={**self.extra_headers, **self.authorization()},
             auth=self.request_auth(),
             protocol=from_fields(self.protocol_settings, self),
+            per_record=(),  # a run's templated destination sets it (pipelines/post/destination.py)
         )
 
     def endpoint(self) -> str:
@@ -187,12 +188,21 @@ class ElasticsearchSinkResource(RestSinkResource):
     DESTINATION_FIELDS: ClassVar[tuple[str, ...]] = ("index", "op_type", "pipeline", "id_field", "id_fields")
     protocol_settings: ClassVar[type] = ElasticsearchSettings
 
-    index: str = Field(default="events", description="Target index, alias or data stream.")
+    index: str = Field(
+        default="events",
+        description="Target index, alias or data stream. A template: static text, {feed}, {column}, "
+        "{column|default} or a timestamp column's UTC date ({ts:%Y.%m.%d}), e.g. logs-{feed}-{ts:%Y.%m.%d}; "
+        "a record whose column is null and has no default is dead-lettered.",
+    )
     op_type: Literal["index", "create"] = Field(
         default="index",
         description="'index' overwrites by id; 'create' (required for data streams) keeps the first.",
     )
-    pipeline: str | None = Field(default=None, description="Ingest pipeline to run on each document.")
+    pipeline: str | None = Field(
+        default=None,
+        description="Ingest pipeline to run on each document; a template like index picks one per record "
+        "(e.g. {pipeline_column|_none}, where _none means no pipeline).",
+    )
     id_field: str | None = Field(
         default=None,
         description="Column whose value is the document id as is (e.g. an event id). Overrides id_fields.",
@@ -285,14 +295,24 @@ class SplunkHecSinkResource(RestSinkResource):
     """Splunk HTTP Event Collector, `/services/collector/event`. HEC has no ids: delivery is at-least-once."""
 
     asset_kind: ClassVar[str] = "splunk"
-    DESTINATION_FIELDS: ClassVar[tuple[str, ...]] = ("index", "source", "sourcetype", "host", "time_field")
+    DESTINATION_FIELDS: ClassVar[tuple[str, ...]] = ("index", "source", "sourcetype", "host", "fields", "time_field")
     protocol_settings: ClassVar[type] = HecSettings
 
     token: str = Field(repr=False, description="HEC token (Authorization: Splunk <token>). Use EnvVar.")
-    index: str | None = Field(default=None, description="Splunk index; the token's default index when unset.")
-    source: str | None = "lakerelay"
-    sourcetype: str | None = "_json"
-    host: str | None = None
+    index: str | None = Field(
+        default=None,
+        description="Splunk index; the token's default index when unset. A template: static text, {feed}, "
+        "{column}, {column|default}, {ts:%Y.%m} (a record whose column is null, without default, is "
+        "dead-lettered).",
+    )
+    source: str | None = Field(default="lakerelay", description="Event source; a template like index.")
+    sourcetype: str | None = Field(default="_json", description="Event sourcetype; a template like index.")
+    host: str | None = Field(default=None, description="Event host; a template like index (e.g. {hostname}).")
+    fields: list[str] = Field(
+        default=[],
+        description='Columns sent as HEC indexed fields (the envelope\'s "fields" object, values as text; '
+        "null values are left out). Empty: none.",
+    )
     time_field: str | None = Field(default="ts", description="Timestamp column sent as the event time.")
     ack: bool = Field(
         default=False,

@@ -22,6 +22,11 @@ class ProtocolSettings(Protocol):
     def open(self, sink: "SinkSettings") -> Any: ...
 
 
+def per_record_columns(protocol: object) -> dict[str, str]:
+    """Which of a protocol's settings may be templates, and the column each then comes from."""
+    return dict(getattr(protocol, "per_record_columns", {}))
+
+
 @dataclass(frozen=True)
 class SinkSettings:
     sink_name: str
@@ -50,6 +55,9 @@ class SinkSettings:
     # A requests auth that signs each request as sent (AWS SigV4, ``sigv4.py``), or None. Its secrets are
     # not in its repr; it is last, with a default, so settings built before it existed still build.
     auth: Any = field(default=None, repr=False)
+    # Destination values taken per record (``pipelines/post/destination.py`` fills it for a run):
+    # (column, what it is, e.g. "index template 'logs-{service}'"). Empty: every destination is static.
+    per_record: tuple[tuple[str, str], ...] = ()
 
     @property
     def kind(self) -> str:

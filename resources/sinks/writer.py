@@ -10,6 +10,7 @@ import gzip
 import os
 import threading
 import time
+from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import pyarrow as pa
@@ -48,16 +49,25 @@ class SinkWriter:
         self._give_up_lock = threading.Lock()
 
     # -- feeding ----------------------------------------------------------------------------------
-    def add_arrow(self, ids: pa.Array, docs: pa.Array, times: pa.Array) -> None:
-        """Add a column slice of records: cut into calls and encoded by Arrow, not record by record."""
-        chunk = ArrowRecords(ids, docs, times)
+    def add_arrow(
+        self,
+        ids: pa.Array,
+        docs: pa.Array,
+        times: pa.Array,
+        destination: Mapping[str, pa.Array] | None = None,
+    ) -> None:
+        """Add a column slice of records: cut into calls and encoded by Arrow, not record by record.
+
+        ``destination``: the per-record destination columns of a templated destination (``_index``,
+        ``_sourcetype``, ...). A record whose template gave no value (a null column, no default) is
+        dead-lettered here, before any call: it has nowhere to go.
+        """
+        chunk = ArrowRecords(ids, docs, times, destination)
+        if chunk.destination:
+            chunk = self._without_destination_refused(chunk)
         if self._tail is not None:
             tail, self._tail = self._tail, None
-            chunk = ArrowRecords(
-                pa.concat_arrays([tail.ids, ids.cast(tail.ids.type)]),
-                pa.concat_arrays([tail.docs, docs.cast(tail.docs.type)]),
-                pa.concat_arrays([tail.times, times.cast(tail.times.type)]),
-            )
+            chunk = tail.concat(chunk)
         if not len(chunk):
             return
         s = self.settings
@@ -74,6 +84,29 @@ class SinkWriter:
             self._submit(last)
         else:
             self._tail = last  # the next batch may fill this call up
+
+    def _without_destination_refused(self, chunk: ArrowRecords) -> ArrowRecords:
+        """``chunk`` without the records whose destination is null; those become rejections."""
+        nulls = [name for name, values in chunk.destination.items() if values.null_count]
+        if not nulls:
+            return chunk
+        missing = pc.is_null(chunk.destination[nulls[0]])
+        for name in nulls[1:]:
+            missing = pc.or_(missing, pc.is_null(chunk.destination[name]))
+        described = dict(self.settings.per_record)
+        for record in chunk.filter(missing):
+            unresolved = [name for name in nulls if record.destination and record.destination[name] is None]
+            what = "; ".join(described.get(name, name) for name in unresolved)
+            self.outcome.rejected.append(
+                Rejection(
+                    record,
+                    None,
+                    "destination_unresolved",
+                    f"{what}: a column it reads is null in this record and the placeholder has no default. "
+                    f"Give one ({{column|default}}) or fill the column, then replay the dead letter.",
+                )
+            )
+        return chunk.filter(pc.invert(missing))
 
     def close(self) -> PostOutcome:
         """Post what is buffered, wait for every request, and return the totals."""
