@@ -198,7 +198,8 @@ def test_executor_settings_take_each_value_from_the_resource_field_of_the_same_n
     settings = sink.settings()
     for part in (settings, settings.protocol):
         for f in dataclasses.fields(part):
-            if f.name not in ("headers", "protocol", "auth", "per_record"):  # per_record: a run's, not the sink's
+            # per_record is a run's, not the sink's
+            if f.name not in ("headers", "protocol", "auth", "per_record"):
                 value = getattr(sink, f.name)
                 assert getattr(part, f.name) == (tuple(value) if isinstance(value, list) else value), f.name
     # Executors get a copy by pickle: it must round-trip and stay small.

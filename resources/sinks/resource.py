@@ -295,7 +295,14 @@ class SplunkHecSinkResource(RestSinkResource):
     """Splunk HTTP Event Collector, `/services/collector/event`. HEC has no ids: delivery is at-least-once."""
 
     asset_kind: ClassVar[str] = "splunk"
-    DESTINATION_FIELDS: ClassVar[tuple[str, ...]] = ("index", "source", "sourcetype", "host", "fields", "time_field")
+    DESTINATION_FIELDS: ClassVar[tuple[str, ...]] = (
+        "index",
+        "source",
+        "sourcetype",
+        "host",
+        "fields",
+        "time_field",
+    )
     protocol_settings: ClassVar[type] = HecSettings
 
     token: str = Field(repr=False, description="HEC token (Authorization: Splunk <token>). Use EnvVar.")
