@@ -5,7 +5,9 @@ waiting for a second run to be launched and a second sensor tick. The post jobs 
 sensors stay: they retry a sink that failed and catch up whatever else moved the table.
 """
 
+from collections.abc import Callable
 from functools import partial
+from typing import Any
 
 import dagster as dg
 
@@ -13,7 +15,9 @@ from pipelines.feeds import FeedSpec
 from pipelines.ingest.discovery import files_waiting
 from pipelines.routes import RouteSpec
 from pipelines.run_defaults import INFO_LOGS
-from sensors.landing import build_landing_sensor
+from resources.lake import LakeResource
+from sensors.fleet import Target, build_fleet_sensor
+from sensors.landing import build_landing_evaluation, build_landing_sensor
 from sensors.table import RELAY_TAG
 
 
@@ -59,15 +63,31 @@ def relay_defs(
     sensor_status: dg.DefaultSensorStatus,
     sensor_interval_s: int,
 ) -> dg.Definitions:
-    return dg.Definitions(
-        jobs=[relay_job(feed, [r for r in routes if r.feed.name == feed.name]) for feed in feeds],
-        sensors=[
-            landing_sensor(
-                feed,
-                relay_job_name(feed),
-                minimum_interval_seconds=sensor_interval_s,
-                default_status=sensor_status,
-            )
-            for feed in feeds
-        ],
+    """Per feed its relay job; one landing sensor for every feed (``sensors/fleet.py``)."""
+    jobs = [relay_job(feed, [r for r in routes if r.feed.name == feed.name]) for feed in feeds]
+    targets = [
+        Target(feed.name, relay_job_name(feed), _without_memo(landing_evaluation(feed, relay_job_name(feed))))
+        for feed in feeds
+    ]
+    sensor = build_fleet_sensor(
+        "feeds_landing_sensor",
+        f"For each of the {len(feeds)} feeds: launches its relay job (ingest new files, then post them on the "
+        "feed's routes) when files land; again with backoff after a failed, canceled or dropped run while "
+        "its files still wait.",
+        targets,
+        jobs,
+        sensor_interval_s,
+        sensor_status,
     )
+    return dg.Definitions(jobs=jobs, sensors=[sensor] if feeds else [])
+
+
+def landing_evaluation(feed: FeedSpec, job_name: str) -> Callable:
+    return build_landing_evaluation(feed.name, job_name, partial(files_waiting, feed=feed))
+
+
+def _without_memo(evaluate: Callable) -> Callable:
+    def evaluate_tick(context: Any, lake: LakeResource, memo: Any) -> Any:
+        return evaluate(context, lake)
+
+    return evaluate_tick

@@ -91,34 +91,24 @@ def _backlog(waiting: LandingBacklog) -> str:
     return ""
 
 
-def build_landing_sensor(
+def build_landing_evaluation(
     feed_name: str,
     job_name: str,
     files_waiting: Callable[[LakeResource], LandingBacklog],
-    minimum_interval_seconds: int = 30,
-    default_status: dg.DefaultSensorStatus = dg.DefaultSensorStatus.STOPPED,
     backoff_first_s: float = BACKOFF_FIRST_S,
     backoff_max_s: float = BACKOFF_MAX_S,
     clock: Callable[[], float] = time.time,
-) -> dg.SensorDefinition:
-    """Requests job ``job_name`` (in this code location) for feed ``feed_name`` when ``files_waiting``
-    reports files the ingest has not taken, or a full listing that is due, and again with backoff
-    while they still wait after the run it requested failed or was dropped. ``clock`` gives epoch
-    seconds (tests move it instead of sleeping)."""
+) -> Callable[[dg.SensorEvaluationContext, LakeResource], dg.SensorResult | dg.SkipReason | dg.RunRequest]:
+    """One tick of the landing sensor of a feed: requests job ``job_name`` (in this code location)
+    for feed ``feed_name`` when ``files_waiting`` reports files the ingest has not taken, or a full
+    listing that is due, and again with backoff while they still wait after the run it requested
+    failed or was dropped. It reads ``cursor``, ``instance`` and ``log`` of the context it is given
+    (a sensor's, or one target's of ``sensors/fleet.py``). ``clock`` gives epoch seconds (tests move
+    it instead of sleeping)."""
 
-    @dg.sensor(
-        name=f"{feed_name}_landing_sensor",
-        job_name=job_name,
-        minimum_interval_seconds=minimum_interval_seconds,
-        default_status=default_status,
-        description=(
-            f"Requests an ingest of feed {feed_name!r} when new files land; requests it again with "
-            "backoff after a failed, canceled or dropped run while its files still wait."
-        ),
-    )
     def landing_sensor(
         context: dg.SensorEvaluationContext, lake: LakeResource
-    ) -> dg.SensorResult | dg.SkipReason:
+    ) -> dg.SensorResult | dg.SkipReason | dg.RunRequest:
         now = clock()
         instance = context.instance
         waiting = files_waiting(lake)
@@ -189,6 +179,43 @@ def build_landing_sensor(
         )
 
     return landing_sensor
+
+
+def build_landing_sensor(
+    feed_name: str,
+    job_name: str,
+    files_waiting: Callable[[LakeResource], LandingBacklog],
+    minimum_interval_seconds: int = 30,
+    default_status: dg.DefaultSensorStatus = dg.DefaultSensorStatus.STOPPED,
+    backoff_first_s: float = BACKOFF_FIRST_S,
+    backoff_max_s: float = BACKOFF_MAX_S,
+    clock: Callable[[], float] = time.time,
+) -> dg.SensorDefinition:
+    """The landing sensor of one feed, on its own (``build_landing_evaluation`` says what a tick does)."""
+    evaluate = build_landing_evaluation(
+        feed_name, job_name, files_waiting, backoff_first_s, backoff_max_s, clock
+    )
+
+    @dg.sensor(
+        name=f"{feed_name}_landing_sensor",
+        job_name=job_name,
+        minimum_interval_seconds=minimum_interval_seconds,
+        default_status=default_status,
+        description=landing_sensor_description(feed_name, job_name),
+    )
+    def landing_sensor(
+        context: dg.SensorEvaluationContext, lake: LakeResource
+    ) -> dg.SensorResult | dg.SkipReason | dg.RunRequest:
+        return evaluate(context, lake)
+
+    return landing_sensor
+
+
+def landing_sensor_description(feed_name: str, job_name: str) -> str:
+    return (
+        f"Launches {job_name} (ingest feed {feed_name!r}, then post it on its routes) when new files land; "
+        "launches it again with backoff after a failed, canceled or dropped run while its files still wait."
+    )
 
 
 def _problem(record: dg.RunRecord | None, now: float, same_backlog: bool) -> str | None:

@@ -71,7 +71,7 @@ def backoff_s(
     """Seconds to wait after ``failures`` failed runs in a row (the longest for a configuration error)."""
     if needs_fix:
         return max_s
-    return min(max_s, first_s * 2 ** max(0, failures - 1))
+    return min(max_s, first_s * 2.0 ** min(max(0, failures - 1), 60))
 
 
 def schedule_retry(
@@ -90,40 +90,44 @@ def schedule_retry(
     return cursor.retry_at - now
 
 
-def build_table_sensor(
+def table_version(
+    lake: LakeResource, table_name: str, versions: dict[str, int | None] | None = None
+) -> int | None:
+    """The latest version of ``table_name``, None when it does not exist; read once per ``versions``
+    (a sensor tick's memo: the routes of one feed share its table)."""
+    if versions is not None and table_name in versions:
+        return versions[table_name]
+    try:
+        version: int | None = lake.table(table_name).version()
+    except TableNotFoundError:
+        version = None
+    if versions is not None:
+        versions[table_name] = version
+    return version
+
+
+def build_table_evaluation(
     feed_name: str,
     table_name: str,
     sink_key: str,
     sink_name: str,
     job_name: str,
     settled_version: Callable[[LakeResource], int],
-    minimum_interval_seconds: int = 30,
-    default_status: dg.DefaultSensorStatus = dg.DefaultSensorStatus.STOPPED,
     backoff_first_s: float = BACKOFF_FIRST_S,
     backoff_max_s: float = BACKOFF_MAX_S,
     clock: Callable[[], float] = time.time,
-) -> dg.SensorDefinition:
-    """Requests job ``job_name`` (in this code location) while Delta table ``table_name`` of feed
-    ``feed_name`` is ahead of ``settled_version(lake)``, the last version route ``sink_name`` (a route
-    to sink ``sink_key``) settled (-1: none).
+) -> Callable[..., dg.SensorResult | dg.SkipReason]:
+    """One tick of the table sensor of a route: requests job ``job_name`` while Delta table
+    ``table_name`` of feed ``feed_name`` is ahead of ``settled_version(lake)``, the last version route
+    ``sink_name`` (a route to sink ``sink_key``) settled (-1: none). It reads ``cursor``, ``instance``
+    and ``log`` of the context it is given (a sensor's, or one target's of ``sensors/fleet.py``).
     ``clock`` gives epoch seconds (the backoff's and the request grace's), so tests need not sleep."""
 
-    @dg.sensor(
-        name=f"{feed_name}_to_{sink_name}_sensor",
-        job_name=job_name,
-        minimum_interval_seconds=minimum_interval_seconds,
-        default_status=default_status,
-        description=(
-            f"Requests job {job_name} when table {table_name!r} has commits sink {sink_name!r} has not "
-            f"settled and no post is in flight; requests it again with backoff after a failed run."
-        ),
-    )
     def table_sensor(
-        context: dg.SensorEvaluationContext, lake: LakeResource
+        context: dg.SensorEvaluationContext, lake: LakeResource, versions: dict[str, int | None] | None = None
     ) -> dg.SensorResult | dg.SkipReason:
-        try:
-            version = lake.table(table_name).version()
-        except TableNotFoundError:
+        version = table_version(lake, table_name, versions)
+        if version is None:
             return dg.SkipReason(f"table {table_name} does not exist yet")
         cursor = TableSensorCursor.parse(context.cursor)
         settled = settled_version(lake)
@@ -192,3 +196,51 @@ def build_table_sensor(
         )
 
     return table_sensor
+
+
+def build_table_sensor(
+    feed_name: str,
+    table_name: str,
+    sink_key: str,
+    sink_name: str,
+    job_name: str,
+    settled_version: Callable[[LakeResource], int],
+    minimum_interval_seconds: int = 30,
+    default_status: dg.DefaultSensorStatus = dg.DefaultSensorStatus.STOPPED,
+    backoff_first_s: float = BACKOFF_FIRST_S,
+    backoff_max_s: float = BACKOFF_MAX_S,
+    clock: Callable[[], float] = time.time,
+) -> dg.SensorDefinition:
+    """The table sensor of one route, on its own (``build_table_evaluation`` says what a tick does)."""
+    evaluate = build_table_evaluation(
+        feed_name,
+        table_name,
+        sink_key,
+        sink_name,
+        job_name,
+        settled_version,
+        backoff_first_s,
+        backoff_max_s,
+        clock,
+    )
+
+    @dg.sensor(
+        name=f"{feed_name}_to_{sink_name}_sensor",
+        job_name=job_name,
+        minimum_interval_seconds=minimum_interval_seconds,
+        default_status=default_status,
+        description=table_sensor_description(feed_name, table_name, sink_name, job_name),
+    )
+    def table_sensor(
+        context: dg.SensorEvaluationContext, lake: LakeResource
+    ) -> dg.SensorResult | dg.SkipReason:
+        return evaluate(context, lake)
+
+    return table_sensor
+
+
+def table_sensor_description(feed_name: str, table_name: str, route: str, job_name: str) -> str:
+    return (
+        f"Requests job {job_name} when table {table_name!r} has commits route {route!r} has not settled and "
+        "no post is in flight; requests it again with backoff after a failed run."
+    )

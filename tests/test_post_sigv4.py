@@ -17,6 +17,7 @@ from test_post_job import materialization_metadata, run_post, write_feed_batch
 from localsink.server import LocalSinkServer
 from localsink.sigv4 import SIGV4_TEST_ACCESS_KEY_ID, SIGV4_TEST_SECRET_ACCESS_KEY, SigV4Verifier
 from pipelines.post.dead_letters import DEAD_LETTER_TABLE
+from resources.delta_arrow import read_delta
 from resources.sinks.resource import ElasticsearchSinkResource
 
 from helpers import local_lake
@@ -89,7 +90,7 @@ def test_a_post_job_delivers_every_record_through_sigv4_and_no_secret_shows_anyw
             repr(sink.model_copy()),
             out,
             err,
-            str(letters.to_pyarrow_table().to_pylist()),
+            str(read_delta(letters).to_pylist()),
         ]
     )
     assert "e1500" in visible  # the dead letters were read

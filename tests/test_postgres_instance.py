@@ -164,7 +164,7 @@ def test_sensor_runs_on_the_daemon_are_recorded_in_postgres(
         # Launched by the sensors, not by a person: the landing sensor's relay run ingests and posts.
         assert all(r.tags.get("dagster/sensor_name") for r in runs), [(r.job_name, r.tags) for r in runs]
         relay = [r for r in runs if r.job_name == "relay_events"]
-        assert relay and {r.tags["dagster/sensor_name"] for r in relay} == {"events_landing_sensor"}
+        assert relay and {r.tags["dagster/sensor_name"] for r in relay} == {"feeds_landing_sensor"}
         by_sensor = {r.run_id for r in runs}
         ingest = instance.get_latest_materialization_event(AssetKey("events"))
         assert ingest is not None and ingest.run_id in by_sensor
@@ -175,7 +175,7 @@ def test_sensor_runs_on_the_daemon_are_recorded_in_postgres(
         [landing] = [
             s
             for s in instance.all_instigator_state(instigator_type=InstigatorType.SENSOR)
-            if s.name == "events_landing_sensor"
+            if s.name == "feeds_landing_sensor"
         ]
         ticks = instance.get_ticks(landing.instigator_origin_id, landing.selector_id)
         requested = {run_id for t in ticks if t.status == TickStatus.SUCCESS for run_id in t.run_ids}

@@ -2,6 +2,7 @@
 
 import time
 from collections.abc import Callable
+from functools import partial
 
 import dagster as dg
 
@@ -11,7 +12,8 @@ from pipelines.post.progress import read_progress
 from pipelines.post.replay_job import build_replay_job
 from pipelines.routes import RouteSpec
 from resources.lake import LakeResource
-from sensors.table import BACKOFF_FIRST_S, BACKOFF_MAX_S, build_table_sensor
+from sensors.fleet import Target, build_fleet_sensor
+from sensors.table import BACKOFF_FIRST_S, BACKOFF_MAX_S, build_table_evaluation, build_table_sensor
 
 
 def table_sensor(
@@ -51,19 +53,54 @@ def post_defs(
     sensor_interval_s: int,
     backoff_s: tuple[float, float] = (15.0, 900.0),
 ) -> dg.Definitions:
+    """Per route its asset, check and job; one table sensor for every route (``sensors/fleet.py``)."""
     sink_keys = sorted({route.sink for route in routes})
+    jobs = [post_asset_job(route) for route in routes]
     return dg.Definitions(
         assets=[build_post_asset(route) for route in routes],
         asset_checks=[build_dead_letter_check(route.asset_key) for route in routes],
-        jobs=[*(post_asset_job(route) for route in routes), *(build_replay_job(key) for key in sink_keys)],
-        sensors=[
-            table_sensor(
-                route,
-                minimum_interval_seconds=sensor_interval_s,
-                default_status=sensor_status,
+        jobs=[*jobs, *(build_replay_job(key) for key in sink_keys)],
+        sensors=[routes_sensor(routes, jobs, sensor_interval_s, sensor_status, backoff_s)] if routes else [],
+    )
+
+
+def routes_sensor(
+    routes: list[RouteSpec],
+    jobs: list,
+    sensor_interval_s: int,
+    sensor_status: dg.DefaultSensorStatus,
+    backoff_s: tuple[float, float],
+) -> dg.SensorDefinition:
+    """``routes_table_sensor``: each tick, every route whose feed's table is ahead of what it settled
+    gets its post job requested (again with backoff after a failure); one route's failure holds back
+    no other."""
+    targets = [
+        Target(
+            f"{route.feed.name}/{route.name}",
+            route.job_name,
+            build_table_evaluation(
+                route.feed.name,
+                route.feed.table_name,
+                route.sink,
+                route.name,
+                route.job_name,
+                partial(_settled_version, route),
                 backoff_first_s=backoff_s[0],
                 backoff_max_s=backoff_s[1],
-            )
-            for route in routes
-        ],
+            ),
+        )
+        for route in routes
+    ]
+    return build_fleet_sensor(
+        "routes_table_sensor",
+        f"For each of the {len(routes)} routes: requests its post job when its feed's table has commits the "
+        "route has not settled and no post of it is in flight; again with backoff after a failed run.",
+        targets,
+        jobs,
+        sensor_interval_s,
+        sensor_status,
     )
+
+
+def _settled_version(route: RouteSpec, lake: LakeResource) -> int:
+    return read_progress(lake, route.name, route.feed.table_name).delta_version

@@ -1,0 +1,113 @@
+"""One sensor for many targets: the landing sensor of every feed, the table sensor of every route.
+
+A sensor per feed and per route made the daemon's work grow with what is declared, not with what
+happens: 50 feeds routed to 3 sinks were 200 sensors, each a gRPC call and a tick record per
+interval, and the daemon fell behind its own schedule. Here a tick evaluates every target in turn
+(each with its own cursor, stored under its key in the sensor's one JSON cursor), and returns all
+their run requests at once, each for its target's job. One target that raises is logged and
+skipped; the others are evaluated all the same.
+"""
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import dagster as dg
+
+from resources.lake import LakeResource
+
+Evaluation = dg.SensorResult | dg.SkipReason | dg.RunRequest | None
+
+
+@dataclass(frozen=True)
+class Target:
+    """A feed's or route's evaluation: ``evaluate(context, lake, tick)`` reads ``context.cursor``."""
+
+    key: str  # its cursor's key: a feed's name, a route's "<feed>/<route>"
+    job_name: str
+    evaluate: Callable[..., Evaluation]
+
+
+@dataclass(frozen=True)
+class TargetContext:
+    """What a target's evaluation reads of the sensor context: its own cursor, the instance, the log."""
+
+    cursor: str | None
+    instance: dg.DagsterInstance
+    log: Any
+
+
+def build_fleet_sensor(
+    name: str,
+    description: str,
+    targets: Sequence[Target],
+    jobs: Sequence[Any],
+    minimum_interval_seconds: int,
+    default_status: dg.DefaultSensorStatus,
+    tick_memo: Callable[[], Any] = dict,
+) -> dg.SensorDefinition:
+    """A sensor evaluating every target at each tick; ``tick_memo()`` is handed to each evaluation
+    (e.g. the table versions read this tick, shared by the routes of one feed)."""
+
+    @dg.sensor(
+        name=name,
+        jobs=list(jobs),
+        minimum_interval_seconds=minimum_interval_seconds,
+        default_status=default_status,
+        description=description,
+    )
+    def fleet_sensor(context: dg.SensorEvaluationContext, lake: LakeResource) -> dg.SensorResult:
+        cursors: dict[str, str] = json.loads(context.cursor) if context.cursor else {}
+        memo = tick_memo()
+        requests: list[dg.RunRequest] = []
+        waiting: list[str] = []
+        for target in targets:
+            target_context = TargetContext(cursors.get(target.key), context.instance, context.log)
+            try:
+                result = target.evaluate(target_context, lake, memo)
+            except Exception as exc:  # one feed's or route's trouble never stops the others' ticks
+                context.log.warning(
+                    f"{target.key}: this tick failed ({type(exc).__name__}: {exc}); next tick retries"
+                )
+                waiting.append(f"{target.key}: tick failed")
+                continue
+            runs, cursor, skip = _parts(result)
+            if cursor is not None:
+                cursors[target.key] = cursor
+            requests.extend(
+                dg.RunRequest(
+                    run_key=run.run_key, tags=run.tags, run_config=run.run_config, job_name=target.job_name
+                )
+                for run in runs
+            )
+            if skip and not _idle(skip):
+                waiting.append(f"{target.key}: {skip}")
+        idle = len(targets) - len(requests) - len(waiting)
+        summary = "; ".join(waiting[:5]) + (f"; and {len(waiting) - 5} more" if len(waiting) > 5 else "")
+        return dg.SensorResult(
+            run_requests=requests,
+            cursor=json.dumps(cursors, sort_keys=True),
+            skip_reason=None if requests else (summary or f"nothing new for any of {idle} targets"),
+        )
+
+    return fleet_sensor
+
+
+def _parts(result: Evaluation) -> tuple[list[dg.RunRequest], str | None, str | None]:
+    """(run requests, new cursor or None to keep it, skip message) of one target's evaluation."""
+    if result is None:
+        return [], None, None
+    if isinstance(result, dg.RunRequest):
+        return [result], None, None
+    if isinstance(result, dg.SkipReason):
+        return [], None, result.skip_message
+    skip = result.skip_reason.skip_message if result.skip_reason else None
+    return list(result.run_requests or []), result.cursor, skip
+
+
+def _idle(skip: str) -> bool:
+    """Skip messages that only say nothing happened: left out of the tick's summary."""
+    return skip.startswith(("no files under", "table ", "sink ", "route ")) and (
+        "does not exist yet" in skip or "has settled" in skip or skip.startswith("no files under")
+    )

@@ -1,0 +1,101 @@
+"""One landing sensor for every feed and one table sensor for every route (sensors/fleet.py)."""
+
+import json
+from pathlib import Path
+
+import dagster as dg
+
+from pipelines.definitions import build_defs
+from pipelines.feeds import FeedSpec
+from pipelines.ingest.runner import ingest_feed
+from pipelines.routes import RouteSpec
+from resources.export_storage import LocalExportStorage
+from resources.sinks.resource import ElasticsearchSinkResource
+from sensors.fleet import Target, build_fleet_sensor
+
+from helpers import json_lines, land_file, local_lake
+
+FEEDS = [FeedSpec(name=name, source=name) for name in ("web", "audit", "fw")]
+
+
+def fleet_defs(lake) -> dg.Definitions:
+    sinks = {
+        "es": ElasticsearchSinkResource(sink_name="es", url="http://127.0.0.1:1"),
+        "siem": ElasticsearchSinkResource(sink_name="siem", url="http://127.0.0.1:1"),
+    }
+    routes = [RouteSpec(feed, "es", sink_kind="elasticsearch") for feed in FEEDS]
+    routes.append(RouteSpec(FEEDS[2], "siem", sink_kind="elasticsearch", where="status >= 500"))
+    storage = LocalExportStorage(root=str(Path(lake.lake_uri).parent / "exports"))
+    resources = {"lake": lake, "pyspark": dg.ResourceDefinition.none_resource(), "export_storage": storage}
+    return build_defs({**resources, **sinks}, FEEDS, routes)
+
+
+def tick(defs: dg.Definitions, name: str, lake, instance: dg.DagsterInstance, cursor: str | None = None):
+    sensor = defs.get_sensor_def(name)
+    return sensor(dg.build_sensor_context(cursor=cursor, resources={"lake": lake}, instance=instance))
+
+
+def test_one_landing_sensor_launches_the_relay_of_each_feed_whose_files_land(tmp_path: Path) -> None:
+    lake = local_lake(tmp_path)
+    defs = fleet_defs(lake)
+    assert {s.name for s in defs.sensors} == {
+        "feeds_landing_sensor",
+        "routes_table_sensor",
+        "lakerelay_run_failure_sensor",
+    }
+    with dg.DagsterInstance.ephemeral() as instance:
+        first = tick(defs, "feeds_landing_sensor", lake, instance)
+        assert not first.run_requests and "nothing new" in first.skip_reason.skip_message
+        land_file(lake, "web", "a.json", json_lines([{"n": 1}]))
+        land_file(lake, "fw", "b.json", json_lines([{"n": 2}]))
+        second = tick(defs, "feeds_landing_sensor", lake, instance, first.cursor)
+        assert sorted(r.job_name for r in second.run_requests) == ["relay_fw", "relay_web"]
+        assert {r.tags["lakerelay/feed"] for r in second.run_requests} == {"web", "fw"}
+        assert set(json.loads(second.cursor)) >= {"web", "fw"}  # each feed keeps its own cursor
+        # The same files, the same tick: nothing is asked twice.
+        third = tick(defs, "feeds_landing_sensor", lake, instance, second.cursor)
+        assert not third.run_requests
+
+
+def test_one_table_sensor_requests_each_route_behind_its_table(tmp_path: Path) -> None:
+    lake = local_lake(tmp_path)
+    defs = fleet_defs(lake)
+    land_file(lake, "fw", "b.json", json_lines([{"status": 503}, {"status": 200}]))
+    ingest_feed(FEEDS[2], lake)
+    with dg.DagsterInstance.ephemeral() as instance:
+        result = tick(defs, "routes_table_sensor", lake, instance)
+        assert sorted(r.job_name for r in result.run_requests) == ["post_fw_to_es", "post_fw_to_siem"]
+        assert sorted(r.run_key for r in result.run_requests) == ["es:fw:v0", "siem:fw:v0"]
+        assert {r.tags["lakerelay/route"] for r in result.run_requests} == {"es", "siem"}
+        again = tick(defs, "routes_table_sensor", lake, instance, result.cursor)
+        assert not again.run_requests
+
+
+def test_a_target_that_fails_its_tick_holds_back_no_other(tmp_path: Path) -> None:
+    lake = local_lake(tmp_path)
+
+    def broken(context, lake, memo):
+        raise OSError("the bucket of this feed is unreachable")
+
+    def fine(context, lake, memo):
+        return dg.RunRequest(run_key="k", tags={"t": "1"})
+
+    @dg.job
+    def job_a() -> None:
+        pass
+
+    @dg.job
+    def job_b() -> None:
+        pass
+
+    sensor = build_fleet_sensor(
+        "s",
+        "test",
+        [Target("a", "job_a", broken), Target("b", "job_b", fine)],
+        [job_a, job_b],
+        30,
+        dg.DefaultSensorStatus.STOPPED,
+    )
+    with dg.DagsterInstance.ephemeral() as instance:
+        result = sensor(dg.build_sensor_context(resources={"lake": lake}, instance=instance))
+    assert [(r.job_name, r.run_key) for r in result.run_requests] == [("job_b", "k")]
