@@ -11,7 +11,8 @@ declared as component YAML in a throwaway dg project (``LAKERELAY_DEFS_PROJECT``
 
 Goals (issue 20): load ratio ≤ 1.5, idle ≤ 5 % of a core, every sensor ticking at its interval.
 Last line, ``key=value``: ``feeds= load_one_cpu_s= load_many_cpu_s= load_ratio= sensors=
-idle_cpu_pct= cadence_max_s= interval_s=``.
+idle_one_cpu_pct= idle_cpu_pct= cadence_max_s= interval_s=`` (``idle_one``: the same daemon with one
+feed, the floor of a daemon and its code server doing nothing).
 
     .venv/bin/python -m bench.feeds                  # 50 feeds x 3 routes
     .venv/bin/python -m bench.feeds --feeds 10 --idle 30
@@ -147,6 +148,8 @@ def idle_daemon(
     cadence = {}
     with dg.DagsterInstance.get() as instance:
         for state in instance.all_instigator_state():
+            if state.instigator_type.value != "SENSOR":
+                continue
             ticks = instance.get_ticks(state.instigator_origin_id, state.selector_id, before=end, after=start)
             stamps = sorted(t.timestamp for t in ticks)
             gaps = [b - a for a, b in itertools.pairwise(stamps)]
@@ -180,11 +183,13 @@ def main() -> None:
             "load_ratio": round(load_many / load_one, 2),
         }
         if not args.skip_daemon:
+            idle_one, _ = idle_daemon(one, work / "daemon_one", args.interval, args.warmup, args.idle)
             idle_pct, cadence = idle_daemon(many, work / "daemon", args.interval, args.warmup, args.idle)
             for name, gap in sorted(cadence.items()):
                 print(f"  sensor {name}: a tick every {gap:.1f} s")
             figures |= {
                 "sensors": len(cadence),
+                "idle_one_cpu_pct": round(idle_one, 1),
                 "idle_cpu_pct": round(idle_pct, 1),
                 "cadence_max_s": round(max(cadence.values(), default=float("nan")), 1),
                 "interval_s": args.interval,

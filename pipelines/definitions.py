@@ -6,6 +6,7 @@ export) builds its share from the joined topology; they are merged here once, wi
 this deployment (``pipelines/deployment.py``: what the environment says).
 """
 
+import dataclasses
 import warnings
 from pathlib import Path
 
@@ -56,7 +57,10 @@ def deployment_topology() -> Topology:
     (``LAKERELAY_FEEDS_FILE``, before components), its feeds, each routed to the sinks of the environment."""
     feeds_file = deployment.feeds_file()
     if feeds_file is None:
-        return load_topology(deployment.defs_project_root() or PROJECT_ROOT, deployment.sink_tuning())
+        topology = load_topology(deployment.defs_project_root() or PROJECT_ROOT, deployment.sink_tuning())
+        if deployment.exports_file():  # before components: the file's exports replace the declared ones
+            return dataclasses.replace(topology, exports=None)
+        return topology
     feeds = deployment.feeds(default=[EVENTS_FEED])
     sinks = deployment.sink_resources()
     # Exports None: LAKERELAY_EXPORTS_FILE's, or one per feed (pipelines/export/assets.py).

@@ -34,7 +34,7 @@ class Topology:
     feeds: list[FeedSpec]
     sinks: dict[str, RestSinkResource]  # sink name (= resource key) → its resource
     routes: list[RouteSpec]
-    exports: list[ExportSpec] | None  # None: the default, one export per feed
+    exports: list[ExportSpec] | None  # the declared ones; None (no components): one export per feed
 
 
 def load_topology(project_root: Path, sink_defaults: Mapping[str, Any] = MappingProxyType({})) -> Topology:
@@ -81,7 +81,7 @@ def join(
         feeds=list(feed_specs.values()),
         sinks={s.name: s.resource(sink_defaults) for s in sinks},
         routes=route_specs,
-        exports=export_specs or None,
+        exports=export_specs,
     )
 
 

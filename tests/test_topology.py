@@ -215,3 +215,31 @@ def test_dg_checks_and_lists_the_project_as_printed() -> None:
     assert "post_events_to_elasticsearch" in listed.stdout and "sinks/events_in_splunk" in listed.stdout
     checked = subprocess.run([dg_cli, "check", "yaml"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert checked.returncode == 0, checked.stdout[-2000:] + checked.stderr[-2000:]
+
+
+def test_dg_scaffold_writes_a_commented_declaration_that_loads_as_it_is(project) -> None:
+    root = project({"feeds/events": FEED.format(name="events")})
+    dg_cli = str(Path(sys.executable).parent / "dg")
+    for kind, folder in [
+        ("Feed", "feeds/web"),
+        ("ElasticsearchSink", "sinks/elasticsearch"),
+        ("SplunkHecSink", "sinks/hec"),
+        ("RestSink", "sinks/api"),
+        ("Route", "routes/web_to_es"),
+        ("Export", "exports/web"),
+    ]:
+        made = subprocess.run(
+            [dg_cli, "scaffold", "defs", f"pipelines.components.{kind}", folder],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert made.returncode == 0, made.stdout[-2000:] + made.stderr[-2000:]
+        text = (root / "userproj" / "defs" / folder / "defs.yaml").read_text()
+        assert text.startswith("# ") and f"type: pipelines.components.{kind}" in text
+    topology = load_topology(root)
+    assert sorted(f.name for f in topology.feeds) == ["events", "web"]
+    assert sorted(topology.sinks) == ["api", "elasticsearch", "hec"]
+    assert [(r.feed.name, r.name) for r in topology.routes] == [("events", "web_to_es")]
+    assert [e.dataset for e in topology.exports or []] == ["web"]

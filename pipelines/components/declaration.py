@@ -1,12 +1,33 @@
 """What every lakerelay component shares: it declares, it remembers its file, the topology builds."""
 
+import importlib
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import dagster as dg
 from pydantic import ValidationError
 
 
+class DeclarationScaffolder(dg.Scaffolder):
+    """``dg scaffold defs <type> <folder>``: the type's commented example, named after the folder."""
+
+    def scaffold(self, request: dg.ScaffoldRequest) -> None:
+        component = _declaration_type(request.type_name)
+        name = request.target_path.name
+        text = component.EXAMPLE.replace("@name@", name).replace("@type@", request.type_name)
+        request.target_path.mkdir(parents=True, exist_ok=True)
+        (request.target_path / "defs.yaml").write_text(text)
+
+
+def _declaration_type(type_name: str) -> "type[Declaration]":
+    module, _, name = type_name.rpartition(".")
+    found = getattr(importlib.import_module(module), name)
+    if not (isinstance(found, type) and issubclass(found, Declaration)):
+        raise ValueError(f"{type_name} is not a lakerelay component type")
+    return found
+
+
+@dg.scaffold_with(DeclarationScaffolder)
 class Declaration(dg.Component, dg.Resolvable, dg.Model):
     """A component whose definitions the topology builds (``pipelines/topology.py``).
 
@@ -14,6 +35,10 @@ class Declaration(dg.Component, dg.Resolvable, dg.Model):
     files, and the sensors serve every feed and route at once. The file it was declared in is kept
     so that an error found while joining names that file.
     """
+
+    # What `dg scaffold defs` writes: a commented defs.yaml that loads as it is ("@name@" is the
+    # folder's name, "@type@" the type's).
+    EXAMPLE: ClassVar[str] = ""
 
     @classmethod
     def load(cls, attributes: Any, context: dg.ComponentLoadContext) -> "Declaration":

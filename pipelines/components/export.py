@@ -1,5 +1,7 @@
 """``lakerelay.Export``: a bulk export of a Delta table to cloud storage (parts, then a manifest)."""
 
+from typing import ClassVar
+
 from pydantic import Field
 
 from pipelines.components.declaration import Declaration, only_set
@@ -7,8 +9,24 @@ from pipelines.export.spec import Compression, ExportSpec, Format, spec_from_map
 
 
 class Export(Declaration):
-    """One export dataset; unset options take ``pipelines.export.spec.ExportSpec``'s defaults. Without
-    any Export declared, each feed gets a gzip NDJSON full export named after it."""
+    """One export dataset; unset options take ``pipelines.export.spec.ExportSpec``'s defaults. Only
+    declared exports exist (the shipped defs declare one of the events feed)."""
+
+    EXAMPLE: ClassVar[str] = """\
+# Export @name@: bulk exports of a feed's Delta table, parts first and manifest.json last, under
+# <export root>/@name@/<export_id>/ (LAKERELAY_EXPORT_BUCKET for S3, else .lakerelay/exports).
+type: @type@
+
+attributes:
+  dataset: @name@
+  feed: events              # or table: <a table under the lake, or a table URI>
+  format: ndjson            # ndjson | csv | parquet
+  compression: gzip         # gzip | zstd | none
+  # columns: [ts, host, status_code]
+  # where: "status_code >= 500"   # SQL over the table's columns
+  # order_by: _batch_id           # a growing column: enables incremental exports (since)
+  # keep_last: 7                  # retention
+"""
 
     dataset: str = Field(description="Name of the export: its folder, asset and job.")
     feed: str | None = Field(

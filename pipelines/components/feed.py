@@ -1,6 +1,6 @@
 """``lakerelay.Feed``: a landing source ingested, Auto Loader style, into one Delta table."""
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -21,6 +21,24 @@ class CsvModel(BaseModel):
 class Feed(Declaration):
     """A landing zone (a folder or an S3 prefix) ingested into a Delta table; unset options take the
     defaults of ``pipelines.feeds.FeedSpec`` (docs/configuration.md lists them)."""
+
+    EXAMPLE: ClassVar[str] = """\
+# Feed @name@: files landing under <landing root>/@name@ (LAKERELAY_LANDING_URI, default
+# .lakerelay/landing), ingested once each into the Delta table @name@. Route it to a sink with a
+# pipelines.components.Route. Every option and its default: docs/reference.md.
+type: @type@
+
+attributes:
+  name: @name@
+  source: @name@            # a folder under the landing root, an absolute folder, or s3://bucket/prefix
+  format: json              # json (JSON lines) | json_array | csv | parquet
+  # schema_hints:           # pinned column types; others are inferred
+  #   ts: timestamp
+  #   status_code: bigint
+  # schema_evolution_mode: add_new_columns   # | rescue | fail_on_new_columns | none
+  # settle_time: 0s         # take a file only once its mtime is this old (writers that append)
+  # enrich: []              # Spark SQL select expressions added before posting ([] = as they are)
+"""
 
     name: str = Field(description="The feed's name: its Delta table, asset and jobs are named after it.")
     source: str | None = Field(

@@ -83,6 +83,23 @@ class Sink(Declaration):
 class ElasticsearchSink(Sink):
     """Elasticsearch or OpenSearch ``_bulk``: deterministic ids, so a replay overwrites, never duplicates."""
 
+    EXAMPLE: ClassVar[str] = """\
+# Elasticsearch or OpenSearch sink @name@. Secrets never go in this file: *_env names the
+# environment variable holding one. Per-deployment values come from {{ env('X', 'default') }}.
+type: @type@
+
+attributes:
+  name: @name@
+  url: "{{ env('ES_URL', 'http://127.0.0.1:9200') }}"   # or cloud_id: <Elastic Cloud id>
+  index: @name@             # routes' default; a route may set its own (templates allowed)
+  # api_key_env: ES_API_KEY           # one of: api_key_env | username + password_env | bearer_token_env | aws_sigv4
+  # aws_sigv4: true                   # Amazon OpenSearch Service (es) or Serverless (aoss)
+  # aws_service: es
+  # aws_region: eu-west-1
+  # ca_bundle: /etc/ssl/my-ca.pem     # client_cert / client_key for mutual TLS
+  # max_bytes_per_call: 5000000       # batching and flow control: docs/reference.md
+"""
+
     resource_type: ClassVar[type[RestSinkResource]] = ElasticsearchSinkResource
     SECRET_FIELDS: ClassVar[dict[str, str]] = {
         "api_key_env": "api_key",
@@ -123,6 +140,21 @@ class ElasticsearchSink(Sink):
 class SplunkHecSink(Sink):
     """Splunk HTTP Event Collector: no ids, so delivery is at-least-once within a stated bound."""
 
+    EXAMPLE: ClassVar[str] = """\
+# Splunk HTTP Event Collector sink @name@. The token is never in this file: token_env names the
+# environment variable holding it.
+type: @type@
+
+attributes:
+  name: @name@
+  url: "{{ env('HEC_URL', 'https://127.0.0.1:8088') }}"
+  token_env: HEC_TOKEN
+  sourcetype: _json         # routes' default; index, source, sourcetype and host take templates
+  # index: main
+  # fields: [host, severity]  # columns sent as indexed fields
+  # ack: true                 # indexer acknowledgement (Splunk Enterprise)
+"""
+
     resource_type: ClassVar[type[RestSinkResource]] = SplunkHecSinkResource
     SECRET_FIELDS: ClassVar[dict[str, str]] = {"token_env": "token"}
 
@@ -149,6 +181,19 @@ class SplunkHecSink(Sink):
 
 class RestSink(Sink):
     """Any REST API taking many records per call (JSON array or NDJSON); a call is all-or-nothing."""
+
+    EXAMPLE: ClassVar[str] = """\
+# A REST API sink @name@ taking many records per call; a call is all-or-nothing.
+type: @type@
+
+attributes:
+  name: @name@
+  url: "{{ env('API_URL', 'http://127.0.0.1:8080') }}"
+  path: /v1/events          # a route may post to its own path
+  body_format: json_array   # json_array | ndjson
+  # bearer_token_env: API_TOKEN
+  # health_path: /health    # checked before posting
+"""
 
     resource_type: ClassVar[type[RestSinkResource]] = GenericRestSinkResource
     SECRET_FIELDS: ClassVar[dict[str, str]] = {"bearer_token_env": "bearer_token", "password_env": "password"}

@@ -254,6 +254,8 @@ def export_defs(
     and destination URI (the resource itself is still injected at run time).
     """
     specs = export_specs(feeds) if specs is None else specs
+    if not specs:
+        return dg.Definitions()
     uris = destination_uris(storage, [spec.dataset for spec in specs])
     cleanup_job = dg.define_asset_job(
         "export_cleanup", selection=dg.AssetSelection.assets(*(cleanup_asset_key(s.dataset) for s in specs))
