@@ -57,7 +57,7 @@ def deployment_topology() -> Topology:
     (``LAKERELAY_FEEDS_FILE``, before components), its feeds, each routed to the sinks of the environment."""
     feeds_file = deployment.feeds_file()
     if feeds_file is None:
-        topology = load_topology(deployment.defs_project_root() or PROJECT_ROOT, deployment.sink_tuning())
+        topology = load_topology(deployment.defs_project_root(), deployment.sink_tuning())
         if deployment.exports_file():  # before components: the file's exports replace the declared ones
             return dataclasses.replace(topology, exports=None)
         return topology

@@ -4,6 +4,7 @@ A route names a feed and a sink by their names; this is where those names are ch
 every declaration of the defs folder, with the file of the declaration in the error.
 """
 
+import importlib
 import re
 import sys
 from collections.abc import Mapping
@@ -37,12 +38,20 @@ class Topology:
     exports: list[ExportSpec] | None  # the declared ones; None (no components): one export per feed
 
 
-def load_topology(project_root: Path, sink_defaults: Mapping[str, Any] = MappingProxyType({})) -> Topology:
-    """The declarations of the project's defs folder (``[tool.dg.project]`` in pyproject.toml), joined;
-    ``sink_defaults`` are the deployment's sink settings, under what each sink's YAML sets."""
-    if str(project_root) not in sys.path:
-        sys.path.append(str(project_root))  # a declarations-only project is not installed
-    tree = dg.ComponentTree.for_project(project_root)
+def load_topology(
+    project_root: Path | None = None, sink_defaults: Mapping[str, Any] = MappingProxyType({})
+) -> Topology:
+    """The declarations of a dg project's defs folder (``[tool.dg.project]`` in its pyproject.toml),
+    or of lakerelay's own ``pipelines/defs`` when ``project_root`` is None (also where lakerelay is
+    installed without its checkout), joined; ``sink_defaults`` are the deployment's sink settings,
+    under what each sink's YAML sets."""
+    if project_root is None:
+        shipped = importlib.import_module("pipelines.defs")
+        tree = dg.ComponentTree.from_module(shipped, Path(shipped.__file__).resolve().parent.parent.parent)
+    else:
+        if str(project_root) not in sys.path:
+            sys.path.append(str(project_root))  # a declarations-only project is not installed
+        tree = dg.ComponentTree.for_project(project_root)
     try:
         sinks: list[Sink] = [s for kind in SINK_TYPES for s in tree.get_all_components(of_type=kind)]
         feeds, routes = tree.get_all_components(of_type=Feed), tree.get_all_components(of_type=Route)

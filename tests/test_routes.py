@@ -4,12 +4,13 @@ destinations its routes name, a route's filter holds, and a route whose sink is 
 from pathlib import Path
 
 import dagster as dg
+import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
 from devtools.sample_events import write_landing_zone
 from localsink.server import LocalSinkServer
-from pipelines.components import ElasticsearchSink, Feed, Route, SplunkHecSink
+from pipelines.components import ElasticsearchSink, Feed, RestSink, Route, SplunkHecSink
 from pipelines.definitions import build_defs
 from pipelines.deployment import LOCAL_HEC_TOKEN
 from pipelines.post.progress import read_progress
@@ -32,10 +33,18 @@ def topology(main_url: str, siem_url: str) -> Topology:
         SplunkHecSink(
             name="hec", url=main_url, token_env="ROUTE_TEST_HEC_TOKEN", development_token=LOCAL_HEC_TOKEN
         ),
+        # A REST API declared like any other sink: no code.
+        RestSink(name="alerts_api", url=main_url, path="/_generic/all", body_format="ndjson"),
     ]
     routes = [
         Route(feed="web", sink="es_main", destination={"index": "{feed}-logs"}),
         Route(feed="audit", sink="hec", destination={"index": "audit", "sourcetype": "audit:json"}),
+        Route(
+            feed="audit",
+            sink="alerts_api",
+            where="severity IN ('error', 'critical')",
+            destination={"path": "/_generic/alerts"},
+        ),
         Route(feed="fw", sink="es_main", destination={"index": "fw-{ts:%Y.%m.%d}"}),
         Route(feed="fw", sink="hec", name="fw_hec", destination={"index": "fw"}),
         Route(feed="fw", sink="siem", where="status_code >= 400", destination={"index": "fw-failures"}),
@@ -88,6 +97,12 @@ def test_each_feed_reaches_exactly_its_routes_and_a_down_sink_holds_back_no_othe
         audit = main.hec_events("audit")
         assert len(audit) == rows["audit"].num_rows and {e.get("sourcetype") for e in audit} == {"audit:json"}
         assert main.hec_count("fw") == 80 and main.hec_count("main") == 0
+        severe = pc.is_in(rows["audit"].column("severity"), value_set=pa.array(["error", "critical"]))
+        expected = int(pc.sum(severe).as_py() or 0)
+        assert 0 < expected < rows["audit"].num_rows
+        alerts = main.generic_records("alerts")
+        assert len(alerts) == expected and {a["severity"] for a in alerts} <= {"error", "critical"}
+        assert main.generic_records("all") == []
         assert read_progress(lake, "siem", "fw").delta_version == -1
         assert read_progress(lake, "fw_hec", "fw").delta_version >= 0
 

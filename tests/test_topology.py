@@ -9,7 +9,7 @@ import dagster as dg
 import pytest
 
 from pipelines.components import ElasticsearchSink, Export, Feed, Route, SplunkHecSink
-from pipelines.definitions import PROJECT_ROOT, build_defs
+from pipelines.definitions import build_defs
 from pipelines.topology import join, load_topology
 from resources.export_storage import LocalExportStorage
 from resources.lake import LakeResource
@@ -62,7 +62,7 @@ attributes:
 
 
 def test_the_shipped_defs_declare_events_to_both_local_sinks() -> None:
-    topology = load_topology(PROJECT_ROOT)
+    topology = load_topology()
     assert [f.name for f in topology.feeds] == ["events"]
     assert sorted(topology.sinks) == ["elasticsearch", "splunk"]
     assert sorted((r.feed.name, r.name, r.sink_kind) for r in topology.routes) == [
@@ -71,10 +71,11 @@ def test_the_shipped_defs_declare_events_to_both_local_sinks() -> None:
     ]
     es = topology.sinks["elasticsearch"]
     assert es.url == "http://127.0.0.1:9200" and es.index == "events"
-    assert isinstance(es.api_key, dg.EnvVar)  # a secret stays a reference, never its value
+    assert es.api_key is None  # LAKERELAY_ES_API_KEY unset: no API key, as on a laptop
 
 
-def test_a_generic_rest_sink_is_added_by_yaml_alone(project) -> None:
+def test_a_generic_rest_sink_is_added_by_yaml_alone(project, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ALERTS_API_TOKEN", "t0ken")
     root = project(
         {
             "feeds/alerts": FEED.format(name="alerts"),
@@ -193,6 +194,11 @@ def test_an_export_names_its_feed() -> None:
 
 
 def test_secrets_are_environment_references_not_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MY_KEY", raising=False)
+    assert (
+        ElasticsearchSink(name="es", url="http://127.0.0.1:1", api_key_env="MY_KEY").resource().api_key
+        is None
+    )
     monkeypatch.setenv("MY_KEY", "s3cr3t-value")
     es = ElasticsearchSink(name="es", url="http://127.0.0.1:1", api_key_env="MY_KEY").resource()
     assert isinstance(es.api_key, dg.EnvVar) and "s3cr3t-value" not in repr(es)

@@ -30,6 +30,7 @@ class Sink(Declaration):
     resource_type: ClassVar[type[RestSinkResource]]
     # YAML field naming an environment variable → the resource field it fills with dg.EnvVar.
     SECRET_FIELDS: ClassVar[dict[str, str]] = {}
+    REQUIRED_SECRETS: ClassVar[tuple[str, ...]] = ()
 
     name: str = Field(description="The sink's name: routes name it, and it is its resource key.")
     url: str = Field(description="Base URL, e.g. https://es.example:9200 (use {{ env.X }} per deployment).")
@@ -59,7 +60,10 @@ class Sink(Declaration):
         )
         for yaml_field, resource_field in self.SECRET_FIELDS.items():
             variable = getattr(self, yaml_field)
-            if variable:
+            # An optional secret whose variable is unset here is no secret (the sink is used without
+            # that credential, as with the variable left out); a required one stays an EnvVar, whose
+            # run then fails naming the variable to set.
+            if variable and (os.environ.get(variable) or yaml_field in self.REQUIRED_SECRETS):
                 values[resource_field] = dg.EnvVar(variable)
         values |= self.development_values()
         try:
@@ -157,6 +161,7 @@ attributes:
 
     resource_type: ClassVar[type[RestSinkResource]] = SplunkHecSinkResource
     SECRET_FIELDS: ClassVar[dict[str, str]] = {"token_env": "token"}
+    REQUIRED_SECRETS: ClassVar[tuple[str, ...]] = ("token_env",)
 
     def development_values(self) -> dict[str, Any]:
         if self.development_token and not os.environ.get(self.token_env):
