@@ -20,7 +20,7 @@ class CsvModel(BaseModel):
 
 class Feed(Declaration):
     """A landing zone (a folder or an S3 prefix) ingested into a Delta table; unset options take the
-    defaults of ``pipelines.feeds.FeedSpec`` (docs/configuration.md lists them)."""
+    defaults of ``pipelines.feeds.FeedSpec`` (docs/reference.md lists them)."""
 
     EXAMPLE: ClassVar[str] = """\
 # Feed @name@: files landing under <landing root>/@name@ (LAKERELAY_LANDING_URI, default
@@ -48,32 +48,54 @@ attributes:
     table: str | None = Field(
         default=None, description="Delta table name under the lake root (default: name)."
     )
-    format: Literal["json", "json_array", "csv", "parquet"] | None = None
-    csv: CsvModel | None = None
+    format: Literal["json", "json_array", "csv", "parquet"] | None = Field(
+        default=None, description="json: JSON lines; json_array: one array per file; csv; parquet."
+    )
+    csv: CsvModel | None = Field(default=None, description="CSV dialect: header, delimiter, quote, escape.")
     encoding: str | None = Field(default=None, description="Text encoding of json/csv files (default utf-8).")
     schema_hints: str | dict[str, str] | None = Field(
         default=None, description='Pinned column types: "ts timestamp, bytes bigint" or a mapping.'
     )
-    schema_evolution_mode: Literal["add_new_columns", "rescue", "fail_on_new_columns", "none"] | None = None
-    infer_max_files: int | None = Field(default=None, gt=0)
-    recursive: bool | None = None
-    path_glob: str | None = None
+    schema_evolution_mode: Literal["add_new_columns", "rescue", "fail_on_new_columns", "none"] | None = Field(
+        default=None,
+        description="New columns: added to the table; kept in the rescued-data column; fail the batch; ignored.",
+    )
+    infer_max_files: int | None = Field(default=None, gt=0, description="Files read to infer the schema.")
+    recursive: bool | None = Field(default=None, description="Take files in sub-folders too.")
+    path_glob: str | None = Field(default=None, description='Only names matching this glob, e.g. "*.json".')
     modified_after: str | None = Field(default=None, description="ISO 8601: ignore files modified before.")
-    listing: Literal["incremental", "full"] | None = None
-    backfill_interval: Duration | None = None
-    max_files_per_batch: int | None = Field(default=None, gt=0)
-    max_bytes_per_batch: int | None = Field(default=None, ge=0)
-    allow_overwrites: bool | None = None
-    read_deadline: Duration | None = None
-    settle_time: Duration | None = None
-    find_late_names: bool | None = None
-    max_quarantine_rate: float | None = Field(default=None, ge=0, le=1)
+    listing: Literal["incremental", "full"] | None = Field(
+        default=None,
+        description="incremental: names after the cursor each run; full: the whole zone each run.",
+    )
+    backfill_interval: Duration | None = Field(
+        default=None, description="How often a full listing also runs (finds overwritten files)."
+    )
+    max_files_per_batch: int | None = Field(default=None, gt=0, description="Files per Delta commit at most.")
+    max_bytes_per_batch: int | None = Field(
+        default=None, ge=0, description="Bytes per Delta commit at most (0: no limit)."
+    )
+    allow_overwrites: bool | None = Field(
+        default=None, description="Ingest a file again when it changes (size or mtime) after ingestion."
+    )
+    read_deadline: Duration | None = Field(
+        default=None, description="How long transport errors reading the landing zone are retried."
+    )
+    settle_time: Duration | None = Field(
+        default=None, description="Take a file only once its mtime is this old (for writers that append)."
+    )
+    find_late_names: bool | None = Field(
+        default=None, description="Each run also finds files named before the cursor (out-of-order names)."
+    )
+    max_quarantine_rate: float | None = Field(
+        default=None, ge=0, le=1, description="Share of quarantined lines above which the ingest check fails."
+    )
     enrich: list[str] | None = Field(
         default=None,
         description="Spark SQL select expressions added before posting (default: the built-in "
         "enrichment where the table has its columns; [] posts records as they are).",
     )
-    description: str | None = None
+    description: str | None = Field(default=None, description="Shown on the feed's asset in the UI.")
 
     def spec(self) -> FeedSpec:
         """The feed as the pipeline knows it; a value FeedSpec refuses names this file."""
