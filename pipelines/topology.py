@@ -17,7 +17,7 @@ import dagster as dg
 from pydantic import ValidationError
 
 from pipelines.components import ElasticsearchSink, Export, Feed, RestSink, Route, SplunkHecSink
-from pipelines.components.declaration import located_errors
+from pipelines.components.declaration import Declaration, located_errors
 from pipelines.components.sinks import Sink
 from pipelines.export.spec import ExportSpec
 from pipelines.feeds import FeedSpec
@@ -53,9 +53,11 @@ def load_topology(
             sys.path.append(str(project_root))  # a declarations-only project is not installed
         tree = dg.ComponentTree.for_project(project_root)
     try:
-        sinks: list[Sink] = [s for kind in SINK_TYPES for s in tree.get_all_components(of_type=kind)]
-        feeds, routes = tree.get_all_components(of_type=Feed), tree.get_all_components(of_type=Route)
-        exports = tree.get_all_components(of_type=Export)
+        declared = tree.get_all_components(of_type=Declaration)  # one walk of the defs folder
+        sinks: list[Sink] = [d for d in declared if isinstance(d, SINK_TYPES)]
+        feeds = [d for d in declared if isinstance(d, Feed)]
+        routes = [d for d in declared if isinstance(d, Route)]
+        exports = [d for d in declared if isinstance(d, Export)]
     except Exception as exc:
         located = _located(exc, tree.defs_module_path)
         if located is None:

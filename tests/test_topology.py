@@ -1,5 +1,6 @@
 """The topology declared as components: YAML in the defs folder, joined with errors that name the file."""
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -7,10 +8,13 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
+from deltalake import DeltaTable
 
+from devtools.sample_events import write_landing_zone
 from pipelines.components import ElasticsearchSink, Export, Feed, Route, SplunkHecSink
 from pipelines.definitions import build_defs
 from pipelines.topology import join, load_topology
+from resources.delta_arrow import read_delta
 from resources.export_storage import LocalExportStorage
 from resources.lake import LakeResource
 from resources.sinks.resource import GenericRestSinkResource
@@ -212,8 +216,22 @@ def test_secrets_are_environment_references_not_values(monkeypatch: pytest.Monke
     assert isinstance(hec.resource().token, dg.EnvVar)
 
 
-def test_dg_checks_and_lists_the_project_as_printed() -> None:
+def test_dg_checks_lists_and_launches_the_project_as_printed(tmp_path: Path) -> None:
     dg_cli = str(Path(sys.executable).parent / "dg")
+    home = tmp_path / "home"
+    write_landing_zone(home / "landing" / "events", files=2, records_per_file=25)
+    env = {**os.environ, "LAKERELAY_HOME": str(home)}
+    env.pop("DAGSTER_HOME", None)
+    launched = subprocess.run(
+        [dg_cli, "launch", "--job", "ingest_events"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert launched.returncode == 0, launched.stderr[-3000:]
+    assert read_delta(DeltaTable(str(home / "lake" / "events"))).num_rows == 50
     listed = subprocess.run(
         [dg_cli, "list", "defs", "--json"], cwd=ROOT, capture_output=True, text=True, timeout=300
     )
