@@ -9,9 +9,16 @@ declared as component YAML in a throwaway dg project (``LAKERELAY_DEFS_PROJECT``
   landing: the CPU share of one core used by the daemon and its code server over ``--idle`` seconds,
   after a warm-up; and each sensor's cadence (mean seconds between its ticks in that window).
 
-Goals (issue 20): load ratio ≤ 1.5, idle ≤ 5 % of a core, every sensor ticking at its interval.
+- ``fan_in``: a daemon (sensors every ``--fan-in-interval`` s, a Spark Connect server, the local sink
+  for all three sinks) and one file landing in each of ``--fan-in`` feeds at once: seconds until each
+  feed's records are in all three destinations, and the largest excess over two sensor intervals
+  plus that feed's relay run's own duration (≤ 0: within the bound).
+
+Goals (issue 20): load ratio ≤ 1.5, idle ≤ 5 % of a core, every sensor ticking at its interval, and
+``fan_in_over_bound_max_s`` ≤ 0.
 Last line, ``key=value``: ``feeds= load_one_cpu_s= load_many_cpu_s= load_ratio= sensors=
-idle_one_cpu_pct= idle_cpu_pct= cadence_max_s= interval_s=`` (``idle_one``: the same daemon with one
+idle_one_cpu_pct= idle_cpu_pct= cadence_max_s= interval_s= fan_in_feeds= fan_in_arrived= fan_in_max_s=
+fan_in_over_bound_max_s=`` (``idle_one``: the same daemon with one
 feed, the floor of a daemon and its code server doing nothing).
 
     .venv/bin/python -m bench.feeds                  # 50 feeds x 3 routes
@@ -35,19 +42,27 @@ from pathlib import Path
 import dagster as dg
 import psutil
 
+from devtools import spark_connect
 from devtools.dagster_home import prepare as prepare_dagster_home
+from localsink import LocalSinkServer
 
 ROOT = Path(__file__).resolve().parent.parent
 SINKS = {
-    "es": "type: pipelines.components.ElasticsearchSink\nattributes:\n  name: es\n  url: http://127.0.0.1:9200\n",
-    "hec": "type: pipelines.components.SplunkHecSink\nattributes:\n  name: hec\n  url: http://127.0.0.1:8088\n"
+    "es": "type: pipelines.components.ElasticsearchSink\nattributes:\n  name: es\n  url: {url}\n",
+    "hec": "type: pipelines.components.SplunkHecSink\nattributes:\n  name: hec\n  url: {url}\n"
     "  token_env: BENCH_HEC_TOKEN\n  development_token: lakerelay-local-hec-token\n",
-    "api": "type: pipelines.components.RestSink\nattributes:\n  name: api\n  url: http://127.0.0.1:8080\n"
-    "  path: /v1/events\n",
+    "api": "type: pipelines.components.RestSink\nattributes:\n  name: api\n  url: {url}\n"
+    "  path: /_generic/all\n  body_format: ndjson\n",
+}
+# Where each route of feed F puts its records: an index, a HEC index, a REST collection of its own.
+DESTINATIONS = {
+    "es": "  destination:\n    index: logs-{feed}\n",
+    "hec": "  destination:\n    index: {feed}\n",
+    "api": "  destination:\n    path: /_generic/{feed}\n",
 }
 
 
-def write_project(root: Path, feeds: int) -> Path:
+def write_project(root: Path, feeds: int, url: str = "http://127.0.0.1:9") -> Path:
     """A dg project of ``feeds`` feeds, each routed to the three sinks (its index by the feed's name)."""
     package = root / "benchtopology"
     defs = package / "defs"
@@ -60,7 +75,7 @@ def write_project(root: Path, feeds: int) -> Path:
     )
     for name, text in SINKS.items():
         (defs / "sinks" / name).mkdir(parents=True)
-        (defs / "sinks" / name / "defs.yaml").write_text(text)
+        (defs / "sinks" / name / "defs.yaml").write_text(text.replace("{url}", url))
     for n in range(feeds):
         feed = f"feed{n:03d}"
         (defs / "feeds" / feed).mkdir(parents=True)
@@ -76,7 +91,7 @@ def write_project(root: Path, feeds: int) -> Path:
                   sink: {sink}
                 """
             )
-            + (f"  destination:\n    index: logs-{feed}\n" if sink == "es" else "")
+            + DESTINATIONS[sink].replace("{feed}", feed)
             for sink in SINKS
         )
         (defs / "routes" / feed).mkdir(parents=True)
@@ -111,27 +126,7 @@ def idle_daemon(
     project: Path, work: Path, interval_s: int, warmup_s: float, window_s: float
 ) -> tuple[float, dict]:
     """The idle daemon's CPU share of one core over ``window_s``, and each sensor's mean tick gap."""
-    home = prepare_dagster_home(work / "dagster_home")
-    (work / "workspace.yaml").write_text(
-        "load_from:\n  - python_module:\n      module_name: pipelines.definitions\n"
-        f"      working_directory: {ROOT}\n      location_name: lakerelay\n"
-    )
-    env = {
-        **os.environ,
-        "DAGSTER_HOME": str(home),
-        "LAKERELAY_DEFS_PROJECT": str(project),
-        "LAKERELAY_HOME": str(work / "lakerelay"),
-        "LAKERELAY_SENSORS_RUNNING": "1",
-        "LAKERELAY_SENSOR_INTERVAL_S": str(interval_s),
-    }
-    daemon = subprocess.Popen(
-        [str(Path(sys.executable).parent / "dagster-daemon"), "run", "-w", str(work / "workspace.yaml")],
-        cwd=ROOT,
-        env=env,
-        stdout=(work / "daemon.log").open("wb"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    daemon = start_daemon(project, work, interval_s, {})
     try:
         watched = psutil.Process(daemon.pid)
         time.sleep(warmup_s)  # the code server loads, the first ticks run
@@ -139,11 +134,8 @@ def idle_daemon(
         time.sleep(window_s)
         cpu, end = tree_cpu_s(watched) - start_cpu, time.time()
     finally:
-        os.killpg(daemon.pid, signal.SIGTERM)
-        try:
-            daemon.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(daemon.pid, signal.SIGKILL)
+        stop_daemon(daemon)
+    home = work / "dagster_home"
     os.environ["DAGSTER_HOME"] = str(home)
     cadence = {}
     with dg.DagsterInstance.get() as instance:
@@ -157,6 +149,93 @@ def idle_daemon(
     return 100.0 * cpu / (end - start), cadence
 
 
+def start_daemon(project: Path, work: Path, interval_s: int, extra_env: dict[str, str]) -> subprocess.Popen:
+    home = prepare_dagster_home(work / "dagster_home")
+    (work / "workspace.yaml").write_text(
+        "load_from:\n  - python_module:\n      module_name: pipelines.definitions\n"
+        f"      working_directory: {ROOT}\n      location_name: lakerelay\n"
+    )
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(home),
+        "LAKERELAY_DEFS_PROJECT": str(project),
+        "LAKERELAY_HOME": str(work / "lakerelay"),
+        "LAKERELAY_SENSORS_RUNNING": "1",
+        "LAKERELAY_SENSOR_INTERVAL_S": str(interval_s),
+        **extra_env,
+    }
+    return subprocess.Popen(
+        [str(Path(sys.executable).parent / "dagster-daemon"), "run", "-w", str(work / "workspace.yaml")],
+        cwd=ROOT,
+        env=env,
+        stdout=(work / "daemon.log").open("wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+def stop_daemon(daemon: subprocess.Popen) -> None:
+    os.killpg(daemon.pid, signal.SIGTERM)
+    try:
+        daemon.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(daemon.pid, signal.SIGKILL)
+
+
+def fan_in(work: Path, feeds: int, interval_s: int, records: int, timeout_s: float) -> dict[str, float]:
+    """One file lands in each of ``feeds`` feeds at once: seconds until each feed's records are in all
+    three of its destinations, against two sensor intervals plus the feed's relay run's own duration."""
+    sink = LocalSinkServer(host="127.0.0.1", port=0).start()
+    connect_dir = work / "spark-connect"
+    connect = spark_connect.start(connect_dir, port=spark_connect.free_port(), master="local[2]")
+    project = write_project(work / "fan_project", feeds, sink.url)
+    daemon = start_daemon(project, work / "fan", interval_s, {"LAKERELAY_SPARK_REMOTE": connect.url})
+    names = [f"feed{n:03d}" for n in range(feeds)]
+    arrived: dict[str, float] = {}
+    try:
+        time.sleep(interval_s * 3)  # the code server is up and the sensors have ticked once
+        landed = time.time()
+        for name in names:
+            folder = work / "fan" / "lakerelay" / "landing" / name
+            folder.mkdir(parents=True, exist_ok=True)
+            lines = b"".join(b'{"n": %d, "feed": "%s"}\n' % (i, name.encode()) for i in range(records))
+            (folder / ".incoming").write_bytes(lines)
+            os.replace(folder / ".incoming", folder / "file-0001.json")
+        deadline = landed + timeout_s
+        while len(arrived) < feeds and time.time() < deadline:
+            for name in names:
+                if name not in arrived and (
+                    sink.es_count(f"logs-{name}") >= records
+                    and sink.hec_count(name) >= records
+                    and len(sink.generic_records(name)) >= records
+                ):
+                    arrived[name] = time.time() - landed
+            time.sleep(0.2)
+    finally:
+        stop_daemon(daemon)
+        spark_connect.stop(connect_dir)
+        sink.stop()
+    os.environ["DAGSTER_HOME"] = str(work / "fan" / "dagster_home")
+    with dg.DagsterInstance.get() as instance:
+        runs = {}
+        for record in instance.get_run_records(dg.RunsFilter(job_name=None)):
+            job = record.dagster_run.job_name
+            if job.startswith("relay_") and record.end_time:
+                # The run's own time: from its creation (queue, launch, code load) to its end.
+                runs[job.removeprefix("relay_")] = record.end_time - record.create_timestamp.timestamp()
+    slack = [arrived[n] - (2 * interval_s + runs.get(n, 0.0)) for n in arrived]
+    for name in names:
+        print(
+            f"  {name}: in every destination after {arrived.get(name, float('nan')):.1f} s, its relay run took {runs.get(name, float('nan')):.1f} s from creation to end"
+        )
+    return {
+        "fan_in_feeds": feeds,
+        "fan_in_arrived": len(arrived),
+        "fan_in_max_s": round(max(arrived.values(), default=float("nan")), 1),
+        "fan_in_over_bound_max_s": round(max(slack, default=float("nan")), 1),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--feeds", type=int, default=50)
@@ -165,6 +244,10 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=60.0)
     parser.add_argument("--idle", type=float, default=120.0, help="seconds of the idle window")
     parser.add_argument("--skip-daemon", action="store_true")
+    parser.add_argument(
+        "--fan-in", type=int, default=10, help="feeds that each get one file at once (0: skip)"
+    )
+    parser.add_argument("--fan-in-interval", type=int, default=5, help="sensor interval of that run, seconds")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="lakerelay-bench-feeds-"))
     try:
@@ -194,6 +277,8 @@ def main() -> None:
                 "cadence_max_s": round(max(cadence.values(), default=float("nan")), 1),
                 "interval_s": args.interval,
             }
+        if args.fan_in:
+            figures |= fan_in(work / "fan_in", args.fan_in, args.fan_in_interval, 100, timeout_s=600)
         print(" ".join(f"{k}={v}" for k, v in figures.items()))
     finally:
         shutil.rmtree(work, ignore_errors=True)
