@@ -9,6 +9,7 @@ import warnings
 import dagster as dg
 
 from pipelines import deployment
+from pipelines.continuous.defs import continuous_defs, with_continuous_freshness
 from pipelines.export.assets import export_defs
 from pipelines.feeds import EVENTS_FEED, FeedSpec
 from pipelines.ingest.defs import ingest_defs
@@ -28,13 +29,16 @@ def build_defs(resources: dict, feeds: list[FeedSpec] = FEEDS) -> dg.Definitions
     status = deployment.sensors_default_status()
     interval = deployment.sensor_interval_seconds()
     sinks = {key: resources[key] for key in SINK_KEYS if key in resources}
-    return dg.Definitions.merge(
+    triggered = [feed for feed in feeds if feed.mode == "triggered"]
+    merged = dg.Definitions.merge(
         ingest_defs(feeds, status, interval),
         post_defs(feeds, sinks, status, interval, deployment.retry_backoff_s()),
-        relay_defs(feeds, list(sinks), status, interval),
+        relay_defs(triggered, list(sinks), status, interval),
+        continuous_defs(feeds, list(sinks), status, interval),
         export_defs(feeds, storage=resources.get("export_storage")),
         dg.Definitions(sensors=[build_failure_sensor()], resources=resources),
     )
+    return with_continuous_freshness(merged, feeds, list(sinks))
 
 
 _lake = deployment.lake_resource()

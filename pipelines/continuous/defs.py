@@ -1,0 +1,72 @@
+"""Continuous mode's share of the Definitions: per feed with ``mode: continuous``, its job and keeper
+sensor; and the FreshnessPolicy of its sink assets (``with_continuous_freshness``)."""
+
+import hashlib
+import warnings
+from pathlib import Path
+
+import dagster as dg
+
+from pipelines.continuous.job import build_continuous_job, continuous_job_name
+from pipelines.continuous.report import FRESHNESS
+from pipelines.feeds import FeedSpec
+from pipelines.post.job import sink_asset_key
+from sensors.continuous import build_keeper_sensor
+
+_PROJECT = Path(__file__).resolve().parents[2]
+_CODE_FOLDERS = ("pipelines", "resources", "sensors")
+
+
+def code_version() -> str:
+    """A digest of lakerelay's Python source: a continuous run on other code is replaced by the keeper."""
+    digest = hashlib.sha256()
+    for folder in _CODE_FOLDERS:
+        for path in sorted((_PROJECT / folder).rglob("*.py")):
+            digest.update(str(path.relative_to(_PROJECT)).encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def continuous_feeds(feeds: list[FeedSpec]) -> list[FeedSpec]:
+    return [feed for feed in feeds if feed.mode == "continuous"]
+
+
+def continuous_defs(
+    feeds: list[FeedSpec],
+    sink_keys: list[str],
+    sensor_status: dg.DefaultSensorStatus,
+    sensor_interval_s: int,
+) -> dg.Definitions:
+    """The continuous job and keeper sensor of each of ``feeds`` in continuous mode (others: nothing)."""
+    version = code_version()
+    chosen = continuous_feeds(feeds)
+    return dg.Definitions(
+        jobs=[build_continuous_job(feed, sink_keys, version) for feed in chosen],
+        sensors=[
+            build_keeper_sensor(
+                feed.name,
+                continuous_job_name(feed),
+                version,
+                minimum_interval_seconds=sensor_interval_s,
+                default_status=sensor_status,
+            )
+            for feed in chosen
+        ],
+    )
+
+
+def with_continuous_freshness(
+    defs: dg.Definitions, feeds: list[FeedSpec], sink_keys: list[str]
+) -> dg.Definitions:
+    """``defs`` with a FreshnessPolicy on the sink assets of continuous feeds: the continuous run
+    reports each about once a minute while it keeps up, so one not reported for minutes is late."""
+    keys = {sink_asset_key(key, feed) for feed in continuous_feeds(feeds) for key in sink_keys}
+    if not keys:
+        return defs
+    with warnings.catch_warnings():  # "in preview": the call is the documented way to change specs
+        warnings.simplefilter("ignore", dg.PreviewWarning)
+        return defs.map_asset_specs(
+            func=lambda spec: (
+                spec.replace_attributes(freshness_policy=FRESHNESS) if spec.key in keys else spec
+            )
+        )
