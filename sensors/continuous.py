@@ -84,7 +84,7 @@ def build_keeper_sensor(
         instance = context.instance
         cursor = KeeperCursor.parse(context.cursor)
         records = instance.get_run_records(dg.RunsFilter(tags={CONTINUOUS_TAG: feed_name}), limit=20)
-        live = []
+        live, marked = [], False
         for record in records:
             run = record.dagster_run
             if run.status not in UNFINISHED:
@@ -95,7 +95,13 @@ def build_keeper_sensor(
                 instance.report_run_failed(
                     run, f"no heartbeat from the continuous run for {stale_after_s:.0f}s: its process is gone"
                 )
-                context.log.warning(f"run {run.run_id} of feed {feed_name} stopped beating: marked failed")
+                cursor.failures += 1
+                cursor.retry_at = now + backoff_s(cursor.failures, False, backoff_first_s, backoff_max_s)
+                cursor.seen_end, marked = run.run_id, True  # its backoff is counted here, from now
+                context.log.warning(
+                    f"run {run.run_id} of feed {feed_name} stopped beating: marked failed; a new one in "
+                    f"{cursor.retry_at - now:.0f}s"
+                )
                 continue
             live.append(run)
         if live:
@@ -116,7 +122,7 @@ def build_keeper_sensor(
             if not requested:  # the daemon creates the run right after the tick that asked for it
                 return dg.SkipReason(f"run {cursor.run_key} was requested")
         ended = next((r for r in records if r.dagster_run.status not in UNFINISHED), None)
-        if ended is not None and ended.dagster_run.run_id != cursor.seen_end:
+        if not marked and ended is not None and ended.dagster_run.run_id != cursor.seen_end:
             cursor.seen_end = ended.dagster_run.run_id
             run = ended.dagster_run
             if run.status in (dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED) and not run.tags.get(
