@@ -6,11 +6,13 @@ stopped the way the UI stops a run: a termination request through the instance's
 """
 
 import dataclasses
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+import boto3
 import dagster as dg
 import pytest
 
@@ -20,7 +22,8 @@ from pipelines.feeds import EVENTS_FEED
 from resources.sinks.resource import ElasticsearchSinkResource, SplunkHecSinkResource
 from sensors.continuous import CONTINUOUS_TAG, read_heartbeat
 
-from helpers import delta_table, land_events, local_lake
+from fixtures_s3 import S3Settings
+from helpers import delta_table, json_lines, land_events, local_lake, s3_lake
 
 pytestmark = pytest.mark.integration
 
@@ -68,8 +71,8 @@ class ContinuousRun:
 
 
 @contextmanager
-def continuous_run(lake, sink_url: str, spark_resource, **config) -> Iterator[ContinuousRun]:
-    job = build_continuous_job(FEED, SINKS, "test-version")
+def continuous_run(lake, sink_url: str, spark_resource, feed=FEED, **config) -> Iterator[ContinuousRun]:
+    job = build_continuous_job(feed, SINKS, "test-version")
     with dg.instance_for_test() as instance:
         result: dict = {}
 
@@ -145,3 +148,109 @@ def test_termination_finishes_the_micro_batch_in_flight(tmp_path, sink_server, s
     assert sink_server.es_count("events") == total
     assert sink_server.hec_count("main") == total
     assert run.result["result"].success
+
+
+class RequestLog(logging.Handler):
+    """The moto server's access log (werkzeug's, one line per HTTP request), kept for counting."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+    def landing_lists(self) -> int:
+        """ListObjects calls on the landing zone (``GET /<bucket>?list-type=2&prefix=landing…``)."""
+        return sum(
+            1 for line in list(self.lines) if "GET /" in line and "list-type=2" in line and "landing" in line
+        )
+
+    def queue_calls(self) -> int:
+        """SQS calls (JSON protocol: ``POST /``)."""
+        return sum(1 for line in list(self.lines) if '"POST / HTTP' in line)
+
+
+@pytest.fixture
+def counted_moto() -> Iterator[tuple[str, RequestLog]]:
+    """A moto server in this process (so its access log can be counted), on a free port of 127.0.0.1."""
+    from moto.server import ThreadedMotoServer
+
+    log = RequestLog()
+    werkzeug = logging.getLogger("werkzeug")
+    werkzeug.addHandler(log)
+    werkzeug.setLevel(logging.INFO)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield f"http://{host}:{port}", log
+    finally:
+        server.stop()
+        werkzeug.removeHandler(log)
+
+
+def events(start: int, count: int) -> bytes:
+    return json_lines(
+        *(
+            {
+                "event_id": f"s3-{i}",
+                "ts": f"2026-11-01T00:00:{i % 60:02d}Z",
+                "severity": "info",
+                "bytes_in": i,
+            }
+            for i in range(start, start + count)
+        )
+    )
+
+
+def test_s3_landing_by_sqs_notifications_lists_nothing_while_idle(counted_moto, sink_server, spark_resource):
+    endpoint, requests_seen = counted_moto
+    s3 = S3Settings(endpoint_url=endpoint, bucket="continuous")
+    s3.client().create_bucket(Bucket=s3.bucket)
+    sqs = boto3.client(
+        "sqs",
+        endpoint_url=endpoint,
+        region_name=s3.region,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+    queue_url = sqs.create_queue(QueueName="landing-events")["QueueUrl"]
+    queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"][
+        "QueueArn"
+    ]
+    s3.client().put_bucket_notification_configuration(
+        Bucket=s3.bucket,
+        NotificationConfiguration={
+            "QueueConfigurations": [
+                {
+                    "QueueArn": queue_arn,
+                    "Events": ["s3:ObjectCreated:*"],
+                    "Filter": {"Key": {"FilterRules": [{"Name": "prefix", "Value": "landing/events/"}]}},
+                }
+            ]
+        },
+    )
+    lake = s3_lake(s3)
+    feed = dataclasses.replace(FEED, notification_queue=queue_url)
+    with continuous_run(lake, sink_server.url, spark_resource, feed=feed) as run:
+        s3.client().put_object(Bucket=s3.bucket, Key="landing/events/a.json", Body=events(0, 20))
+        wait_for(in_both_sinks(sink_server, 20), TIMEOUT_S, "the first S3 file in both sinks")
+        # The notification of the first file may still be in the queue: after three polls it is not.
+        polls = requests_seen.queue_calls()
+        wait_for(lambda: requests_seen.queue_calls() >= polls + 3, 120, "the queue drained")
+        # Idle: the run long-polls the queue (5 s a call) and lists nothing.
+        lists_before, polls_before = requests_seen.landing_lists(), requests_seen.queue_calls()
+        wait_for(
+            lambda: requests_seen.queue_calls() >= polls_before + 3, 120, "three idle polls of the queue"
+        )
+        assert requests_seen.landing_lists() == lists_before, (
+            "an idle continuous feed listed its landing zone"
+        )
+        s3.client().put_object(Bucket=s3.bucket, Key="landing/events/b.json", Body=events(20, 15))
+        wait_for(in_both_sinks(sink_server, 35), TIMEOUT_S, "the notified S3 file in both sinks")
+        assert requests_seen.landing_lists() > lists_before  # the notification was followed by a listing
+        run.terminate()
+        run.thread.join(TIMEOUT_S)
+        assert not run.thread.is_alive()
+    assert len(set(sink_server.es_ids("events"))) == 35 and sink_server.hec_count("main") == 35

@@ -40,11 +40,11 @@ class Watcher(Protocol):
 
 
 class _Backfill:
-    """Due every ``interval_s`` of the injected monotonic clock, and once at the start."""
+    """Due every ``interval_s`` of the injected monotonic clock (the loop's first pass is the first)."""
 
     def __init__(self, interval_s: float, clock: Callable[[], float]) -> None:
         self.interval_s, self.clock = interval_s, clock
-        self.last = float("-inf")
+        self.last = clock()
 
     def due(self) -> bool:
         now = self.clock()
