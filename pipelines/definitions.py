@@ -9,7 +9,7 @@ import warnings
 import dagster as dg
 
 from pipelines import deployment
-from pipelines.continuous.defs import continuous_defs, with_continuous_freshness
+from pipelines.continuous.defs import continuous_defs, with_continuous_freshness, without_table_sensors
 from pipelines.export.assets import export_defs
 from pipelines.feeds import EVENTS_FEED, FeedSpec
 from pipelines.ingest.defs import ingest_defs
@@ -32,7 +32,9 @@ def build_defs(resources: dict, feeds: list[FeedSpec] = FEEDS) -> dg.Definitions
     triggered = [feed for feed in feeds if feed.mode == "triggered"]
     merged = dg.Definitions.merge(
         ingest_defs(feeds, status, interval),
-        post_defs(feeds, sinks, status, interval, deployment.retry_backoff_s()),
+        without_table_sensors(
+            post_defs(feeds, sinks, status, interval, deployment.retry_backoff_s()), feeds, list(sinks)
+        ),
         relay_defs(triggered, list(sinks), status, interval),
         continuous_defs(feeds, list(sinks), status, interval),
         export_defs(feeds, storage=resources.get("export_storage")),

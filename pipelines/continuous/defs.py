@@ -10,7 +10,7 @@ import dagster as dg
 from pipelines.continuous.job import build_continuous_job, continuous_job_name
 from pipelines.continuous.report import FRESHNESS
 from pipelines.feeds import FeedSpec
-from pipelines.post.job import sink_asset_key
+from pipelines.post.job import post_job_name, sink_asset_key
 from sensors.continuous import build_keeper_sensor
 
 _PROJECT = Path(__file__).resolve().parents[2]
@@ -70,3 +70,23 @@ def with_continuous_freshness(
                 spec.replace_attributes(freshness_policy=FRESHNESS) if spec.key in keys else spec
             )
         )
+
+
+def without_table_sensors(
+    post: dg.Definitions, feeds: list[FeedSpec], sink_keys: list[str]
+) -> dg.Definitions:
+    """The post domain's Definitions without the table sensors of continuous feeds.
+
+    Their continuous run posts each micro-batch and retries a failing sink itself; a post run the
+    table sensor requested would only take the sink's lease from it while it settles (and the run
+    would wait up to lease_wait_s for it). The post jobs stay, to run by hand.
+    """
+    jobs = {post_job_name(key, feed) for feed in continuous_feeds(feeds) for key in sink_keys}
+    return dg.Definitions(
+        assets=post.assets,
+        asset_checks=post.asset_checks,
+        jobs=post.jobs,
+        schedules=post.schedules,
+        sensors=[sensor for sensor in post.sensors or [] if sensor.job_name not in jobs],
+        resources=post.resources,
+    )
