@@ -192,12 +192,14 @@ def run_breakdown(dagster_home: Path, written: list[float]) -> dict[str, float]:
     return {name: round(statistics.median(values), 2) for name, values in stages.items() if values}
 
 
-def continuous_run_processes(daemon: subprocess.Popen) -> list[psutil.Process]:
-    """The continuous run's worker (``dagster api execute_run``, under the daemon's code server) and its children."""
+def continuous_run_processes(dagster_home: Path) -> list[psutil.Process]:
+    """The continuous run's worker (``dagster api execute_run`` of this instance) and its children."""
     found = []
-    for process in psutil.Process(daemon.pid).children(recursive=True):
+    for process in psutil.process_iter():
         try:
-            if "execute_run" in " ".join(process.cmdline()):
+            if "execute_run" in " ".join(process.cmdline()) and process.environ().get("DAGSTER_HOME") == str(
+                dagster_home
+            ):
                 found.extend([process, *process.children(recursive=True)])
         except psutil.Error:
             continue
@@ -310,7 +312,7 @@ def main() -> None:
         watcher.poll()
         idle: dict[str, float] = {}
         if args.mode == "continuous" and args.idle > 0:
-            run_processes = continuous_run_processes(processes[0])
+            run_processes = continuous_run_processes(dagster_home)
             spark = [psutil.Process(connect.pid)]
             before_spark = cpu_seconds(spark)
             idle["idle_cpu_pct"] = idle_cpu_pct(run_processes, args.idle)

@@ -2,6 +2,7 @@
 what the definitions hold for a feed in continuous mode."""
 
 import dataclasses
+import os
 from datetime import timedelta
 
 import dagster as dg
@@ -10,7 +11,7 @@ import pytest
 
 from pipelines.continuous.defs import continuous_defs, with_continuous_freshness, without_table_sensors
 from pipelines.continuous.report import CoalescedReport
-from pipelines.continuous.watchers import landed_keys
+from pipelines.continuous.watchers import FolderWatcher, landed_keys
 from pipelines.feeds import EVENTS_FEED, feed_from_mapping
 from pipelines.post.defs import post_defs
 from resources.sinks.resource import ElasticsearchSinkResource
@@ -112,3 +113,21 @@ def test_continuous_feeds_get_a_job_a_keeper_freshness_and_no_table_sensor():
     policy = graph.get(dg.AssetKey(["sinks", "events_in_es"])).freshness_policy
     assert policy is not None and policy.fail_window.to_timedelta() == timedelta(minutes=5)
     assert graph.get(dg.AssetKey(["sinks", "other_in_es"])).freshness_policy is None
+
+
+def test_the_folder_watcher_wakes_on_a_rename_from_outside_and_on_close_not_on_creation(tmp_path):
+    landing, outside = tmp_path / "landing", tmp_path / "staging"
+    landing.mkdir()
+    outside.mkdir()
+    watcher = FolderWatcher(str(landing), backfill_s=3600)
+    try:
+        (outside / "a.json").write_bytes(b'{"n": 1}\n')
+        os.replace(outside / "a.json", landing / "a.json")  # what bench.freshness and many shippers do
+        assert watcher.wait(30)
+        with (landing / "b.json").open("wb") as writer:  # written in place: not taken while open
+            writer.write(b'{"n": 2}\n')
+            writer.flush()
+            assert not watcher.wait(0.5)
+        assert watcher.wait(30)  # closed: now it is
+    finally:
+        watcher.close()

@@ -121,6 +121,7 @@ def run_continuous(
                 ingest=lambda: ingest_feed(feed, lake, max_batches=config.max_batches, log=log),
                 post=lambda: post_to_sinks(context, lake, sinks, spark_session, feed, config.post),
                 max_batches=config.max_batches,
+                settle_s=max(0.25, feed.settle_time_s()),
             )
             context.log.info(
                 f"continuous relay of feed {feed.name!r} to {', '.join(sink_keys)}: waiting for files "

@@ -30,6 +30,7 @@ class LoopSteps:
     ingest: Callable[[], IngestReport]
     post: Callable[[], dict[str, SinkOutcome]]
     max_batches: int  # per ingest call: more committed means a backlog is left
+    settle_s: float = 0.0  # the feed's settle_time: when to look again at files held back by it
 
 
 def backoff_s(failures: int, first_s: float, max_s: float) -> float:
@@ -83,6 +84,9 @@ def run_loop(
                 failures = 0
         done += 1
         due = len(ingested.batches) >= steps.max_batches  # a backlog is left: go on at once
+        if ingested.unsettled_files and retry_at is None:
+            # Files still inside the feed's settle_time: no event will come for them, look again then.
+            retry_at = clock() + steps.settle_s
         _report_if_due(report, emit)
     emit(report.events())  # the last window, whatever its length
     return done

@@ -58,10 +58,19 @@ class _Backfill:
 
 
 class _WakeOnLanding(FileSystemEventHandler):
-    """Sets ``woken`` when a file is finished in the folder: closed after writing, or renamed in."""
+    """Sets ``woken`` when a file is finished in the folder: closed after writing, or renamed in.
 
-    def __init__(self, woken: threading.Event) -> None:
+    A file being written in place is not taken at its creation, only when its writer closes it
+    (inotify's close-after-write); ``wake_on_created`` is for observers that report no close.
+    """
+
+    def __init__(self, woken: threading.Event, wake_on_created: bool = False) -> None:
         self.woken = woken
+        self.wake_on_created = wake_on_created
+
+    def on_created(self, event: FileSystemEvent) -> None:
+        if self.wake_on_created:
+            self.woken.set()
 
     def on_closed(self, event: FileSystemEvent) -> None:
         if not event.is_directory:
@@ -77,9 +86,19 @@ class FolderWatcher:
     def __init__(self, folder: str, backfill_s: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.woken = threading.Event()
         self.backfill = _Backfill(backfill_s, clock)
-        self.observer = Observer()
+        try:
+            from watchdog.observers.inotify import InotifyObserver
+
+            # Full events: a file renamed in from outside the folder is a move (inotify's IN_MOVED_TO),
+            # not a creation that a writer may still be filling.
+            self.observer = InotifyObserver(generate_full_events=True)
+            inotify = True
+        except (ImportError, OSError):  # not Linux: the platform's observer, which may report no close
+            self.observer, inotify = Observer(), False
         self.observer.daemon = True
-        self.observer.schedule(_WakeOnLanding(self.woken), folder, recursive=True)
+        self.observer.schedule(
+            _WakeOnLanding(self.woken, wake_on_created=not inotify), folder, recursive=True
+        )
         self.observer.start()
 
     def wait(self, timeout_s: float) -> bool:
