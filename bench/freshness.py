@@ -224,6 +224,15 @@ def idle_cpu_pct(processes: list[psutil.Process], seconds: float) -> float:
     return round(100 * (cpu_seconds(processes) - before) / (time.monotonic() - started), 2)
 
 
+def wait_until_ready(heartbeat: Path, timeout_s: float = 600) -> None:
+    """Until the continuous run says it waits for files (as the streaming peer's ``ready`` file does)."""
+    deadline = time.monotonic() + timeout_s
+    while not (heartbeat.exists() and orjson.loads(heartbeat.read_bytes()).get("ready")):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the continuous run did not get ready in {timeout_s:.0f}s ({heartbeat})")
+        time.sleep(0.5)
+
+
 def write_continuous_feeds(home: Path) -> Path:
     """A feeds file with the embedded events feed in continuous mode."""
     from pipelines.feeds import EVENTS_FEED
@@ -288,6 +297,8 @@ def main() -> None:
         if not args.no_peer:
             processes.append(start_peer(work / "peer-landing", sink.url, work / "peer", work / "peer.log"))
         watcher.start()
+        if args.mode == "continuous":
+            wait_until_ready(home / "lake" / "_lakerelay" / "continuous" / "events.json")
 
         files = int(args.duration // args.interval)
         written: list[float] = []

@@ -29,9 +29,10 @@ HEARTBEAT_EVERY_S = 10.0
 STALE_AFTER_S = 90.0
 
 
-def write_heartbeat(lake: LakeResource, feed_name: str, run_id: str, now: float) -> None:
-    """The continuous run says it is alive (a small state file, every ``HEARTBEAT_EVERY_S``)."""
-    lake.write_state({"run_id": run_id, "at": now}, "continuous", f"{feed_name}.json")
+def write_heartbeat(lake: LakeResource, feed_name: str, run_id: str, now: float, ready: bool = False) -> None:
+    """The continuous run says it is alive (a small state file, every ``HEARTBEAT_EVERY_S``), and
+    whether it is waiting for files yet (``ready``: Spark warmed up, the watcher started)."""
+    lake.write_state({"run_id": run_id, "at": now, "ready": ready}, "continuous", f"{feed_name}.json")
 
 
 def read_heartbeat(lake: LakeResource, feed_name: str) -> dict | None:
