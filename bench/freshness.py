@@ -24,6 +24,7 @@ prints the CPU the continuous run's process (and the Spark Connect server) used 
 """
 
 import argparse
+import contextlib
 import os
 import shutil
 import signal
@@ -193,16 +194,24 @@ def run_breakdown(dagster_home: Path, written: list[float]) -> dict[str, float]:
 
 
 def continuous_run_processes(dagster_home: Path) -> list[psutil.Process]:
-    """The continuous run's worker (``dagster api execute_run`` of this instance) and its children."""
+    """The continuous run's worker of this instance and its children.
+
+    The daemon's code server starts a run worker as a ``multiprocessing`` spawn child (Dagster 1.13's
+    default launcher), or as ``dagster api execute_run``.
+    """
     found = []
     for process in psutil.process_iter():
         try:
-            if "execute_run" in " ".join(process.cmdline()) and process.environ().get("DAGSTER_HOME") == str(
-                dagster_home
-            ):
+            command = " ".join(process.cmdline())
+            if ("execute_run" in command or "spawn_main" in command) and process.environ().get(
+                "DAGSTER_HOME"
+            ) == str(dagster_home):
                 found.extend([process, *process.children(recursive=True)])
         except psutil.Error:
             continue
+    for process in found:
+        with contextlib.suppress(psutil.Error):
+            print(f"idle CPU of pid {process.pid}: {' '.join(process.cmdline())[:120]}", flush=True)
     return found
 
 

@@ -212,8 +212,14 @@ def _drain(events: queue.Queue, timeout_s: float) -> Iterator[dg.AssetMaterializ
 
 def warm_up(spark: SparkSession, post: PostConfig) -> None:
     """What the first micro-batch would otherwise pay: the session, and the executors' code and check."""
-    spark.range(1).count()
-    prepare_executors(spark, post.max_tasks or default_parallelism(spark), post.check_executors)
+    slots = post.max_tasks or default_parallelism(spark)
+    prepare_executors(spark, slots, post.check_executors)
+
+    def passthrough(batches):  # nested: pickled by value, the executors import nothing for it
+        yield from batches
+
+    # One Arrow task per slot: the Python workers the posts use are started now, not on the first file.
+    spark.range(slots, numPartitions=slots).mapInArrow(passthrough, "id long").collect()
 
 
 def _beat(
