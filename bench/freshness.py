@@ -258,6 +258,30 @@ def write_continuous_feeds(home: Path) -> Path:
     return path
 
 
+def continuous_breakdown(dagster_home: Path) -> list[dict[str, float]]:
+    """The continuous run's coalesced reports (about one a minute): per window, the median seconds of a
+    micro-batch's ingest, each sink's post, and the whole micro-batch."""
+    from dagster import AssetKey, DagsterInstance
+    from dagster._core.instance.ref import InstanceRef
+
+    keys = {
+        "ingest_s": (AssetKey("events"), "continuous_window_ingest_s_median"),
+        "micro_batch_s": (AssetKey("events"), "continuous_window_micro_batch_s_median"),
+        "micro_batch_max_s": (AssetKey("events"), "continuous_window_micro_batch_s_max"),
+        "post_es_s": (AssetKey(["sinks", "events_in_elasticsearch"]), "continuous_window_post_s_median"),
+        "post_hec_s": (AssetKey(["sinks", "events_in_splunk"]), "continuous_window_post_s_median"),
+    }
+    windows: dict[int, dict[str, float]] = {}
+    with DagsterInstance.from_ref(InstanceRef.from_dir(str(dagster_home))) as instance:
+        for name, (key, field) in keys.items():
+            records = instance.fetch_materializations(key, limit=50).records
+            for index, record in enumerate(sorted(records, key=lambda r: r.timestamp)):
+                value = record.asset_materialization.metadata.get(field)
+                if value is not None:
+                    windows.setdefault(index, {})[name] = value.value
+    return [windows[i] for i in sorted(windows)]
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
@@ -372,6 +396,9 @@ def main() -> None:
     if args.mode == "triggered":
         breakdown = run_breakdown(dagster_home, written)
         print("lakerelay relay runs, median seconds per stage (from the Dagster instance):", breakdown)
+    else:
+        for window in continuous_breakdown(dagster_home):
+            print("continuous run, one report window, median seconds per micro-batch:", window)
     results.update(idle)
     if args.keep:
         print(f"working folder: {work}")

@@ -61,7 +61,7 @@ def run_loop(
                 _report_if_due(report, emit)
                 continue
         due, retry_at = False, None
-        discovered_at = wall()
+        discovered_at, started = wall(), clock()
         try:
             ingested = steps.ingest()
         except Exception as exc:
@@ -72,11 +72,14 @@ def run_loop(
                 f"{retry_at - clock():.0f}s"
             )
             continue
+        ingest_s = clock() - started
         report.ingested(ingested.rows, ingested.files, ingested.delta_version, discovered_at)
         behind = [key for key, tally in report.sinks.items() if tally.lag_records or tally.last_error]
         if ingested.batches or ingested.replayed_batches or behind or done == 0:
             outcomes = steps.post()
             failed = _settle(report, outcomes, log)
+            if ingested.rows:
+                report.timed(ingest_s, clock() - started, {k: o.seconds for k, o in outcomes.items()})
             if failed:
                 failures += 1
                 retry_at = clock() + backoff_s(failures, RETRY_FIRST_S, retry_max_s)

@@ -8,6 +8,7 @@ warnings and errors reach Dagster's event log, so it does not grow with micro-ba
 """
 
 import logging
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -70,6 +71,7 @@ class QuietContext:
 class SinkOutcome:
     posted: list[dict] = field(default_factory=list)  # the metadata of each settled post
     error: BaseException | None = None
+    seconds: float = 0.0  # wall time of this sink's post
 
 
 def post_to_sinks(
@@ -103,10 +105,12 @@ def post_to_sinks(
             sink_asset_key(key, feed),
             config,
         )
+        started = time.perf_counter()
         try:
             run_post(run)
         except Exception as exc:  # dg.Failure included: reported, retried by the loop
             outcome.error = exc
+        outcome.seconds = time.perf_counter() - started
         return outcome
 
     with ThreadPoolExecutor(max(1, len(sinks)), thread_name_prefix="continuous-post") as pool:

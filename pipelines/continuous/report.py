@@ -7,6 +7,7 @@ of them has waited. A sink that is behind and posted nothing in a window gets no
 its FreshnessPolicy (``FRESHNESS``) turns the route late in the UI.
 """
 
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ class SinkTally:
     lag_records: int = 0  # ingested by this run, not settled in this sink yet
     behind_since: float | None = None  # wall time the oldest of those was discovered
     last_error: str = ""
+    window_post_s: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -49,6 +51,8 @@ class CoalescedReport:
     delta_version: int = -1
     sinks: dict[str, SinkTally] = field(default_factory=dict)
     last_report: float = 0.0
+    window_ingest_s: list[float] = field(default_factory=list)
+    window_micro_batch_s: list[float] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.sinks = {key: SinkTally() for key in self.sink_keys}
@@ -81,6 +85,13 @@ class CoalescedReport:
         tally.window_records += records
         tally.window_posts += 1
 
+    def timed(self, ingest_s: float, micro_batch_s: float, post_s: dict[str, float]) -> None:
+        """How long a micro-batch with records took: its ingest, each sink's post, all of it."""
+        self.window_ingest_s.append(ingest_s)
+        self.window_micro_batch_s.append(micro_batch_s)
+        for key, seconds in post_s.items():
+            self.sinks[key].window_post_s.append(seconds)
+
     def caught_up(self, sink_key: str) -> None:
         """``sink_key`` settled everything in the table as of this micro-batch."""
         tally = self.sinks[sink_key]
@@ -110,6 +121,11 @@ class CoalescedReport:
                     "continuous_window_micro_batches": self.window_micro_batches,
                     "continuous_window_s": round(now - self.last_report, 1),
                     "delta_version": self.delta_version,
+                    "continuous_window_ingest_s_median": _median(self.window_ingest_s),
+                    "continuous_window_micro_batch_s_median": _median(self.window_micro_batch_s),
+                    "continuous_window_micro_batch_s_max": round(
+                        max(self.window_micro_batch_s, default=0.0), 3
+                    ),
                 },
             )
         ]
@@ -130,12 +146,15 @@ class CoalescedReport:
                         "continuous_window_posts": tally.window_posts,
                         "lag_records": tally.lag_records,
                         "lag_s": round(now - tally.behind_since, 3) if tally.behind_since else 0.0,
+                        "continuous_window_post_s_median": _median(tally.window_post_s),
                     },
                 )
             )
         self.window_rows = self.window_micro_batches = 0
+        self.window_ingest_s, self.window_micro_batch_s = [], []
         for tally in self.sinks.values():
             tally.window_records = tally.window_posts = 0
+            tally.window_post_s = []
         self.last_report = now
         return events
 
@@ -144,3 +163,7 @@ def _number(value: object) -> int:
     """An int from a metadata value as ``post_metadata`` builds it (``MetadataValue.int`` or a plain int)."""
     inner = getattr(value, "value", value)
     return int(inner) if isinstance(inner, int | float) else 0
+
+
+def _median(values: list[float]) -> float:
+    return round(statistics.median(values), 3) if values else 0.0
