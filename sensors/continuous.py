@@ -9,7 +9,8 @@ Each tick looks up the feed's continuous runs (tag ``lakerelay/continuous``) in 
   marks such a run ended, and it would hold its pool forever): it is marked failed, as Dagster's run
   monitoring would, and replaced;
 - none: a new one is requested, after a backoff (15 s doubling up to 15 min, the table sensor's) when
-  the last one failed or was canceled, at once when it was replaced for a new code version.
+  the last one failed or was canceled, at once when it was replaced for a new code version. A run that
+  lived longer than the longest backoff starts the count of failures in a row anew.
 """
 
 import json
@@ -114,7 +115,13 @@ def build_keeper_sensor(
                     f"run {run.run_id} runs code version {run.tags.get(CODE_VERSION_TAG)}, not {code_version}: "
                     "terminating it (it finishes its micro-batch); its replacement follows"
                 )
-            return dg.SkipReason(f"run {run.run_id} relays feed {feed_name} ({run.status.value})")
+            relaying = f"run {run.run_id} relays feed {feed_name} ({run.status.value})"
+            started = next((r.start_time for r in records if r.dagster_run.run_id == run.run_id), None)
+            if cursor.failures and started is not None and now - started > backoff_max_s:
+                # It has lived longer than the longest backoff: a later crash starts the count anew.
+                cursor.failures, cursor.retry_at = 0, 0.0
+                return dg.SensorResult(skip_reason=relaying, cursor=cursor.dump())
+            return dg.SkipReason(relaying)
 
         if cursor.run_key and now - cursor.requested_at < REQUEST_GRACE_S:
             requested = instance.get_run_records(

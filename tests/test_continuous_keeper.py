@@ -2,6 +2,7 @@
 tags), its clock injected: one run alive, restarted with backoff after a failure or a kill, replaced on
 a new code version."""
 
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -62,7 +63,7 @@ def finished_run(instance: dg.DagsterInstance, version: str, fail: bool, run_key
 
 
 @contextmanager
-def running_run(instance: dg.DagsterInstance, version: str) -> Iterator[str]:
+def running_run(instance: dg.DagsterInstance, version: str, run_key: str = "") -> Iterator[str]:
     """A STARTED run with the continuous tags that ends when it is asked to (status CANCELING) or at exit."""
     release = threading.Event()
 
@@ -79,7 +80,7 @@ def running_run(instance: dg.DagsterInstance, version: str) -> Iterator[str]:
 
     thread = threading.Thread(
         target=lambda: continuous_events.execute_in_process(
-            instance=instance, tags=tags(version), raise_on_error=False
+            instance=instance, tags=tags(version, run_key), raise_on_error=False
         ),
         daemon=True,
     )
@@ -175,3 +176,29 @@ def test_a_new_code_version_terminates_the_run_then_replaces_it_at_once(tmp_path
             time.sleep(0.05)
     requests, cursor, _ = tick(sensor, instance, lake, cursor)
     assert len(requests) == 1 and requests[0].tags[CODE_VERSION_TAG] == "v2"
+
+
+def test_a_run_that_lived_longer_than_the_longest_backoff_starts_the_failure_count_anew(tmp_path, instance):
+    lake, clock = local_lake(tmp_path), Clock()
+    sensor = build_keeper_sensor(
+        FEED, "continuous_events", "v1", backoff_first_s=15, backoff_max_s=900, clock=clock
+    )
+    requests, cursor, _ = tick(sensor, instance, lake, None)
+    for _ in range(3):  # three crashes in a row: the next wait would be 60 s
+        finished_run(instance, "v1", fail=True, run_key=requests[0].run_key)
+        clock.now = time.time() + 3600
+        requests, cursor, _ = tick(sensor, instance, lake, cursor)
+        assert len(requests) == 1
+    with running_run(instance, "v1", run_key=requests[0].run_key) as run_id:
+        write_heartbeat(lake, FEED, run_id, time.time())
+        clock.now = time.time() + 60
+        requests, cursor, _ = tick(sensor, instance, lake, cursor)
+        assert requests == [] and json.loads(cursor)["failures"] == 3  # alive for a minute: still counted
+        clock.now = time.time() + 901
+        write_heartbeat(lake, FEED, run_id, clock.now)
+        requests, cursor, _ = tick(sensor, instance, lake, cursor)
+        assert requests == [] and json.loads(cursor)["failures"] == 0
+        instance.report_run_failed(instance.get_run_by_id(run_id), "crashed after 15 minutes")
+        clock.now = time.time() + 16  # the first backoff again (15 s), not the fourth (120 s)
+        requests, cursor, _ = tick(sensor, instance, lake, cursor)
+        assert len(requests) == 1

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from pipelines import deployment
 from pipelines.continuous.job import build_continuous_job, continuous_job_name
 from pipelines.continuous.report import FRESHNESS
 from pipelines.feeds import FeedSpec
@@ -40,6 +41,7 @@ def continuous_defs(
     """The continuous job and keeper sensor of each of ``feeds`` in continuous mode (others: nothing)."""
     version = code_version()
     chosen = continuous_feeds(feeds)
+    backoff_first_s, backoff_max_s = deployment.retry_backoff_s()  # the table sensors' backoff
     return dg.Definitions(
         jobs=[build_continuous_job(feed, sink_keys, version) for feed in chosen],
         sensors=[
@@ -49,6 +51,8 @@ def continuous_defs(
                 version,
                 minimum_interval_seconds=sensor_interval_s,
                 default_status=sensor_status,
+                backoff_first_s=backoff_first_s,
+                backoff_max_s=backoff_max_s,
             )
             for feed in chosen
         ],
