@@ -88,7 +88,14 @@ def build_continuous_job(feed: FeedSpec, sink_keys: list[str], code_version: str
         name=continuous_job_name(feed),
         executor_def=dg.in_process_executor,
         config=INFO_LOGS,
-        tags={"lakerelay/feed": feed.name, CONTINUOUS_TAG: feed.name, CODE_VERSION_TAG: code_version},
+        tags={
+            "lakerelay/feed": feed.name,
+            CONTINUOUS_TAG: feed.name,
+            CODE_VERSION_TAG: code_version,
+            # The keeper sensor restarts a failed continuous run (with backoff); Dagster's run retries
+            # would start another beside its replacement.
+            "dagster/max_retries": "0",
+        },
         description=f"The always-on relay of feed {feed.name!r}; its keeper sensor keeps one run alive.",
     )
     def continuous_job() -> None:
