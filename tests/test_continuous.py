@@ -16,7 +16,8 @@ import boto3
 import dagster as dg
 import pytest
 
-from pipelines.continuous.job import build_continuous_job
+from pipelines.continuous.job import ContinuousConfig, build_continuous_job, make_watcher
+from pipelines.continuous.watchers import PollWatcher
 from pipelines.deployment import LOCAL_HEC_TOKEN
 from pipelines.feeds import EVENTS_FEED
 from resources.sinks.resource import ElasticsearchSinkResource, SplunkHecSinkResource
@@ -254,3 +255,15 @@ def test_s3_landing_by_sqs_notifications_lists_nothing_while_idle(counted_moto, 
         run.thread.join(TIMEOUT_S)
         assert not run.thread.is_alive()
     assert len(set(sink_server.es_ids("events"))) == 35 and sink_server.hec_count("main") == 35
+
+
+def test_an_s3_landing_without_a_queue_is_probed_by_listing(s3_settings):
+    lake = s3_lake(s3_settings)
+    stop = threading.Event()
+    watcher = make_watcher(FEED, lake, stop, ContinuousConfig(poll_interval_s=0.1))
+    assert isinstance(watcher, PollWatcher)
+    assert not watcher.wait(0.1) and watcher.probes == 1  # nothing waits
+    s3_settings.client().put_object(Bucket=s3_settings.bucket, Key="landing/events/a.json", Body=events(0, 3))
+    assert watcher.wait(0.1)  # the next probe lists it
+    stop.set()
+    assert not watcher.wait(5)  # a stop request ends a wait at once
