@@ -14,9 +14,17 @@ streaming_lost= streaming_duplicates=`, goals p50 ≤ 15 s, p95 ≤ 30 s, 0 lost
 
     .venv/bin/python -m bench.freshness                     # 3 minutes, a 1,000-event file every 5 s
     .venv/bin/python -m bench.freshness --duration 60 --no-peer
+    .venv/bin/python -m bench.freshness --mode continuous --interval 1 --idle 60
+
+``--mode continuous`` gives the feed ``mode: continuous``: the daemon's keeper sensor starts one
+long-lived run that watches the folder (inotify) and posts each micro-batch; its figures are printed
+as ``continuous_p50_s``/``continuous_p95_s``, and ``--idle N`` then lands nothing for N seconds and
+prints the CPU the continuous run's process (and the Spark Connect server) used meanwhile, as
+``idle_cpu_pct`` and ``idle_cpu_spark_pct`` (percent of one core).
 """
 
 import argparse
+import contextlib
 import os
 import shutil
 import signal
@@ -30,6 +38,7 @@ from collections import Counter
 from pathlib import Path
 
 import orjson
+import psutil
 
 from devtools import spark_connect
 from devtools.dagster_home import prepare as prepare_dagster_home
@@ -184,6 +193,95 @@ def run_breakdown(dagster_home: Path, written: list[float]) -> dict[str, float]:
     return {name: round(statistics.median(values), 2) for name, values in stages.items() if values}
 
 
+def continuous_run_processes(dagster_home: Path) -> list[psutil.Process]:
+    """The continuous run's worker of this instance and its children.
+
+    The daemon's code server starts a run worker as a ``multiprocessing`` spawn child (Dagster 1.13's
+    default launcher), or as ``dagster api execute_run``.
+    """
+    found = []
+    for process in psutil.process_iter():
+        try:
+            command = " ".join(process.cmdline())
+            if ("execute_run" in command or "spawn_main" in command) and process.environ().get(
+                "DAGSTER_HOME"
+            ) == str(dagster_home):
+                found.extend([process, *process.children(recursive=True)])
+        except psutil.Error:
+            continue
+    for process in found:
+        with contextlib.suppress(psutil.Error):
+            print(f"idle CPU of pid {process.pid}: {' '.join(process.cmdline())[:120]}", flush=True)
+    return found
+
+
+def cpu_seconds(processes: list[psutil.Process]) -> float:
+    total = 0.0
+    for process in processes:
+        try:
+            times = process.cpu_times()
+        except psutil.Error:
+            continue
+        total += times.user + times.system + times.children_user + times.children_system
+    return total
+
+
+def idle_cpu_pct(processes: list[psutil.Process], seconds: float) -> float:
+    """Percent of one core ``processes`` used over ``seconds`` of nothing landing."""
+    before, started = cpu_seconds(processes), time.monotonic()
+    time.sleep(seconds)
+    return round(100 * (cpu_seconds(processes) - before) / (time.monotonic() - started), 2)
+
+
+def wait_until_ready(heartbeat: Path, timeout_s: float = 600) -> None:
+    """Until the continuous run says it waits for files (as the streaming peer's ``ready`` file does)."""
+    deadline = time.monotonic() + timeout_s
+    while not (heartbeat.exists() and orjson.loads(heartbeat.read_bytes()).get("ready")):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the continuous run did not get ready in {timeout_s:.0f}s ({heartbeat})")
+        time.sleep(0.5)
+
+
+def write_continuous_feeds(home: Path) -> Path:
+    """A feeds file with the embedded events feed in continuous mode."""
+    from pipelines.feeds import EVENTS_FEED
+
+    path = home / "feeds.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    feed = {
+        "name": "events",
+        "source": "events",
+        "schema_hints": EVENTS_FEED.schema_hints,
+        "mode": "continuous",
+    }
+    path.write_bytes(orjson.dumps({"feeds": [feed]}))
+    return path
+
+
+def continuous_breakdown(dagster_home: Path) -> list[dict[str, float]]:
+    """The continuous run's coalesced reports (about one a minute): per window, the median seconds of a
+    micro-batch's ingest, each sink's post, and the whole micro-batch."""
+    from dagster import AssetKey, DagsterInstance
+    from dagster._core.instance.ref import InstanceRef
+
+    keys = {
+        "ingest_s": (AssetKey("events"), "continuous_window_ingest_s_median"),
+        "micro_batch_s": (AssetKey("events"), "continuous_window_micro_batch_s_median"),
+        "micro_batch_max_s": (AssetKey("events"), "continuous_window_micro_batch_s_max"),
+        "post_es_s": (AssetKey(["sinks", "events_in_elasticsearch"]), "continuous_window_post_s_median"),
+        "post_hec_s": (AssetKey(["sinks", "events_in_splunk"]), "continuous_window_post_s_median"),
+    }
+    windows: dict[int, dict[str, float]] = {}
+    with DagsterInstance.from_ref(InstanceRef.from_dir(str(dagster_home))) as instance:
+        for name, (key, field) in keys.items():
+            records = instance.fetch_materializations(key, limit=50).records
+            for index, record in enumerate(sorted(records, key=lambda r: r.timestamp)):
+                value = record.asset_materialization.metadata.get(field)
+                if value is not None:
+                    windows.setdefault(index, {})[name] = value.value
+    return [windows[i] for i in sorted(windows)]
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
@@ -197,6 +295,12 @@ def main() -> None:
     parser.add_argument("--drain-timeout", type=float, default=180, help="seconds to wait for the last files")
     parser.add_argument("--no-peer", action="store_true", help="lakerelay alone")
     parser.add_argument("--keep", action="store_true", help="keep the working folder")
+    parser.add_argument(
+        "--mode", choices=("triggered", "continuous"), default="triggered", help="the feed's mode"
+    )
+    parser.add_argument(
+        "--idle", type=float, default=0, help="continuous: seconds of idle CPU measured at the end"
+    )
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="lakerelay-freshness-"))
@@ -220,10 +324,14 @@ def main() -> None:
             "LAKERELAY_SENSOR_INTERVAL_S": "1",
             "LAKERELAY_SPARK_REMOTE": connect.url,
         }
+        if args.mode == "continuous":
+            env["LAKERELAY_FEEDS_FILE"] = str(write_continuous_feeds(home))
         processes.append(start_daemon(env, work / "daemon.log"))
         if not args.no_peer:
             processes.append(start_peer(work / "peer-landing", sink.url, work / "peer", work / "peer.log"))
         watcher.start()
+        if args.mode == "continuous":
+            wait_until_ready(home / "lake" / "_lakerelay" / "continuous" / "events.json")
 
         files = int(args.duration // args.interval)
         written: list[float] = []
@@ -246,6 +354,14 @@ def main() -> None:
         watcher.stopping.set()
         watcher.join()
         watcher.poll()
+        idle: dict[str, float] = {}
+        if args.mode == "continuous" and args.idle > 0:
+            run_processes = continuous_run_processes(dagster_home)
+            spark = [psutil.Process(connect.pid)]
+            before_spark = cpu_seconds(spark)
+            idle["idle_cpu_pct"] = idle_cpu_pct(run_processes, args.idle)
+            idle["idle_cpu_spark_pct"] = round(100 * (cpu_seconds(spark) - before_spark) / args.idle, 2)
+            idle["idle_run_processes"] = len(run_processes)
     finally:
         for process in processes:
             stop_group(process)
@@ -253,7 +369,8 @@ def main() -> None:
         sink.stop()
 
     results: dict[str, object] = {}
-    for system, prefix in ((LAKERELAY, "freshness"), (STREAMING, "streaming")):
+    own_prefix = "continuous" if args.mode == "continuous" else "freshness"
+    for system, prefix in ((LAKERELAY, own_prefix), (STREAMING, "streaming")):
         if system not in systems:
             continue
         delays = [t - written[i] for i in range(files) if (t := watcher.fresh_at(system, i)) is not None]
@@ -276,8 +393,13 @@ def main() -> None:
             results[f"{prefix}_p95_s"] = round(percentile(delays, 0.95), 1)
         results[f"{label}lost"] = sum(expected - u for u in unique)
         results[f"{label}duplicates"] = hec_copies - unique[1] + es_copies - unique[0]
-    breakdown = run_breakdown(dagster_home, written)
-    print("lakerelay relay runs, median seconds per stage (from the Dagster instance):", breakdown)
+    if args.mode == "triggered":
+        breakdown = run_breakdown(dagster_home, written)
+        print("lakerelay relay runs, median seconds per stage (from the Dagster instance):", breakdown)
+    else:
+        for window in continuous_breakdown(dagster_home):
+            print("continuous run, one report window, median seconds per micro-batch:", window)
+    results.update(idle)
     if args.keep:
         print(f"working folder: {work}")
     else:

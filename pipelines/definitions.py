@@ -13,6 +13,7 @@ from pathlib import Path
 import dagster as dg
 
 from pipelines import deployment
+from pipelines.continuous.defs import continuous_defs, with_continuous_freshness
 from pipelines.export.assets import export_defs
 from pipelines.export.spec import ExportSpec
 from pipelines.feeds import EVENTS_FEED, FeedSpec
@@ -43,13 +44,16 @@ def build_defs(
     if routes is None:
         sinks = {key: r.asset_kind for key, r in resources.items() if isinstance(r, RestSinkResource)}
         routes = every_sink(feeds, sinks)
-    return dg.Definitions.merge(
+    triggered = [feed for feed in feeds if feed.mode == "triggered"]
+    merged = dg.Definitions.merge(
         ingest_defs(feeds, status, interval),
         post_defs(routes, status, interval, deployment.retry_backoff_s()),
-        relay_defs(feeds, routes, status, interval),
+        relay_defs(triggered, routes, status, interval),
+        continuous_defs(feeds, routes, status, interval),
         export_defs(feeds, exports, storage=resources.get("export_storage")),
         dg.Definitions(sensors=[build_failure_sensor()], resources=resources),
     )
+    return with_continuous_freshness(merged, routes)
 
 
 def deployment_topology() -> Topology:

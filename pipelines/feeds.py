@@ -27,6 +27,7 @@ HINT_TYPES: dict[str, pa.DataType] = {
 FORMATS = ("json", "json_array", "csv", "parquet")
 EVOLUTION_MODES = ("add_new_columns", "rescue", "fail_on_new_columns", "none")
 LISTING_MODES = ("incremental", "full")
+RELAY_MODES = ("triggered", "continuous")  # continuous: one long-lived run per feed (pipelines/continuous)
 _DURATION = re.compile(
     r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|seconds?|m|min|minutes?|h|hours?|d|days?|w|weeks?)?\s*$"
 )
@@ -88,6 +89,11 @@ class FeedSpec:
     # Spark SQL select expressions added before posting; None = the default enrichment, each
     # expression only where the table has its columns; () = post records as they are.
     enrich: tuple[str, ...] | None = None
+    # "triggered": a sensor starts a run when files land; "continuous": one always-on run per feed.
+    mode: str = "triggered"
+    # Continuous mode on S3: the SQS queue URL that receives the bucket's object-created notifications
+    # (without it the run lists the landing zone every second).
+    notification_queue: str = ""
     description: str = ""
 
     def __post_init__(self) -> None:
@@ -100,6 +106,8 @@ class FeedSpec:
             raise bad("schema_evolution_mode", self.schema_evolution_mode, EVOLUTION_MODES)
         if self.listing not in LISTING_MODES:
             raise bad("listing", self.listing, LISTING_MODES)
+        if self.mode not in RELAY_MODES:
+            raise bad("mode", self.mode, RELAY_MODES)
         if self.max_files_per_batch <= 0 or self.max_bytes_per_batch < 0:
             raise ValueError(f"feed {self.name!r}: max_files_per_batch must be > 0, max_bytes_per_batch >= 0")
         for option in ("backfill_interval", "read_deadline", "settle_time"):

@@ -95,6 +95,16 @@ attributes:
         description="Spark SQL select expressions added before posting (default: the built-in "
         "enrichment where the table has its columns; [] posts records as they are).",
     )
+    mode: Literal["triggered", "continuous"] | None = Field(
+        default=None,
+        description="triggered: a sensor launches a run when files land; continuous: one long-lived run "
+        "relays each file as it lands (docs/operating.md: when to choose which).",
+    )
+    notification_queue: str | None = Field(
+        default=None,
+        description="Continuous mode on S3: the SQS queue URL receiving the bucket's object-created "
+        "notifications (without it the run lists the landing zone every second).",
+    )
     description: str | None = Field(default=None, description="Shown on the feed's asset in the UI.")
 
     def spec(self) -> FeedSpec:

@@ -56,11 +56,14 @@ def post_defs(
     """Per route its asset, check and job; one table sensor for every route (``sensors/fleet.py``)."""
     sink_keys = sorted({route.sink for route in routes})
     jobs = [post_asset_job(route) for route in routes]
+    sensed = [route for route in routes if route.feed.mode != "continuous"]
     return dg.Definitions(
         assets=[build_post_asset(route) for route in routes],
         asset_checks=[build_dead_letter_check(route.asset_key) for route in routes],
         jobs=[*jobs, *(build_replay_job(key) for key in sink_keys)],
-        sensors=[routes_sensor(routes, jobs, sensor_interval_s, sensor_status, backoff_s)] if routes else [],
+        # A continuous feed's run posts on its routes itself: a post the sensor requested would only
+        # take a route's lease from it (its jobs stay, to run by hand).
+        sensors=[routes_sensor(sensed, jobs, sensor_interval_s, sensor_status, backoff_s)] if sensed else [],
     )
 
 

@@ -22,6 +22,18 @@ from sensors.table import FEED_TAG, ROUTE_TAG, SINK_TAG
 POST_RETRY_POLICY = dg.RetryPolicy(max_retries=2, delay=10, backoff=dg.Backoff.EXPONENTIAL)
 
 
+def route_sink(route: RouteSpec, resources: Any) -> RestSinkResource:
+    """The route's sink resource (from ``resources``, the op's) as the route posts to it.
+
+    A route named after its sink keeps the resource's own sink_name (the same name when the sink is
+    declared as a component); a route of its own name settles progress under that name.
+    """
+    declared: RestSinkResource = getattr(resources, route.sink)
+    return declared.for_route(
+        declared.sink_name if route.name == route.sink else route.name, route.destination
+    )
+
+
 def build_post_asset(route: RouteSpec) -> dg.AssetsDefinition:
     """The route's documents in its sink, materialized by one Spark op that posts the new records."""
     feed, sink_key = route.feed, route.sink
@@ -49,12 +61,7 @@ def build_post_asset(route: RouteSpec) -> dg.AssetsDefinition:
     )
     def post_asset(context: dg.AssetExecutionContext, config: PostConfig) -> Iterator[dg.MaterializeResult]:
         lake: LakeResource = context.resources.lake
-        declared: RestSinkResource = getattr(context.resources, sink_key)
-        # A route named after its sink keeps the resource's own sink_name (the same name when the sink
-        # is declared as a component); a route of its own name settles progress under that name.
-        sink = declared.for_route(
-            declared.sink_name if route.name == sink_key else route.name, route.destination
-        )
+        sink = route_sink(route, context.resources)
         try:
             run_post(
                 PostRun(

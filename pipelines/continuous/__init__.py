@@ -1,0 +1,1 @@
+"""Continuous mode: one long-lived run per feed (loop, discovery watchers, coalesced reporting)."""
