@@ -22,6 +22,7 @@ from pipelines.post.dead_letters import DEAD_LETTER_TABLE
 from pipelines.post.defs import table_sensor
 from pipelines.post.job import build_post_job
 from pipelines.post.progress import read_progress
+from pipelines.routes import RouteSpec
 from resources.sinks.resource import ElasticsearchSinkResource
 
 from helpers import local_lake
@@ -153,7 +154,7 @@ def test_a_feed_unlike_the_demo_is_posted_by_its_sensor_with_default_configurati
     ingest_feed(feed, lake)
     sink = ElasticsearchSinkResource(sink_name="es", url=sink_server.url, index="metrics")
     job = build_post_job("elasticsearch", feed)
-    sensor = table_sensor(feed, "elasticsearch", "es", job.name)
+    sensor = table_sensor(RouteSpec(feed, "elasticsearch", name="es"), job.name)
 
     with dg.DagsterInstance.ephemeral() as instance:
         [request] = sensor(dg.build_sensor_context(resources={"lake": lake}, instance=instance)).run_requests

@@ -11,7 +11,8 @@ Measured (bench.export profile, 8k-row batches): returning freed pages at once (
 2.20x the deltalake stream, gzip CSV 1.05x polars) for part of the gain (322 / 341 MB).
 
 This only works if it runs before either library is first imported, hence its import at the top of
-``pipelines/export/__init__.py``, which Python runs before any module of the package; a value already
+``pipelines/__init__.py`` and ``pipelines/export/__init__.py``, which Python runs before any module of
+those packages; a value already
 in the environment is left as it is. Modules imported earlier (``pipelines.deployment``,
 ``resources.lake``) must not import deltalake or polars at their top for the same reason.
 """
