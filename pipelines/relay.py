@@ -7,7 +7,6 @@ sensors stay: they retry a sink that failed and catch up whatever else moved the
 
 from collections.abc import Callable
 from functools import partial
-from typing import Any
 
 import dagster as dg
 
@@ -15,7 +14,6 @@ from pipelines.feeds import FeedSpec
 from pipelines.ingest.discovery import files_waiting
 from pipelines.routes import RouteSpec
 from pipelines.run_defaults import INFO_LOGS
-from resources.lake import LakeResource
 from sensors.fleet import Target, build_fleet_sensor
 from sensors.landing import build_landing_evaluation, build_landing_sensor
 from sensors.table import RELAY_TAG
@@ -66,7 +64,7 @@ def relay_defs(
     """Per feed its relay job; one landing sensor for every feed (``sensors/fleet.py``)."""
     jobs = [relay_job(feed, [r for r in routes if r.feed.name == feed.name]) for feed in feeds]
     targets = [
-        Target(feed.name, relay_job_name(feed), _without_memo(landing_evaluation(feed, relay_job_name(feed))))
+        Target(feed.name, relay_job_name(feed), landing_evaluation(feed, relay_job_name(feed)))
         for feed in feeds
     ]
     sensor = build_fleet_sensor(
@@ -84,10 +82,3 @@ def relay_defs(
 
 def landing_evaluation(feed: FeedSpec, job_name: str) -> Callable:
     return build_landing_evaluation(feed.name, job_name, partial(files_waiting, feed=feed))
-
-
-def _without_memo(evaluate: Callable) -> Callable:
-    def evaluate_tick(context: Any, lake: LakeResource, memo: Any) -> Any:
-        return evaluate(context, lake)
-
-    return evaluate_tick

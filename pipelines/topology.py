@@ -16,7 +16,7 @@ from typing import Any
 import dagster as dg
 from pydantic import ValidationError
 
-from pipelines.components import ElasticsearchSink, Export, Feed, RestSink, Route, SplunkHecSink
+from pipelines.components import Export, Feed, Route
 from pipelines.components.declaration import Declaration, located_errors
 from pipelines.components.sinks import Sink
 from pipelines.export.spec import ExportSpec
@@ -27,7 +27,6 @@ from resources.sinks.template import TemplateError, parse_template
 
 # Destination settings read as templates (resources/sinks/template.py); columns are checked at planning.
 TEMPLATED = ("index", "pipeline", "source", "sourcetype", "host")
-SINK_TYPES: tuple[type[Sink], ...] = (ElasticsearchSink, SplunkHecSink, RestSink)
 
 
 @dataclass(frozen=True)
@@ -54,7 +53,7 @@ def load_topology(
         tree = dg.ComponentTree.for_project(project_root)
     try:
         declared = tree.get_all_components(of_type=Declaration)  # one walk of the defs folder
-        sinks: list[Sink] = [d for d in declared if isinstance(d, SINK_TYPES)]
+        sinks: list[Sink] = [d for d in declared if isinstance(d, Sink)]
         feeds = [d for d in declared if isinstance(d, Feed)]
         routes = [d for d in declared if isinstance(d, Route)]
         exports = [d for d in declared if isinstance(d, Export)]

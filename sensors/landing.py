@@ -23,6 +23,7 @@ from typing import Protocol
 import dagster as dg
 
 from resources.lake import LakeResource
+from sensors.fleet import single_target_sensor
 from sensors.table import (
     BACKOFF_FIRST_S,
     BACKOFF_MAX_S,
@@ -98,7 +99,7 @@ def build_landing_evaluation(
     backoff_first_s: float = BACKOFF_FIRST_S,
     backoff_max_s: float = BACKOFF_MAX_S,
     clock: Callable[[], float] = time.time,
-) -> Callable[[dg.SensorEvaluationContext, LakeResource], dg.SensorResult | dg.SkipReason | dg.RunRequest]:
+) -> Callable[..., dg.SensorResult | dg.SkipReason | dg.RunRequest]:
     """One tick of the landing sensor of a feed: requests job ``job_name`` (in this code location)
     for feed ``feed_name`` when ``files_waiting`` reports files the ingest has not taken, or a full
     listing that is due, and again with backoff while they still wait after the run it requested
@@ -107,7 +108,9 @@ def build_landing_evaluation(
     it instead of sleeping)."""
 
     def landing_sensor(
-        context: dg.SensorEvaluationContext, lake: LakeResource
+        context: dg.SensorEvaluationContext,
+        lake: LakeResource,
+        tick_memo: object = None,  # unused: one listing per feed
     ) -> dg.SensorResult | dg.SkipReason | dg.RunRequest:
         now = clock()
         instance = context.instance
@@ -196,25 +199,14 @@ def build_landing_sensor(
         feed_name, job_name, files_waiting, backoff_first_s, backoff_max_s, clock
     )
 
-    @dg.sensor(
-        name=f"{feed_name}_landing_sensor",
-        job_name=job_name,
-        minimum_interval_seconds=minimum_interval_seconds,
-        default_status=default_status,
-        description=landing_sensor_description(feed_name, job_name),
-    )
-    def landing_sensor(
-        context: dg.SensorEvaluationContext, lake: LakeResource
-    ) -> dg.SensorResult | dg.SkipReason | dg.RunRequest:
-        return evaluate(context, lake)
-
-    return landing_sensor
-
-
-def landing_sensor_description(feed_name: str, job_name: str) -> str:
-    return (
+    return single_target_sensor(
+        f"{feed_name}_landing_sensor",
         f"Launches {job_name} (ingest feed {feed_name!r}, then post it on its routes) when new files land; "
-        "launches it again with backoff after a failed, canceled or dropped run while its files still wait."
+        "launches it again with backoff after a failed, canceled or dropped run while its files still wait.",
+        job_name,
+        evaluate,
+        minimum_interval_seconds,
+        default_status,
     )
 
 

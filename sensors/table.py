@@ -18,6 +18,7 @@ from deltalake.exceptions import TableNotFoundError
 
 from resources.lake import LakeResource
 from resources.sinks.resource import NEEDS_FIX
+from sensors.fleet import single_target_sensor
 
 FEED_TAG = "lakerelay/feed"
 SINK_TAG = "lakerelay/sink"
@@ -224,23 +225,12 @@ def build_table_sensor(
         clock,
     )
 
-    @dg.sensor(
-        name=f"{feed_name}_to_{sink_name}_sensor",
-        job_name=job_name,
-        minimum_interval_seconds=minimum_interval_seconds,
-        default_status=default_status,
-        description=table_sensor_description(feed_name, table_name, sink_name, job_name),
-    )
-    def table_sensor(
-        context: dg.SensorEvaluationContext, lake: LakeResource
-    ) -> dg.SensorResult | dg.SkipReason:
-        return evaluate(context, lake)
-
-    return table_sensor
-
-
-def table_sensor_description(feed_name: str, table_name: str, route: str, job_name: str) -> str:
-    return (
-        f"Requests job {job_name} when table {table_name!r} has commits route {route!r} has not settled and "
-        "no post is in flight; requests it again with backoff after a failed run."
+    return single_target_sensor(
+        f"{feed_name}_to_{sink_name}_sensor",
+        f"Requests job {job_name} when table {table_name!r} has commits route {sink_name!r} has not settled "
+        "and no post is in flight; requests it again with backoff after a failed run.",
+        job_name,
+        evaluate,
+        minimum_interval_seconds,
+        default_status,
     )
