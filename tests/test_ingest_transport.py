@@ -306,6 +306,26 @@ def test_only_transport_faults_are_retried_and_the_deadline_is_kept() -> None:
     assert not is_transport_error(ValueError("not JSON"))
 
 
+@pytest.mark.parametrize("start", [13.37, 1e6 + 0.1, 7_654_321.123])
+def test_the_deadline_ends_the_retries_whatever_the_clock_reads(start: float) -> None:
+    # A clock far from zero: steps that shrink towards the deadline stop changing a float, so the
+    # loop must end on its last attempt, not on the clock reaching the deadline exactly.
+    now = [start]
+    attempts = []
+
+    def down() -> bytes:
+        attempts.append(now[0])
+        raise OSError("connection reset by peer")
+
+    def sleep(seconds: float) -> None:
+        now[0] += seconds
+
+    with pytest.raises(LandingUnreachable, match=r"failed for 10 s"):
+        with_retries(down, "reading q", 10, clock=lambda: now[0], sleep=sleep, backoff=Backoff(0.7, 3.3))
+    assert now[0] - start == pytest.approx(10, abs=1e-6)
+    assert len(attempts) < 30
+
+
 def test_files_quarantined_whole_before_the_fix_are_readmitted_by_the_documented_command(
     tmp_path: Path,
 ) -> None:

@@ -80,6 +80,7 @@ def with_retries(
         raise LandingUnreachable(f"{what} not attempted: another read of the batch gave up")
     started = clock()
     attempt = 0
+    last_attempt = False  # the one made when the deadline falls
     while True:
         try:
             return action()
@@ -88,14 +89,18 @@ def with_retries(
                 raise
             attempt += 1
             elapsed = clock() - started
-            if elapsed >= deadline_s or (gave_up is not None and gave_up.is_set()):
+            if last_attempt or elapsed >= deadline_s or (gave_up is not None and gave_up.is_set()):
                 if gave_up is not None:
                     gave_up.set()
                 raise LandingUnreachable(
                     f"{what} failed for {elapsed:.0f} s ({attempt} attempts; last: {_one_line(exc)}); the batch "
                     "stays planned and the next run retries it: check the network and the landing storage"
                 ) from exc
-            delay = min(backoff.delay(attempt, None), deadline_s - elapsed)
+            delay = backoff.delay(attempt, None)
+            if delay >= deadline_s - elapsed:
+                # Sleep to the deadline and try once more, then give up: shrinking steps towards the
+                # deadline would never reach it in floating point (an injected clock spun here forever).
+                delay, last_attempt = deadline_s - elapsed, True
             if gave_up is not None and sleep is time.sleep:
                 gave_up.wait(delay)  # wakes at once when another read gives up
             else:
