@@ -6,6 +6,8 @@ the check is ours: read the table, skip if the version is already there, and oth
 fail with CommitFailedError instead of appending twice; we then read the version again.
 """
 
+from typing import Literal
+
 import pyarrow as pa
 from deltalake import CommitProperties, DeltaTable, Transaction, WriterProperties, write_deltalake
 from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
@@ -38,7 +40,7 @@ def append_once(
     version: int,
     *,
     custom_metadata: dict[str, str] | None = None,
-    schema_mode: str | None = None,
+    schema_mode: Literal["merge", "overwrite"] | None = None,
     configuration: dict[str, str] | None = None,
 ) -> bool:
     """Append ``data`` unless ``version`` of ``app_id`` is already committed; True when this call appended."""

@@ -13,13 +13,13 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, Literal, TypeVar, cast, overload
 
 import dagster as dg
 
 from resources.export_storage import ExportStorage, LocalExportStorage, S3ExportStorage
 from resources.lake import LakeResource
-from resources.sinks.resource import ElasticsearchSinkResource, SplunkHecSinkResource
+from resources.sinks.resource import ElasticsearchSinkResource, RestSinkResource, SplunkHecSinkResource
 from resources.spark import LOCAL_JIT_OPTION, SparkSessionResource, connect_url_has_token, log4j_config_file
 
 # The local sink server's default HEC token: a development value, not a secret.
@@ -38,16 +38,28 @@ def resolved(resource: Resource) -> Resource:
     return resource.process_config_and_initialize()
 
 
+@overload
+def _env(name: str) -> str | None: ...
+@overload
+def _env(name: str, default: str) -> str: ...
 def _env(name: str, default: str | None = None) -> str | None:
     value = os.environ.get(name)
     return value if value not in (None, "") else default
 
 
+@overload
+def _setting(name: str) -> str | None: ...
+@overload
+def _setting(name: str, default: str) -> str: ...
 def _setting(name: str, default: str | None = None) -> str | None:
     """``dg.EnvVar(name)`` when the variable is set, else ``default``."""
     return dg.EnvVar(name) if _env(name) is not None else default
 
 
+@overload
+def _env_number(name: str, kind: type[int] | type[float]) -> float | None: ...
+@overload
+def _env_number(name: str, kind: type[int] | type[float], default: float) -> float: ...
 def _env_number(name: str, kind: type[int] | type[float], default: float | None = None) -> float | None:
     """A numeric setting; a value that is not a number stops the code location with a clear message."""
     raw = _env(name)
@@ -175,6 +187,9 @@ def lake_resource() -> LakeResource:
     ``LAKERELAY_S3_MAX_ATTEMPTS`` unset: each client's own retries."""
     root = home()
     max_attempts = _env_number("LAKERELAY_S3_MAX_ATTEMPTS", int)
+    unset_keeps_default: dict[str, Any] = (
+        {"max_attempts": int(max_attempts)} if max_attempts is not None else {}
+    )
     return LakeResource(
         lake_uri=_setting("LAKERELAY_LAKE_URI", str(root / "lake")),
         landing_uri=_setting("LAKERELAY_LANDING_URI", str(root / "landing")),
@@ -183,18 +198,20 @@ def lake_resource() -> LakeResource:
         aws_access_key_id=_secret("AWS_ACCESS_KEY_ID"),
         aws_secret_access_key=_secret("AWS_SECRET_ACCESS_KEY"),
         aws_session_token=_secret("AWS_SESSION_TOKEN"),
-        **({"max_attempts": int(max_attempts)} if max_attempts is not None else {}),
+        **unset_keeps_default,
     )
 
 
-def sink_resources() -> dict[str, dg.ConfigurableResource]:
+def sink_resources() -> dict[str, RestSinkResource]:
     shared = sink_tuning()
     return {
         "elasticsearch": ElasticsearchSinkResource(
             sink_name="elasticsearch",
             url=_setting("LAKERELAY_ES_URL", "http://127.0.0.1:9200"),
             index=_setting("LAKERELAY_ES_INDEX", "events"),
-            op_type=_setting("LAKERELAY_ES_OP_TYPE", "index"),
+            op_type=cast(
+                Literal["index", "create"], _setting("LAKERELAY_ES_OP_TYPE", "index")
+            ),  # the resource validates it
             pipeline=_setting("LAKERELAY_ES_PIPELINE"),
             id_field=_setting("LAKERELAY_ES_ID_FIELD"),
             api_key=_secret("LAKERELAY_ES_API_KEY"),
@@ -220,7 +237,7 @@ def sink_resources() -> dict[str, dg.ConfigurableResource]:
     }
 
 
-def sink_tuning() -> dict:
+def sink_tuning() -> dict[str, Any]:
     """Batching and flow-control settings shared by the sinks, from ``LAKERELAY_SINK_*`` when set."""
     whole = {
         "max_records_per_call": "LAKERELAY_SINK_MAX_RECORDS_PER_CALL",
@@ -233,7 +250,7 @@ def sink_tuning() -> dict:
         "rate_limit_requests_per_s": "LAKERELAY_SINK_RATE_LIMIT_REQUESTS_PER_S",
         "rate_limit_records_per_s": "LAKERELAY_SINK_RATE_LIMIT_RECORDS_PER_S",
     }
-    tuning: dict = {key: _env_number(name, int) for key, name in whole.items() if _env(name)}
+    tuning: dict[str, Any] = {key: _env_number(name, int) for key, name in whole.items() if _env(name)}
     tuning |= {key: _env_number(name, float) for key, name in fractional.items() if _env(name)}
     if _env("LAKERELAY_SINK_ADAPTIVE_CONCURRENCY"):
         tuning["adaptive_concurrency"] = _env_flag("LAKERELAY_SINK_ADAPTIVE_CONCURRENCY")
@@ -251,11 +268,12 @@ def export_storage_resource(lake: LakeResource | None = None) -> ExportStorage:
     if not bucket:
         return LocalExportStorage(root=_setting("LAKERELAY_EXPORT_DIR", str(home() / "exports")))
     deadline = _env_number("LAKERELAY_EXPORT_RETRY_DEADLINE_S", float)
+    unset_keeps_default: dict[str, Any] = {"retry_deadline_s": deadline} if deadline is not None else {}
     return S3ExportStorage(
         lake=lake or lake_resource(),
-        bucket=_setting("LAKERELAY_EXPORT_BUCKET"),
+        bucket=_setting("LAKERELAY_EXPORT_BUCKET", bucket),
         prefix=_setting("LAKERELAY_EXPORT_PREFIX", "exports"),
-        **({"retry_deadline_s": deadline} if deadline is not None else {}),
+        **unset_keeps_default,
     )
 
 

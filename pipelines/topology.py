@@ -5,6 +5,7 @@ every declaration of the defs folder, with the file of the declaration in the er
 """
 
 import importlib
+import inspect
 import re
 import sys
 from collections.abc import Mapping
@@ -46,7 +47,9 @@ def load_topology(
     under what each sink's YAML sets."""
     if project_root is None:
         shipped = importlib.import_module("pipelines.defs")
-        tree = dg.ComponentTree.from_module(shipped, Path(shipped.__file__).resolve().parent.parent.parent)
+        tree = dg.ComponentTree.from_module(
+            shipped, Path(inspect.getfile(shipped)).resolve().parent.parent.parent
+        )
     else:
         if str(project_root) not in sys.path:
             sys.path.append(str(project_root))  # a declarations-only project is not installed

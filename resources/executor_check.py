@@ -141,7 +141,8 @@ def check_executors(spark: Any, tasks: int = 2) -> ExecutorReport:
     else:
         from pyspark.sql.functions import udf
 
-    probe = udf(
+    # Typed as Any: pyright picks udf's decorator overload for this call form.
+    probe: Any = udf(
         _probe(_probed_packages(), EXECUTOR_IMPORTS, source_digest_function()), StringType(), useArrow=False
     )
     rows = spark.range(0, tasks, 1, numPartitions=tasks).select(probe("id").alias("r")).distinct().collect()

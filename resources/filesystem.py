@@ -113,7 +113,7 @@ class FileSystemSettings:
             retries={"mode": "standard", "total_max_attempts": self.max_attempts or BOTO3_ATTEMPTS},
             signature_version="s3v4" if presign else None,
         )
-        return boto3.session.Session().client(
+        return boto3.Session().client(
             "s3",
             region_name=self.region,
             endpoint_url=self.endpoint_url,

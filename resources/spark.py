@@ -5,9 +5,9 @@ dagster_pyspark's ``LazyPySparkResource`` builds every session with the classic 
 has a classic SparkContext (``SESSION_ALREADY_EXIST``), it sets ``SPARK_CONNECT_MODE_ENABLED`` in the
 process environment (after which every classic builder call in the process is sent to Connect too),
 it returns the process's default Connect session whatever URL is asked for, and a server that is not
-there surfaces only after the client's ~10 minutes of retries. :class:`SparkSessionResource` keeps
-``LazyPySparkResource``'s config and ``.spark_session`` property and builds Connect sessions with the
-Connect client itself: one session per resource, checked within ``connect_timeout_s``, with the token
+there surfaces only after the client's ~10 minutes of retries. :class:`SparkSessionResource` has
+``LazyPySparkResource``'s config and ``.spark_session`` property (a resource of its own, so it needs
+none of that class's private hooks) and builds Connect sessions with the Connect client itself: one session per resource, checked within ``connect_timeout_s``, with the token
 from the environment rather than from the URL, released when the run ends.
 
 A Connect session's calls ride out an unreachable server for ``connect_retry_s`` (the client's default
@@ -31,11 +31,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import dagster as dg
-from dagster_pyspark import LazyPySparkResource
-from dagster_pyspark.resources import spark_session_from_config
 from pydantic import Field, PrivateAttr
 
 if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
     from pyspark.sql.connect.client.retries import RetryPolicy
     from pyspark.sql.connect.session import SparkSession as ConnectSparkSession
 
@@ -344,8 +343,18 @@ def prepare_classic_environment(spark_config: dict[str, Any]) -> None:
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
 
 
-class SparkSessionResource(LazyPySparkResource):
-    """``LazyPySparkResource`` (same ``spark_config`` and ``.spark_session``) that also speaks Spark Connect.
+def classic_session(spark_config: dict[str, Any]) -> "SparkSession":
+    """The process's classic session (``getOrCreate``) with ``spark_config`` applied."""
+    from pyspark.sql import SparkSession
+
+    builder = SparkSession.builder
+    for key, value in spark_config.items():
+        builder = builder.config(key, str(value))
+    return builder.getOrCreate()
+
+
+class SparkSessionResource(dg.ConfigurableResource):
+    """``LazyPySparkResource``'s ``spark_config`` and ``.spark_session``, also speaking Spark Connect.
 
     With ``spark.remote`` in ``spark_config`` the session is a Spark Connect session on that server,
     whether or not the process already has a classic session; otherwise the classic builder's
@@ -368,13 +377,23 @@ class SparkSessionResource(LazyPySparkResource):
         description="How long each call to the Spark Connect server rides out an unreachable server before "
         "the run fails (pyspark's own default is ~10 minutes).",
     )
+    spark_config: dict[str, Any] = Field(
+        description="Spark settings of the session (spark.remote: a Spark Connect server's sc:// URL)."
+    )
+    _spark_session: Any = PrivateAttr(default=None)
     _connect_session: bool = PrivateAttr(default=False)
 
-    @classmethod
-    def _is_dagster_maintained(cls) -> bool:
-        return False
+    @property
+    def spark_session(self) -> Any:
+        """The session, created when first read (after planning: an empty run starts no Spark)."""
+        self._start_session()
+        return self._spark_session
 
-    def _init_session(self) -> None:
+    @property
+    def spark_context(self) -> Any:
+        return self.spark_session.sparkContext
+
+    def _start_session(self) -> None:
         if self._spark_session is not None:
             if self._connect_session:
                 if connect_session_is_usable(self._spark_session):
@@ -400,7 +419,7 @@ class SparkSessionResource(LazyPySparkResource):
             # spark.pyspark.python setting alone is read only by spark-submit, not by this process.
             prepare_classic_environment(self.spark_config)
             forget_dead_local_driver()  # another resource's JVM of this process that died: start anew
-            self._spark_session = spark_session_from_config(self.spark_config)
+            self._spark_session = classic_session(self.spark_config)
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
         # A Connect session lives on the server until released, and so do its operations: a run that
@@ -408,7 +427,7 @@ class SparkSessionResource(LazyPySparkResource):
         # server's Python workers stop posting. A local session is shared and stays.
         if self._connect_session and self._spark_session is not None:
             interrupted = end_connect_session(self._spark_session)
-            if interrupted:
+            if interrupted and context.log is not None:
                 context.log.info(
                     f"interrupted {len(interrupted)} operation(s) of this run on the Spark Connect server"
                 )

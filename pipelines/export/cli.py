@@ -140,7 +140,7 @@ def _fetch(args: argparse.Namespace) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lakerelay-export", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="lakerelay-export", description=(__doc__ or "").split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="export a Delta table now (outside Dagster)")

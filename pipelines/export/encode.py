@@ -10,15 +10,15 @@ import decimal
 import io
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import orjson
 import polars as pl
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipelines.export.spec import ExportSpec
+from resources.arrow import pc
 
 CONTENT_TYPES = {
     ("ndjson", "none"): "application/x-ndjson",
@@ -114,7 +114,9 @@ def _with_text_columns(schema: pa.Schema, batch: pa.RecordBatch) -> pl.DataFrame
         elif pa.types.is_date(t) or pa.types.is_time(t) or pa.types.is_decimal(t):
             col = col.cast(pa.string())
         columns.append(col)
-    frame = pl.from_arrow(pa.Table.from_arrays(columns, names=schema.names), rechunk=False)
+    frame = cast(
+        pl.DataFrame, pl.from_arrow(pa.Table.from_arrays(columns, names=schema.names), rechunk=False)
+    )
     if formats:
         frame = frame.with_columns(pl.col(name).dt.to_string(fmt) for name, fmt in formats.items())
     return frame

@@ -18,8 +18,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from deltalake import DeltaTable, QueryBuilder
 
-from pipelines.arrow_batches import conform
 from pipelines.export.spec import ExportSpec
+from resources.arrow import conform
 from resources.filesystem import FileSystemSettings
 
 log = logging.getLogger(__name__)
@@ -133,7 +133,7 @@ def plan_read(table: DeltaTable, spec: ExportSpec, since_key: int | str | None =
         return ReadPlan([select + where + order], schema)
     queries = []
     for lo, hi in ranges:
-        if since_key is not None and hi <= since_key:
+        if since_key is not None and hi <= int(since_key):  # an integer key has integer cursors
             continue  # every key of this range was exported before
         bounds = [*filters, f"{key} >= {lo}", f"{key} <= {hi}"]
         queries.append(select + " WHERE " + " AND ".join(bounds) + order)

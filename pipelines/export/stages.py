@@ -10,7 +10,7 @@ never by the input. An error in any stage is raised in the consumer; when the co
 import contextlib
 import queue
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from typing import Any
 
 _DONE = object()
@@ -68,7 +68,7 @@ def _drain(inbox: queue.Queue, stop: threading.Event) -> Iterator[Any]:
 
 def staged(
     source: Iterable[Any], *stages: Callable[[Iterator[Any]], Iterable[Any]], maxsize: int = 4
-) -> Iterator[Any]:
+) -> Generator[Any, None, None]:
     """``stages[-1](...stages[0](source))`` with one thread per step and bounded queues between them."""
     stop = threading.Event()
     threads = []

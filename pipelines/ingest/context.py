@@ -55,4 +55,4 @@ class IngestContext:
     table_uri: str
     landing_fs: pafs.FileSystem
     report: IngestReport
-    log: logging.Logger
+    log: logging.Logger | logging.LoggerAdapter

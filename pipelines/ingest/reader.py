@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.fs as pafs
 from deltalake import Schema as DeltaSchema
 
@@ -31,6 +30,7 @@ from pipelines.ingest.schema import (
     normalise_type,
 )
 from pipelines.ingest.transport import with_retries
+from resources.arrow import pc
 
 METADATA_SCHEMA = pa.schema(
     [
@@ -110,16 +110,17 @@ def read_batch(
         )
     readable = [(f, p) for f, p in zip(files, parsed, strict=True) if isinstance(p, ParsedFile)]
     result.quarantined = [p for p in parsed if isinstance(p, Quarantined)]
-    if target is None:
+    schema = target
+    if schema is None:
         samples = [p.table for _, p in readable[: feed.infer_max_files]]
-        target = infer_schema(samples, hints, RESERVED_COLUMNS)
+        schema = infer_schema(samples, hints, RESERVED_COLUMNS)
     tables = []
     batch_schema: pa.Schema | None = None
     for landing_file, outcome in readable:
         try:
             conformed = conform(
                 outcome.table,
-                target,
+                schema,
                 feed.schema_evolution_mode,
                 landing_file.path,
                 outcome.rescued,
@@ -149,13 +150,13 @@ def read_batch(
             result.bad_records.append(FileBadRecords(landing_file.path, outcome.bad_records))
         for name in conformed.new_columns:
             result.new_columns.setdefault(name, []).append(landing_file.path)
-            target = target.append(conformed.table.schema.field(name))
+            schema = schema.append(conformed.table.schema.field(name))
         for name in conformed.ignored_columns:
             result.ignored_columns.setdefault(name, []).append(landing_file.path)
         result.rescued_rows += conformed.rescued_rows
         result.rows_per_file[landing_file.path] = conformed.table.num_rows
         tables.append(table)
-    result.schema = target
+    result.schema = schema
     if tables:
         result.table = pa.concat_tables(tables, promote_options="default")
     else:

@@ -17,7 +17,6 @@ import sys
 from dataclasses import dataclass
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 from deltalake import DeltaTable
@@ -29,6 +28,7 @@ from pipelines.ingest.context import IngestReport
 from pipelines.ingest.discovery import LandingFile
 from pipelines.ingest.ledger import FileLedger
 from pipelines.ingest.runner import ingest_files
+from resources.arrow import pc
 from resources.delta_arrow import read_delta
 from resources.lake import LakeResource
 

@@ -4,10 +4,10 @@ out of the batch so that the rest lands (one poison file never blocks a feed).""
 import tempfile
 
 import pyarrow as pa
-import pyarrow.compute as pc
 from deltalake import write_deltalake
 
 from pipelines.ingest.reader import RESERVED_COLUMNS, Quarantined, ReadResult
+from resources.arrow import pc
 
 
 def unwritable_files(result: ReadResult, table_schema: pa.Schema | None) -> list[Quarantined]:

@@ -11,7 +11,8 @@ import struct
 
 import orjson
 import pyarrow as pa
-import pyarrow.compute as pc
+
+from resources.arrow import pc
 
 INTEGER_TEXT = re.compile(r"[+-]?[0-9]+")
 INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
@@ -192,6 +193,7 @@ def _fields_kept(source: pa.DataType, target: pa.DataType) -> bool:
 
 def rescue(rescued: list[dict | None], row: int, name: str, value: object) -> None:
     """Set ``value`` of column ``name`` aside in row ``row``'s ``_rescued_data``."""
-    if rescued[row] is None:
-        rescued[row] = {}
-    rescued[row][name] = rescuable(value)
+    slot = rescued[row]
+    if slot is None:
+        slot = rescued[row] = {}
+    slot[name] = rescuable(value)

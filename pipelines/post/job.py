@@ -85,7 +85,7 @@ def build_post_asset(route: RouteSpec) -> dg.AssetsDefinition:
     return post_asset
 
 
-def post_asset_job(route: RouteSpec) -> dg.JobDefinition:
+def post_asset_job(route: RouteSpec):  # define_asset_job's type is not exported by dagster
     """``post_<feed>_to_<route>``: in-process (one op, no step subprocess to start), tagged for sensors."""
     return dg.define_asset_job(
         route.job_name,

@@ -16,10 +16,10 @@ from typing import Any
 
 import orjson
 import pyarrow as pa
-import pyarrow.compute as pc
 from deltalake.exceptions import TableNotFoundError
 
 from pipelines.post.dead_letters import DEAD_LETTER_SCHEMA, DEAD_LETTER_TABLE
+from resources.arrow import pc
 from resources.delta_arrow import read_delta
 from resources.lake import LakeResource
 

@@ -19,7 +19,7 @@ def beacon_host(spark: SparkSession) -> str | None:
     except Exception:
         context = None
     if context is not None:
-        if context.master.startswith("local"):
+        if (context.master or "").startswith("local"):
             return "127.0.0.1"
         host = context.getConf().get("spark.driver.host")
         return host or None

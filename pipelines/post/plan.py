@@ -9,7 +9,8 @@ stays right after compaction rewrites files (a diff of file lists would post com
 from dataclasses import dataclass
 
 import pyarrow as pa
-import pyarrow.compute as pc
+
+from resources.arrow import pc
 
 
 @dataclass(frozen=True)

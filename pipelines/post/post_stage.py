@@ -4,6 +4,7 @@ import contextlib
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
+from typing import Any
 
 import pyarrow as pa
 
@@ -113,7 +114,7 @@ def make_poster(
 def _result_batches(
     outcome: PostOutcome, records_in: int, elapsed_s: float, startup_s: float
 ) -> Iterator[pa.RecordBatch]:
-    stats = {name: [None] for name in RESULT_SCHEMA.names}
+    stats: dict[str, list[Any]] = {name: [None] for name in RESULT_SCHEMA.names}
     stats.update(
         kind=["stats"],
         records_in=[records_in],
@@ -135,7 +136,7 @@ def _result_batches(
     yield pa.RecordBatch.from_pydict(stats, schema=RESULT_SCHEMA)
     for start in range(0, len(outcome.rejected), 10_000):
         chunk = outcome.rejected[start : start + 10_000]
-        rows = {name: [None] * len(chunk) for name in RESULT_SCHEMA.names}
+        rows: dict[str, list[Any]] = {name: [None] * len(chunk) for name in RESULT_SCHEMA.names}
         rows.update(
             kind=["dead_letter"] * len(chunk),
             record_id=[r.record.id for r in chunk],

@@ -7,13 +7,12 @@ same on local Spark, a cluster and Spark Connect, and the data never passes thro
 from collections.abc import Callable, Iterator
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.pandas.types import from_arrow_schema
 
-from pipelines.arrow_batches import conform
 from pipelines.post.plan import PostPlan, ReadUnit, split_units
+from resources.arrow import conform, pc
 from resources.filesystem import FileSystemSettings
 from resources.worker_heap import freeze_imported_heap
 

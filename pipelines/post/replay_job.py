@@ -6,11 +6,11 @@ from typing import Any
 
 import dagster as dg
 import pyarrow as pa
-import pyarrow.compute as pc
 from pydantic import Field
 
 from pipelines.post.letters import REJECTED, REPLAY_TABLE, LetterFilter, parse_instant, select_dead_letters
 from pipelines.post.replay import new_replay_id, post_letters, record_replay, replay_rows
+from resources.arrow import pc
 from resources.lake import LakeResource
 from resources.sinks.resource import RestSinkResource
 

@@ -11,11 +11,11 @@ from dataclasses import dataclass
 
 import dagster as dg
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from pipelines.post.capacity import plan_capacity
 from pipelines.post.config import PostConfig
 from pipelines.post.plan import PostPlan
+from resources.arrow import pc
 
 _SUMMED = (
     "records_in",

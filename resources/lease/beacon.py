@@ -144,6 +144,7 @@ class BeaconWatch:
                 log.warning("%s:%s is not this lease's beacon; relying on the lease's expiry", *self.address)
             self._usable = False
             return
+        assert sock is not None  # the secret came through it
         sock.setblocking(False)
         self._socket = sock
 

@@ -6,8 +6,8 @@ from urllib.parse import quote
 
 import numpy as np
 import orjson
-import pyarrow.compute as pc
 
+from resources.arrow import pc
 from resources.sinks.errors import SinkConfigError
 from resources.sinks.protocols import Records, Rejection, Settlement, SinkProtocol
 from resources.sinks.records import ArrowRecords, Record, join_columns

@@ -7,7 +7,7 @@ exactly one. Every problem is one line that says what to change. Runs on the dri
 """
 
 import base64
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from resources.sinks.cloud_id import CloudIdError, elasticsearch_url
 from resources.sinks.errors import SinkConfigError
@@ -33,7 +33,7 @@ class EsAuthFields(Protocol):
     password: str | None
     bearer_token: str | None
     aws_sigv4: bool
-    aws_service: str
+    aws_service: Literal["es", "aoss"]
     aws_region: str | None
     aws_access_key_id: str | None
     aws_secret_access_key: str | None

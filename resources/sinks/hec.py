@@ -12,9 +12,9 @@ from typing import ClassVar
 import numpy as np
 import orjson
 import pyarrow as pa
-import pyarrow.compute as pc
 import requests
 
+from resources.arrow import pc
 from resources.sinks.errors import SinkConfigError
 from resources.sinks.protocols import Post, Records, Rejection, Settlement, SinkProtocol
 from resources.sinks.records import FIELDS_COLUMN, ArrowRecords, Record, join_columns

@@ -16,7 +16,7 @@ import numpy as np
 from resources.sinks.records import ArrowRecords, Record
 from resources.sinks.settings import SinkSettings
 
-Records = Sequence[Record]  # a list of Record, or an ArrowRecords slice (which behaves like one)
+Records = Sequence[Record] | ArrowRecords  # an ArrowRecords slice behaves like a list of Record
 # POST ``body`` to ``path`` of the sink over the writer's session (for follow-up calls such as HEC's /ack).
 Post = Callable[[str, bytes], Any]
 

@@ -13,11 +13,12 @@ retries and dead letters; without them everything is as before, at the same cost
 """
 
 from collections.abc import Iterator, Mapping
-from typing import NamedTuple
+from typing import NamedTuple, overload
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
+
+from resources.arrow import pc
 
 
 class Record(NamedTuple):
@@ -48,6 +49,10 @@ class ArrowRecords:
     def __len__(self) -> int:
         return len(self.docs)
 
+    @overload
+    def __getitem__(self, index: int) -> Record: ...
+    @overload
+    def __getitem__(self, index: slice) -> "ArrowRecords": ...
     def __getitem__(self, index: slice | int) -> "ArrowRecords | Record":
         if isinstance(index, int):  # one record, e.g. the event HEC names as invalid
             position = range(len(self))[index]

@@ -9,7 +9,7 @@ control) reads.
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import Any, ClassVar, Protocol, TypeVar
 
 T = TypeVar("T")
 
@@ -18,6 +18,8 @@ class ProtocolSettings(Protocol):
     """A protocol's own settings: ``kind`` names it, ``open`` makes the per-writer protocol object."""
 
     kind: str
+    # Each is a frozen dataclass (routes override fields with dataclasses.replace).
+    __dataclass_fields__: ClassVar[dict[str, Any]]
 
     def open(self, sink: "SinkSettings") -> Any: ...
 

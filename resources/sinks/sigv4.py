@@ -24,6 +24,7 @@ from typing import Any
 
 import botocore.session
 import requests
+import requests.auth
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials

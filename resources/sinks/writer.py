@@ -14,9 +14,9 @@ from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import requests
 
+from resources.arrow import pc
 from resources.sinks.errors import SinkAuthError, SinkRequestError, SinkTlsError, auth_error_message
 from resources.sinks.flow import AdaptiveConcurrency, RateLimits
 from resources.sinks.outcome import PostOutcome
@@ -243,7 +243,8 @@ class SinkWriter:
         payload = gzip.compress(body, s.gzip_level) if s.gzip_level > 0 else body
         self.rate_limits.wait(len(pending))
         self.concurrency.acquire()
-        rtt, backpressure = None, False
+        rtt: float | None = None  # None: no response came back
+        backpressure = False
         started = time.perf_counter()
         outcome.attempts += 1
         try:
@@ -266,7 +267,7 @@ class SinkWriter:
         outcome.requests += 1
         outcome.bytes_sent += len(payload)
         outcome.records_sent += len(pending)
-        outcome.latencies_ms.append(rtt * 1000)
+        outcome.latencies_ms.append((rtt or 0.0) * 1000)
         status, content = response.status_code, response.content
         if status in (401, 403):
             raise SinkAuthError(auth_error_message(s, status, content))

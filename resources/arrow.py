@@ -1,6 +1,13 @@
-"""Record batches read from one Delta data file, given the table's current schema."""
+"""Arrow helpers shared by the ingest, post and export stages and the sink writers."""
+
+from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute
+
+# pyarrow.compute builds its functions at import time from Arrow's C++ function registry, so a type
+# checker sees none of them; typed as what it is to one: a namespace of any attribute.
+pc: Any = pyarrow.compute
 
 
 def conform(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
