@@ -373,20 +373,21 @@ def test_asset_materializes_with_metadata_and_passing_check(tmp_path: Path) -> N
     assert EXPORT_ASSET.key == dg.AssetKey("events_export")
     assert dg.AssetKey("events") in EXPORT_ASSET.asset_deps[EXPORT_ASSET.key]
     meta = result.asset_materializations_for_node("events_export")[0].metadata
-    assert meta["dagster/row_count"] == meta["size/rows"] == dg.IntMetadataValue(rows)
-    assert meta["size/parts"] == dg.IntMetadataValue(3)
-    assert meta["export/delta_version"] == dg.IntMetadataValue(APPENDS - 1)
-    assert isinstance(meta["size/bytes"], dg.IntMetadataValue) and meta["size/bytes"].value > 0
-    assert meta["size/uncompressed_bytes"].value > meta["size/bytes"].value  # gzip made it smaller
-    for key in ("speed/duration_s", "speed/rows_per_s", "speed/mib_per_s"):
+    assert meta["dagster/row_count"] == meta["size_rows"] == dg.IntMetadataValue(rows)
+    assert meta["size_parts"] == dg.IntMetadataValue(3)
+    assert meta["export_delta_version"] == dg.IntMetadataValue(APPENDS - 1)
+    assert isinstance(meta["size_bytes"], dg.IntMetadataValue) and meta["size_bytes"].value > 0
+    assert meta["size_uncompressed_bytes"].value > meta["size_bytes"].value  # gzip made it smaller
+    for key in ("speed_duration_s", "speed_rows_per_s", "speed_mib_per_s"):
         assert isinstance(meta[key], dg.FloatMetadataValue) and meta[key].value > 0
-    manifest_path = meta["manifest/uri"].value
-    assert Path(manifest_path).is_file() and manifest_path == storage.uri_for(meta["manifest/key"].value)
-    export_id = meta["export/id"].value
+    manifest_path = meta["manifest_uri"].value
+    assert Path(manifest_path).is_file() and manifest_path == storage.uri_for(meta["manifest_key"].value)
+    export_id = meta["export_id"].value
     assert export_id.endswith(result.run_id.replace("-", "")[:8])
     assert meta["dagster/uri"].value == str(tmp_path / "exports" / "events" / export_id)
     # Related keys share a prefix, so they sort together wherever the keys are listed.
-    assert {key.split("/")[0] for key in meta} == {"dagster", "export", "size", "speed", "manifest", "urls"}
+    prefixes = {key.split("/")[0] if key.startswith("dagster/") else key.split("_")[0] for key in meta}
+    assert prefixes == {"dagster", "export", "size", "speed", "manifest", "urls"}
     [evaluation] = result.get_asset_check_evaluations()
     assert evaluation.passed and evaluation.check_name == "export_verified"
 
@@ -510,9 +511,9 @@ def test_asset_and_check_against_s3(tmp_path: Path, s3_settings: S3Settings) -> 
     )
     assert result.success
     meta = result.asset_materializations_for_node("events_export")[0].metadata
-    assert meta["size/rows"] == dg.IntMetadataValue(rows) and meta["size/parts"] == dg.IntMetadataValue(2)
-    assert meta["manifest/uri"] == dg.MetadataValue.url(
-        f"s3://{s3_settings.bucket}/exports/v1/{meta['manifest/key'].value}"
+    assert meta["size_rows"] == dg.IntMetadataValue(rows) and meta["size_parts"] == dg.IntMetadataValue(2)
+    assert meta["manifest_uri"] == dg.MetadataValue.url(
+        f"s3://{s3_settings.bucket}/exports/v1/{meta['manifest_key'].value}"
     )
     [evaluation] = result.get_asset_check_evaluations()
     assert evaluation.passed

@@ -302,13 +302,13 @@ def test_assets_incremental_mode_urls_and_cleanup(tmp_path: Path) -> None:
         cleanup = dg.materialize(assets[1:], resources=resources, instance=instance)
     meta1 = first.asset_materializations_for_node("events_export")[0].metadata
     meta2 = second.asset_materializations_for_node("events_export")[0].metadata
-    assert (meta1["size/rows"].value, meta2["size/rows"].value) == (100, 30)
-    assert meta2["export/since"].value == meta1["export/next_cursor"].value
-    assert meta2["export/format"].value == "parquet"
-    assert meta2["urls/manifest"].value.startswith("file://")
-    assert len(meta2["urls/parts"].value) == 1 and "urls/expire_at" in meta2
+    assert (meta1["size_rows"].value, meta2["size_rows"].value) == (100, 30)
+    assert meta2["export_since"].value == meta1["export_next_cursor"].value
+    assert meta2["export_format"].value == "parquet"
+    assert meta2["urls_manifest"].value.startswith("file://")
+    assert len(meta2["urls_parts"].value) == 1 and "urls_expire_at" in meta2
     clean = cleanup.asset_materializations_for_node("events_export_cleanup")[0].metadata
-    assert clean["expired"].value == [meta1["export/id"].value]
+    assert clean["expired"].value == [meta1["export_id"].value]
 
 
 def test_export_defs_from_a_config_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -354,7 +354,7 @@ def test_asset_kinds_and_destination_follow_the_export_storage(
     assert local["errors_export"].metadata["dagster/uri"] == dg.MetadataValue.path(
         str(tmp_path / "out/errors")
     )
-    assert local["errors_export"].metadata["export/format"] == "csv"
+    assert local["errors_export"].metadata["export_format"] == "csv"
 
     lake = LakeResource(lake_uri="s3://lake/root", landing_uri="s3://lake/landing")
     remote = specs_of(S3ExportStorage(lake=lake, bucket="exports-bucket", prefix="v1"))

@@ -60,7 +60,7 @@ def test_every_record_reaches_both_sinks_once_and_replays_add_nothing(
     assert sink_server.es_count("events") == rows
     assert sink_server.hec_count("main") == rows
     assert len(set(sink_server.es_ids("events"))) == rows
-    [materialization] = es.asset_materializations_for_node("spark_post_events_to_elasticsearch")
+    [materialization] = es.asset_materializations_for_node("sinks__events_in_elasticsearch")
     assert materialization.metadata["accepted"].value == rows
     assert materialization.metadata["dead_lettered"].value == 0
     assert read_progress(lake, "elasticsearch", "events").batch_id == 1
@@ -70,7 +70,7 @@ def test_every_record_reaches_both_sinks_once_and_replays_add_nothing(
     assert check.passed
     exports = Path(lake.lake_uri).parent / "exports"
     metadata = export.asset_materializations_for_node("events_export")[0].metadata
-    manifest = json.loads((exports / metadata["manifest/key"].value).read_text())
+    manifest = json.loads((exports / metadata["manifest_key"].value).read_text())
     assert manifest["total_rows"] == rows
     exported_ids = set()
     for part in manifest["parts"]:
@@ -108,7 +108,7 @@ def test_new_files_are_posted_incrementally(tmp_path: Path, sink_server, spark_r
     run_job(defs, "ingest_events")
     result = run_job(defs, "post_events_to_elasticsearch")
 
-    [materialization] = result.asset_materializations_for_node("spark_post_events_to_elasticsearch")
+    [materialization] = result.asset_materializations_for_node("sinks__events_in_elasticsearch")
     assert materialization.metadata["records"].value == second
     assert sink_server.es_count("events") == first + second
 
@@ -130,7 +130,7 @@ def test_documents_rejected_inside_a_200_are_dead_lettered_not_counted_as_posted
     result = run_job(defs, "post_events_to_elasticsearch")
 
     assert sink_server.es_count("events") == written - len(rejected_ids)
-    [materialization] = result.asset_materializations_for_node("spark_post_events_to_elasticsearch")
+    [materialization] = result.asset_materializations_for_node("sinks__events_in_elasticsearch")
     assert materialization.metadata["accepted"].value == written - len(rejected_ids)
     assert materialization.metadata["dead_lettered"].value == len(rejected_ids)
     dead = delta_table(lake, DEAD_LETTER_TABLE)

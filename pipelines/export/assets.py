@@ -16,6 +16,8 @@ from pipelines import deployment
 from pipelines.export.exporter import export_table
 from pipelines.export.manifest import latest_manifest_key, new_export_id, verify_export
 from pipelines.export.metadata import (
+    MANIFEST_KEY,
+    MANIFEST_KEY_BEFORE,
     asset_kinds,
     definition_metadata,
     destination_uris,
@@ -183,7 +185,8 @@ def build_export_check(dataset: str) -> dg.AssetChecksDefinition:
         key = None
         event = context.instance.get_latest_materialization_event(asset_key)
         if event is not None and event.asset_materialization is not None:
-            entry = event.asset_materialization.metadata.get("manifest/key")
+            metadata = event.asset_materialization.metadata
+            entry = metadata.get(MANIFEST_KEY) or metadata.get(MANIFEST_KEY_BEFORE)
             key = entry.value if entry is not None else None
         key = key or latest_manifest_key(export_storage, dataset)
         if key is None:
@@ -193,7 +196,7 @@ def build_export_check(dataset: str) -> dg.AssetChecksDefinition:
             passed=not problems,
             description="; ".join(problems[:20]) or "all parts match the manifest",
             metadata={
-                "manifest/uri": location(export_storage.uri_for(str(key))),
+                "manifest_uri": location(export_storage.uri_for(str(key))),
                 "problems": dg.MetadataValue.int(len(problems)),
             },
         )

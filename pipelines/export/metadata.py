@@ -1,12 +1,13 @@
 """What the export assets show in Dagster: their kinds, definition metadata and run metadata.
 
-Run metadata keys are grouped by a prefix so related ones sort together, with the unit in the name:
+Run metadata keys are grouped by a prefix so related ones sort together, with the unit in the name
+(``<domain>_<what>``, as the ingest and post assets' keys):
 
-- ``export/``: what was exported (id, format, compression, Delta version, cursors, aborted uploads)
-- ``size/``: ``rows``, ``bytes`` (stored), ``uncompressed_bytes``, ``parts``
-- ``speed/``: ``duration_s``, ``rows_per_s``, ``mib_per_s`` (uncompressed MiB per second)
-- ``manifest/``: ``key`` (storage-relative, what the check reads) and ``uri``
-- ``urls/``: presigned links to the manifest and parts, and when they expire
+- ``export_``: what was exported (id, format, compression, Delta version, cursors, aborted uploads)
+- ``size_``: ``rows``, ``bytes`` (stored), ``uncompressed_bytes``, ``parts``
+- ``speed_``: ``duration_s``, ``rows_per_s``, ``mib_per_s`` (uncompressed MiB per second)
+- ``manifest_``: ``key`` (storage-relative, what the check reads) and ``uri``
+- ``urls_``: presigned links to the manifest and parts, and when they expire
 
 plus Dagster's own ``dagster/row_count`` and ``dagster/uri`` (where this export is).
 """
@@ -21,6 +22,8 @@ from pipelines.export.manifest import export_prefix
 from pipelines.export.spec import ExportSpec
 from resources.export_storage import ExportStorage
 
+MANIFEST_KEY = "manifest_key"  # read back by the export's check
+MANIFEST_KEY_BEFORE = "manifest/key"  # the same, in materializations written before the keys were renamed
 MAX_URLS_IN_METADATA = 100  # beyond that, use `lakerelay-export sign` on demand
 MiB = 1024 * 1024
 
@@ -61,13 +64,13 @@ def destination_uris(storage: ExportStorage | None, datasets: list[str]) -> dict
 
 def definition_metadata(spec: ExportSpec, uri: str | None) -> dict[str, Any]:
     metadata: dict[str, Any] = {
-        "export/format": spec.format,
+        "export_format": spec.format,
         # Parquet compresses its pages itself; the part file is not compressed again.
-        "export/compression": f"{spec.compression} (Parquet pages)"
+        "export_compression": f"{spec.compression} (Parquet pages)"
         if spec.format == "parquet"
         else spec.compression,
-        "export/order_by": spec.order_by or "(storage order)",
-        "export/source_table": spec.table,
+        "export_order_by": spec.order_by or "(storage order)",
+        "export_source_table": spec.table,
     }
     if uri is not None:
         metadata["dagster/uri"] = location(uri)
@@ -78,9 +81,9 @@ def _url_metadata(storage: ExportStorage, result: ExportResult, expiry_s: int) -
     expires = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=expiry_s)
     parts = result.manifest["parts"][:MAX_URLS_IN_METADATA]
     return {
-        "urls/manifest": dg.MetadataValue.url(storage.presign(result.manifest_key, expiry_s)),
-        "urls/parts": dg.MetadataValue.json([storage.presign(p["key"], expiry_s) for p in parts]),
-        "urls/expire_at": dg.MetadataValue.text(expires.isoformat().replace("+00:00", "Z")),
+        "urls_manifest": dg.MetadataValue.url(storage.presign(result.manifest_key, expiry_s)),
+        "urls_parts": dg.MetadataValue.json([storage.presign(p["key"], expiry_s) for p in parts]),
+        "urls_expire_at": dg.MetadataValue.text(expires.isoformat().replace("+00:00", "Z")),
     }
 
 
@@ -93,23 +96,23 @@ def run_metadata(
     return {
         "dagster/row_count": dg.MetadataValue.int(result.rows),
         "dagster/uri": location(storage.uri_for(export_prefix(manifest["dataset"], export_id))),
-        "export/id": dg.MetadataValue.text(export_id),
-        "export/format": dg.MetadataValue.text(manifest["format"]),
-        "export/compression": dg.MetadataValue.text(manifest["compression"]),
-        "export/delta_version": dg.MetadataValue.int(manifest["delta_version"]),
-        "export/since": dg.MetadataValue.text(since or ""),
-        "export/next_cursor": dg.MetadataValue.text(manifest["next_cursor"] or ""),
-        "export/aborted_uploads": dg.MetadataValue.int(result.aborted_uploads),
-        "size/rows": dg.MetadataValue.int(result.rows),
-        "size/bytes": dg.MetadataValue.int(result.bytes),
-        "size/uncompressed_bytes": dg.MetadataValue.int(result.uncompressed_bytes),
-        "size/parts": dg.MetadataValue.int(result.parts),
-        "speed/duration_s": dg.MetadataValue.float(round(seconds, 3)),
-        "speed/rows_per_s": dg.MetadataValue.float(round(result.rows_per_s, 1)),
-        "speed/mib_per_s": dg.MetadataValue.float(
+        "export_id": dg.MetadataValue.text(export_id),
+        "export_format": dg.MetadataValue.text(manifest["format"]),
+        "export_compression": dg.MetadataValue.text(manifest["compression"]),
+        "export_delta_version": dg.MetadataValue.int(manifest["delta_version"]),
+        "export_since": dg.MetadataValue.text(since or ""),
+        "export_next_cursor": dg.MetadataValue.text(manifest["next_cursor"] or ""),
+        "export_aborted_uploads": dg.MetadataValue.int(result.aborted_uploads),
+        "size_rows": dg.MetadataValue.int(result.rows),
+        "size_bytes": dg.MetadataValue.int(result.bytes),
+        "size_uncompressed_bytes": dg.MetadataValue.int(result.uncompressed_bytes),
+        "size_parts": dg.MetadataValue.int(result.parts),
+        "speed_duration_s": dg.MetadataValue.float(round(seconds, 3)),
+        "speed_rows_per_s": dg.MetadataValue.float(round(result.rows_per_s, 1)),
+        "speed_mib_per_s": dg.MetadataValue.float(
             round(result.uncompressed_bytes / MiB / seconds, 2) if seconds > 0 else 0.0
         ),
-        "manifest/key": dg.MetadataValue.text(result.manifest_key),
-        "manifest/uri": location(result.manifest_uri),
+        MANIFEST_KEY: dg.MetadataValue.text(result.manifest_key),
+        "manifest_uri": location(result.manifest_uri),
         **_url_metadata(storage, result, expiry_s),
     }
