@@ -14,9 +14,9 @@ from pipelines.feeds import FeedSpec
 from pipelines.ingest.discovery import files_waiting
 from pipelines.routes import RouteSpec
 from pipelines.run_defaults import INFO_LOGS
+from resources.run_tags import FEED_TAG, RELAY_TAG
 from sensors.fleet import Target, build_fleet_sensor
 from sensors.landing import build_landing_evaluation, build_landing_sensor
-from sensors.table import RELAY_TAG
 
 
 def relay_job_name(feed: FeedSpec) -> str:
@@ -27,13 +27,11 @@ def relay_job(feed: FeedSpec, routes: list[RouteSpec]):  # -> the unresolved job
     sinks = [route.asset_key for route in routes]
     return dg.define_asset_job(
         relay_job_name(feed),
-        # The post ops evaluate their dead-letter checks themselves; the ingest keeps its own check.
-        selection=dg.AssetSelection.assets(dg.AssetKey(feed.name), *sinks)
-        - dg.AssetSelection.checks_for_assets(*sinks),
+        selection=dg.AssetSelection.assets(dg.AssetKey(feed.name), *sinks),
         # In the run's own process: no step subprocess per op, and one Spark for every post.
         executor_def=dg.in_process_executor,
         config=INFO_LOGS,
-        tags={"lakerelay/feed": feed.name, RELAY_TAG: feed.name},
+        tags={FEED_TAG: feed.name, RELAY_TAG: feed.name},
         description=f"Ingest new files of feed {feed.name!r}, then post them on its routes "
         f"({', '.join(route.name for route in routes) or 'none'}).",
     )

@@ -21,11 +21,9 @@ from dataclasses import asdict, dataclass
 import dagster as dg
 
 from resources.lake import LakeResource
+from resources.run_tags import CODE_VERSION_TAG, CONTINUOUS_TAG, FEED_TAG, REPLACED_TAG
 from sensors.table import BACKOFF_FIRST_S, BACKOFF_MAX_S, REQUEST_GRACE_S, UNFINISHED, backoff_s
 
-CONTINUOUS_TAG = "lakerelay/continuous"  # the feed's name, on every continuous run
-CODE_VERSION_TAG = "lakerelay/code_version"
-REPLACED_TAG = "lakerelay/continuous_replaced"  # set by the keeper on a run it terminates
 HEARTBEAT_EVERY_S = 10.0
 STALE_AFTER_S = 90.0
 
@@ -161,7 +159,7 @@ def build_keeper_sensor(
                     tags={
                         CONTINUOUS_TAG: feed_name,
                         CODE_VERSION_TAG: code_version,
-                        "lakerelay/feed": feed_name,
+                        FEED_TAG: feed_name,
                     },
                 )
             ],

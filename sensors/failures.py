@@ -2,8 +2,8 @@
 
 import dagster as dg
 
-from resources.sinks.resource import NEEDS_FIX
-from sensors.table import BACKOFF_FIRST_S, BACKOFF_MAX_S, RELAY_TAG, SINK_TAG
+from resources.run_tags import NEEDS_FIX, RELAY_TAG, SINK_TAG
+from sensors.table import BACKOFF_FIRST_S, BACKOFF_MAX_S
 
 BACKOFF = f"{BACKOFF_FIRST_S:.0f} s doubling to {BACKOFF_MAX_S / 60:.0f} min"
 

@@ -23,13 +23,11 @@ from typing import Protocol
 import dagster as dg
 
 from resources.lake import LakeResource
+from resources.run_tags import FEED_TAG, NEEDS_FIX, RELAY_TAG
 from sensors.fleet import single_target_sensor
 from sensors.table import (
     BACKOFF_FIRST_S,
     BACKOFF_MAX_S,
-    FEED_TAG,
-    NEEDS_FIX_TAG,
-    RELAY_TAG,
     REQUEST_GRACE_S,
     UNFINISHED,
     RetryCursor,
@@ -145,7 +143,7 @@ def build_landing_evaluation(
             if problem is None and run is not None and run.status == dg.DagsterRunStatus.SUCCESS:
                 cursor.failures, cursor.retry_at = 0, 0.0  # it took its files; these are new
             elif problem is not None and cursor.retry_at == 0.0:
-                needs_fix = run.tags.get(NEEDS_FIX_TAG, "") if run is not None else ""
+                needs_fix = run.tags.get(NEEDS_FIX, "") if run is not None else ""
                 schedule_retry(cursor, now, bool(needs_fix), backoff_first_s, backoff_max_s)
                 context.log.warning(
                     f"{'run ' + run.run_id if run is not None else 'the run ' + cursor.run_key} of {job_name} "

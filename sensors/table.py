@@ -17,14 +17,9 @@ import dagster as dg
 from deltalake.exceptions import TableNotFoundError
 
 from resources.lake import LakeResource
-from resources.sinks.resource import NEEDS_FIX
+from resources.run_tags import DELTA_VERSION_TAG, FEED_TAG, NEEDS_FIX, RELAY_TAG, ROUTE_TAG, SINK_TAG
 from sensors.fleet import single_target_sensor
 
-FEED_TAG = "lakerelay/feed"
-SINK_TAG = "lakerelay/sink"
-ROUTE_TAG = "lakerelay/route"  # post runs of one route (a feed to a sink, under the route's name)
-RELAY_TAG = "lakerelay/relay"  # runs of pipelines/relay.py: ingest, then post to every sink
-NEEDS_FIX_TAG = NEEDS_FIX  # the post op tags runs that failed on something only a person can fix
 BACKOFF_FIRST_S = 15.0
 BACKOFF_MAX_S = 900.0
 REQUEST_GRACE_S = 60.0  # a requested run that is not in the instance after this was lost or deleted
@@ -160,7 +155,7 @@ def build_table_evaluation(
             elif cursor.retry_at == 0.0:
                 # Failed, or ended well without settling this version (another writer held the
                 # sink): ask again, after a backoff so that it is never a tight loop.
-                needs_fix = last[0].tags.get(NEEDS_FIX_TAG, "") if last else ""
+                needs_fix = last[0].tags.get(NEEDS_FIX, "") if last else ""
                 schedule_retry(cursor, now, bool(needs_fix), backoff_first_s, backoff_max_s)
                 context.log.warning(
                     f"run {last[0].run_id if last else cursor.run_key} of {job_name} "
@@ -186,7 +181,7 @@ def build_table_evaluation(
                 dg.RunRequest(
                     run_key=run_key,
                     tags={
-                        "lakerelay/delta_version": str(version),
+                        DELTA_VERSION_TAG: str(version),
                         FEED_TAG: feed_name,
                         SINK_TAG: sink_key,
                         ROUTE_TAG: sink_name,

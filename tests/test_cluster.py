@@ -118,7 +118,7 @@ def test_a_worker_python_without_a_package_fails_with_its_name_and_posts_nothing
     # Without the check, the executors' own error is the run's failure, not "see the executor log".
     run_config = tmp_path / "unchecked.yaml"
     run_config.write_text(
-        json.dumps({"ops": {"spark_post_events_to_elasticsearch": {"config": {"check_executors": False}}}})
+        json.dumps({"ops": {"sinks__events_in_elasticsearch": {"config": {"check_executors": False}}}})
     )
     unchecked, elapsed = execute(env, "-c", str(run_config))
     print(f"run failing in the executors: {elapsed:.1f}s")

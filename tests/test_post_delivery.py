@@ -170,7 +170,7 @@ def test_a_feed_unlike_the_demo_is_posted_by_its_sensor_with_default_configurati
     document = requests.get(f"{sink_server.url}/metrics/_doc/{doc_id}", timeout=5).json()["_source"]
     assert set(document) == {"metric", "value", "node", "at"}  # nothing added it has no columns for
     assert document["at"] == "2026-12-01T10:00:00.850000Z"  # the one canonical form, from "…00.85Z"
-    [event] = result.asset_materializations_for_node("spark_post_metrics_to_elasticsearch")
+    [event] = result.asset_materializations_for_node("sinks__metrics_in_elasticsearch")
     assert (event.metadata["accepted"].value, event.metadata["dead_lettered"].value) == (500, 0)
 
 

@@ -92,7 +92,7 @@ def test_a_date_templated_index_puts_each_record_in_its_own_days_index_and_repla
 
     result = run_post("elasticsearch", sink, lake, spark_resource, max_tasks=2)
 
-    [event] = result.asset_materializations_for_node("spark_post_events_to_elasticsearch")
+    [event] = result.asset_materializations_for_node("sinks__events_in_elasticsearch")
     assert event.metadata["http_retried_records"].value > 0
     assert sink_server.stats()["es"]["indices"] == dict(expected)  # in its day's index, nowhere else
     for index in expected:
@@ -131,7 +131,7 @@ def test_an_index_from_a_column_dead_letters_records_whose_column_is_null_and_na
     result = run_post("elasticsearch", sink, lake, spark_resource, max_tasks=2, dead_letter_max_rate=1.0)
 
     assert sink_server.stats()["es"]["indices"] == {"svc-api": 200, "svc-web": 200}
-    [event] = result.asset_materializations_for_node("spark_post_events_to_elasticsearch")
+    [event] = result.asset_materializations_for_node("sinks__events_in_elasticsearch")
     assert (event.metadata["accepted"].value, event.metadata["dead_lettered"].value) == (400, 200)
     dead = dead_letters(lake)
     assert sorted(orjson.loads(r)["event_id"] for r in dead["record"].to_pylist()) == sorted(

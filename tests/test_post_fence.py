@@ -273,7 +273,7 @@ def test_two_runs_launched_together_post_each_record_once(
         results.append(
             job.execute_in_process(
                 resources={"lake": lake, "pyspark": spark_resource, "splunk": sink},
-                run_config={"ops": {"spark_post_events_to_splunk": {"config": {"max_tasks": 2}}}},
+                run_config={"ops": {"sinks__events_in_splunk": {"config": {"max_tasks": 2}}}},
             )
         )
 
@@ -295,7 +295,7 @@ def test_two_runs_launched_together_post_each_record_once(
     posted = sorted(
         m.metadata["records"].value
         for r in results
-        for m in r.asset_materializations_for_node("spark_post_events_to_splunk")
+        for m in r.asset_materializations_for_node("sinks__events_in_splunk")
     )
     assert posted == [3_000, 9_000]
     log = progress_log(lake, "splunk", "events")
@@ -325,7 +325,7 @@ lake = LakeResource(lake_uri=args["lake_uri"], landing_uri=args["landing_uri"])
 sink = ElasticsearchSinkResource(sink_name="es", url=args["url"], index="fence", **args["sink"])
 result = build_post_job("elasticsearch", EVENTS_FEED).execute_in_process(
     resources={"lake": lake, "pyspark": spark_resource(), "elasticsearch": sink},
-    run_config={"ops": {"spark_post_events_to_elasticsearch": {"config": args["config"]}}},
+    run_config={"ops": {"sinks__events_in_elasticsearch": {"config": args["config"]}}},
     raise_on_error=False,
 )
 print(json.dumps({"success": result.success, "run_id": result.run_id}), flush=True)
@@ -377,7 +377,7 @@ def next_run(lake: LakeResource, sink_server, spark_resource) -> object:
         resources={"lake": lake, "pyspark": spark_resource, "elasticsearch": sink},
         run_config={
             "ops": {
-                "spark_post_events_to_elasticsearch": {
+                "sinks__events_in_elasticsearch": {
                     "config": {"lease_ttl_s": TTL_S, "lease_wait_s": 30, "max_tasks": 2}
                 }
             }

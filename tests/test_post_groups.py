@@ -251,7 +251,7 @@ lake = LakeResource(lake_uri=args["lake_uri"], landing_uri=args["landing_uri"])
 sink = SplunkHecSinkResource(sink_name="hec", url=args["url"], token=args["token"], **args["sink"])
 result = build_post_job("splunk", EVENTS_FEED).execute_in_process(
     resources={"lake": lake, "pyspark": spark_resource(), "splunk": sink},
-    run_config={"ops": {"spark_post_events_to_splunk": {"config": args["config"]}}},
+    run_config={"ops": {"sinks__events_in_splunk": {"config": args["config"]}}},
     raise_on_error=False,
 )
 print(json.dumps({"success": result.success, "run_id": result.run_id}), flush=True)
@@ -309,7 +309,7 @@ def next_run(lake, sink_server, spark_resource):
         resources={"lake": lake, "pyspark": spark_resource, "splunk": sink},
         run_config={
             "ops": {
-                "spark_post_events_to_splunk": {
+                "sinks__events_in_splunk": {
                     "config": {
                         "lease_ttl_s": TTL_S,
                         "lease_wait_s": 60,

@@ -54,13 +54,13 @@ def run_post(sink_key: str, sink, lake, spark_resource, raise_on_error: bool = T
     job = build_post_job(sink_key, EVENTS_FEED)
     return job.execute_in_process(
         resources={"lake": lake, "pyspark": spark_resource, sink_key: sink},
-        run_config={"ops": {f"spark_post_events_to_{sink_key}": {"config": config}}},
+        run_config={"ops": {f"sinks__events_in_{sink_key}": {"config": config}}},
         raise_on_error=raise_on_error,
     )
 
 
 def materialization_metadata(result, sink_key: str) -> dict:
-    [event] = result.asset_materializations_for_node(f"spark_post_events_to_{sink_key}")
+    [event] = result.asset_materializations_for_node(f"sinks__events_in_{sink_key}")
     return {k: v.value for k, v in event.metadata.items()}
 
 
@@ -116,6 +116,11 @@ def test_one_file_is_posted_by_several_tasks_and_faults_lose_nothing(
     assert meta["source_batch_to"] == 1 and meta["source_files_read"] == 1
     [check] = result.get_asset_check_evaluations()
     assert check.check_name == "dead_letter_rate" and not check.passed
+    assert check.metadata["dead_letter_rate_threshold"].value == 0.0001
+    # Dagster's own keys; settings and HEC-only counts stay out of the Elasticsearch asset's plots.
+    assert meta["dagster/row_count"] == 20_000 - 3
+    assert meta["dagster/uri"] == f"{sink_server.url}/events"
+    assert not {"dead_letter_max_rate", "capacity_target_records_per_s", "http_ack_timeouts"} & set(meta)
 
 
 def test_generic_rest_api_receives_every_enriched_record_once_despite_429s(

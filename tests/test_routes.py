@@ -112,7 +112,7 @@ def test_each_feed_reaches_exactly_its_routes_and_a_down_sink_holds_back_no_othe
         assert 0 < failures < 80
         assert siem.es_count("fw-failures") == failures  # the route's where, nothing else
         assert siem.es_count("fw") == 0 and siem.es_count("web-logs") == 0
-        [materialization] = retried.asset_materializations_for_node("spark_post_fw_to_siem")
+        [materialization] = retried.asset_materializations_for_node("sinks__fw_in_siem")
         assert materialization.asset_key == dg.AssetKey(["sinks", "fw_in_siem"])
 
         # Replaying the feed's routes adds nothing to Elasticsearch.

@@ -14,8 +14,9 @@ from pipelines.post.defs import table_sensor
 from pipelines.post.progress import write_progress
 from pipelines.relay import landing_sensor
 from pipelines.routes import RouteSpec
+from resources.run_tags import NEEDS_FIX as NEEDS_FIX_TAG
 from sensors.landing import NOT_STARTED_TIMEOUT_S, build_landing_sensor
-from sensors.table import BACKOFF_FIRST_S, NEEDS_FIX_TAG, REQUEST_GRACE_S
+from sensors.table import BACKOFF_FIRST_S, REQUEST_GRACE_S
 
 from helpers import json_lines, land_events, land_file, local_lake
 

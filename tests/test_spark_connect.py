@@ -55,7 +55,7 @@ def test_post_job_on_spark_connect_delivers_every_record_once(
     result = run_post(lake, sink, spark)
     elapsed = time.perf_counter() - started
 
-    [event] = result.asset_materializations_for_node("spark_post_events_to_elasticsearch")
+    [event] = result.asset_materializations_for_node("sinks__events_in_elasticsearch")
     meta = {k: v.value for k, v in event.metadata.items()}
     print(f"\npost of 20,000 records via Spark Connect: job {elapsed:.1f}s, op {meta['run_duration_s']}s")
     assert (meta["records"], meta["accepted"], meta["dead_lettered"]) == (20_000, 20_000, 0)
@@ -81,7 +81,7 @@ def test_post_job_on_spark_connect_delivers_every_record_once(
 
     # A second run finds nothing new: progress was saved, nothing is re-posted.
     again = run_post(lake, sink, spark)
-    assert again.success and not again.asset_materializations_for_node("spark_post_events_to_elasticsearch")
+    assert again.success and not again.asset_materializations_for_node("sinks__events_in_elasticsearch")
     assert sink_server.es_count("connect") == 20_000
 
 
@@ -106,7 +106,7 @@ def test_a_connect_server_whose_python_lacks_a_package_fails_the_run_with_its_na
             result = job.execute_in_process(
                 resources={"lake": lake, "pyspark": deployment.spark_resource(), "elasticsearch": sink},
                 run_config={
-                    "ops": {"spark_post_events_to_elasticsearch": {"config": {"check_executors": check}}}
+                    "ops": {"sinks__events_in_elasticsearch": {"config": {"check_executors": check}}}
                 },
                 raise_on_error=False,
             )
@@ -253,7 +253,7 @@ def test_a_connect_server_that_dies_mid_post_fails_the_run_fast_and_the_next_run
         after.stop()
 
         again = run_post(lake, sink, deployment.spark_resource())
-        [event] = again.asset_materializations_for_node("spark_post_events_to_elasticsearch")
+        [event] = again.asset_materializations_for_node("sinks__events_in_elasticsearch")
         assert event.metadata["records"].value == records
         ids = sink_server.es_ids("crash")
         assert len(ids) == records and set(ids) == {f"e{i}" for i in range(records)}

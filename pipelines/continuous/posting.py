@@ -1,10 +1,9 @@
 """Post one micro-batch on every route of a feed with the triggered runs' own ``run_post``: the same
 lease, fence, groups, retries and dead letters, one route per thread (each holds its own lease).
 
-``run_post`` reports through its op context (a materialization and a check evaluation per post,
-several info lines). In the continuous run those go to ``QuietContext`` instead: materializations
-are handed to the coalesced report, info lines go to the process log (the run's stderr), and only
-warnings and errors reach Dagster's event log, so it does not grow with micro-batches.
+``run_post`` returns what it posted (the coalesced report sums it) and logs through its op context:
+in the continuous run that is ``QuietContext``, whose info lines go to the process log (the run's
+stderr) and only warnings and errors to Dagster's event log, so it does not grow with micro-batches.
 """
 
 import logging
@@ -19,6 +18,7 @@ from pyspark.sql import SparkSession
 
 from pipelines.post.config import PostConfig
 from pipelines.post.job import route_sink
+from pipelines.post.report import post_metadata
 from pipelines.post.run import PostRun, run_post
 from pipelines.routes import RouteSpec
 from resources.lake import LakeResource
@@ -54,13 +54,9 @@ class QuietLog:
 class QuietContext:
     """The op context as one sink's ``run_post`` sees it in the continuous run (see the module doc)."""
 
-    def __init__(self, context: dg.OpExecutionContext, on_event: Callable[[object], None]) -> None:
+    def __init__(self, context: dg.OpExecutionContext) -> None:
         self._context = context
-        self._on_event = on_event
         self.log = QuietLog(context.log)
-
-    def log_event(self, event: object) -> None:
-        self._on_event(event)
 
     def __getattr__(self, name: str) -> Any:  # run_id, instance, resources: the op's own
         return getattr(self._context, name)
@@ -90,24 +86,22 @@ def post_on_routes(
     def post_one(route: RouteSpec) -> SinkOutcome:
         outcome = SinkOutcome()
 
-        def collect(event: object) -> None:
-            if isinstance(event, dg.AssetMaterialization):
-                outcome.posted.append(dict(event.metadata))
-            # The dead-letter check's evaluation is left out: its counts are in the metadata.
-
         started = time.perf_counter()
         try:
+            sink = route_sink(route, context.resources)
             run = PostRun(
-                QuietContext(context, collect),  # type: ignore[arg-type]
+                QuietContext(context),  # type: ignore[arg-type]
                 lake,
-                route_sink(route, context.resources),
+                sink,
                 spark_session,
                 route.posted_feed(),
                 route.asset_key,
                 config,
                 where=route.where,
             )
-            run_post(run)
+            posted = run_post(run)
+            if posted:
+                outcome.posted.append(post_metadata(posted, config, sink.destination_uri(), sink.asset_kind))
         except Exception as exc:  # dg.Failure included: reported, retried by the loop
             outcome.error = exc
         outcome.seconds = time.perf_counter() - started

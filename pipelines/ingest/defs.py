@@ -8,6 +8,7 @@ from pipelines.feeds import FeedSpec
 from pipelines.ingest.asset import build_ingest_asset
 from pipelines.ingest.maintenance import build_maintenance_asset, maintenance_asset_key
 from pipelines.run_defaults import INFO_LOGS
+from resources.run_tags import FEED_TAG
 
 
 def ingest_defs(
@@ -17,7 +18,7 @@ def ingest_defs(
         feed.name: dg.define_asset_job(
             f"ingest_{feed.name}",
             selection=dg.AssetSelection.assets(feed.name),
-            tags={"lakerelay/feed": feed.name},
+            tags={FEED_TAG: feed.name},
             # One op: running it in the run's process saves starting a step subprocess.
             executor_def=dg.in_process_executor,
             config=INFO_LOGS,

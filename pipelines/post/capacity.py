@@ -39,14 +39,14 @@ class CapacityPlan:
     too_small_reason: str = ""
 
     def metadata(self) -> dict[str, dg.MetadataValue]:
-        """The plan's headline numbers as ``capacity_*`` keys (sizes only when the run could size)."""
+        """The plan's measured numbers as ``capacity_*`` keys (sizes only when the run could size); the
+        target is a setting, shown in the plan's table, not plotted."""
         values: dict[str, float | int | None] = {
             "capacity_cores": self.cores,
             "capacity_tasks": self.tasks,
             "capacity_cores_one_call_at_a_time": self.cores_one_call_at_a_time,
             "capacity_records_per_s_per_task": round(self.records_per_s_per_task, 1),
             "capacity_startup_s_per_task": round(self.startup_s_per_task, 3),
-            "capacity_target_records_per_s": self.target_records_per_s,
         }
         metadata: dict[str, dg.MetadataValue] = {
             key: dg.MetadataValue.int(value) if isinstance(value, int) else dg.MetadataValue.float(value)

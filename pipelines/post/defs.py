@@ -6,7 +6,6 @@ from functools import partial
 
 import dagster as dg
 
-from pipelines.post.checks import build_dead_letter_check
 from pipelines.post.job import build_post_asset, post_asset_job
 from pipelines.post.progress import read_progress
 from pipelines.post.replay_job import build_replay_job
@@ -53,13 +52,12 @@ def post_defs(
     sensor_interval_s: int,
     backoff_s: tuple[float, float] = (15.0, 900.0),
 ) -> dg.Definitions:
-    """Per route its asset, check and job; one table sensor for every route (``sensors/fleet.py``)."""
+    """Per route its asset (with its check) and job; one table sensor for every route (``sensors/fleet.py``)."""
     sink_keys = sorted({route.sink for route in routes})
     jobs = [post_asset_job(route) for route in routes]
     sensed = [route for route in routes if route.feed.mode != "continuous"]
     return dg.Definitions(
         assets=[build_post_asset(route) for route in routes],
-        asset_checks=[build_dead_letter_check(route.asset_key) for route in routes],
         jobs=[*jobs, *(build_replay_job(key) for key in sink_keys)],
         # A continuous feed's run posts on its routes itself: a post the sensor requested would only
         # take a route's lease from it (its jobs stay, to run by hand).

@@ -9,7 +9,7 @@ table sensor asks again with its short backoff.
 
 import dagster as dg
 
-from resources.sinks.resource import NEEDS_FIX
+from resources.run_tags import NEEDS_FIX
 from resources.spark import START_CONNECT_SERVER_HINT, connect_server_of, grpc_reason
 from resources.spark_errors import SparkFault, root_cause, spark_fault
 

@@ -9,13 +9,15 @@ from typing import Any
 import dagster as dg
 
 from pipelines.feeds import FeedSpec
+from pipelines.post.checks import dead_letter_check_spec, dead_letter_result
 from pipelines.post.config import PostConfig
+from pipelines.post.report import post_metadata
 from pipelines.post.run import PostRun, run_post
 from pipelines.routes import RouteSpec
 from pipelines.run_defaults import INFO_LOGS
 from resources.lake import LakeResource
-from resources.sinks.resource import NEEDS_FIX, RestSinkResource
-from sensors.table import FEED_TAG, ROUTE_TAG, SINK_TAG
+from resources.run_tags import FEED_TAG, NEEDS_FIX, ROUTE_TAG, SINK_TAG
+from resources.sinks.resource import RestSinkResource
 
 # Transient crashes (a lost executor, an S3 hiccup) are retried in the run; failures a retry cannot
 # fix say so (dg.Failure(allow_retries=False)) and are healed by the table sensor's backoff instead.
@@ -38,34 +40,32 @@ def build_post_asset(route: RouteSpec) -> dg.AssetsDefinition:
     """The route's documents in its sink, materialized by one Spark op that posts the new records."""
     feed, sink_key = route.feed, route.sink
 
-    @dg.multi_asset(
-        name=f"spark_{route.job_name}",
-        specs=[
-            dg.AssetSpec(
-                route.asset_key,
-                deps=[dg.AssetKey(feed.name)],
-                # Materialized only when records were posted: an empty run changes nothing in the sink.
-                skippable=True,
-                group_name="sinks",
-                kinds={route.sink_kind, "spark"},
-                description=route.description
-                or f"Documents of feed {feed.name!r} in sink {sink_key!r}, posted by job "
-                f"{route.job_name} (its table sensor keeps it fresh).",
-            )
-        ],
+    @dg.asset(
+        key=route.asset_key,
+        deps=[dg.AssetKey(feed.name)],
+        # Materialized only when records were posted: an empty run changes nothing in the sink.
+        output_required=False,
+        check_specs=[dead_letter_check_spec(route.asset_key)],
+        group_name="sinks",
+        kinds={route.sink_kind, "spark"},
+        description=route.description
+        or f"Documents of feed {feed.name!r} in sink {sink_key!r}: job {route.job_name} reads the records "
+        "its table sensor finds unsettled, enriches them in Spark and posts them"
+        + (f" where {route.where}" if route.where else "")
+        + ".",
         required_resource_keys={sink_key, "lake", "pyspark"},
         pool=route.pool,
         retry_policy=POST_RETRY_POLICY,
-        description=f"Read unsettled records of table {feed.table_name!r}, enrich them in Spark and post "
-        f"them to {sink_key}" + (f" where {route.where}" if route.where else "") + ".",
     )
-    def post_asset(context: dg.AssetExecutionContext, config: PostConfig) -> Iterator[dg.MaterializeResult]:
+    def post_asset(
+        context: dg.AssetExecutionContext, config: PostConfig
+    ) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
         lake: LakeResource = context.resources.lake
         sink = route_sink(route, context.resources)
         try:
-            run_post(
+            posted = run_post(
                 PostRun(
-                    context,
+                    context.op_execution_context,
                     lake,
                     sink,
                     lambda: context.resources.pyspark.spark_session,  # Spark starts only once there is work
@@ -80,7 +80,15 @@ def build_post_asset(route: RouteSpec) -> dg.AssetsDefinition:
                 # The table sensor reads this tag and waits its longest backoff instead of retrying soon.
                 context.instance.add_run_tags(context.run_id, {NEEDS_FIX: (failure.description or "")[:200]})
             raise
-        yield from ()  # run_post logged the materialization (with its metadata) when it posted
+        if not posted:
+            yield dead_letter_result(0, 0, config.dead_letter_max_rate)
+            return
+        dead = sum(p.totals.dead for p in posted)
+        records = sum(p.totals.records_in for p in posted)
+        yield dg.MaterializeResult(
+            metadata=post_metadata(posted, config, sink.destination_uri(), sink.asset_kind),
+            check_results=[dead_letter_result(dead, records, config.dead_letter_max_rate)],
+        )
 
     return post_asset
 
@@ -89,9 +97,7 @@ def post_asset_job(route: RouteSpec):  # define_asset_job's type is not exported
     """``post_<feed>_to_<route>``: in-process (one op, no step subprocess to start), tagged for sensors."""
     return dg.define_asset_job(
         route.job_name,
-        # The op evaluates the dead-letter check itself; the check's own step would only repeat it.
-        selection=dg.AssetSelection.assets(route.asset_key)
-        - dg.AssetSelection.checks_for_assets(route.asset_key),
+        selection=dg.AssetSelection.assets(route.asset_key),
         executor_def=dg.in_process_executor,
         config=INFO_LOGS,
         tags={SINK_TAG: route.sink, ROUTE_TAG: route.name, FEED_TAG: route.feed.name},

@@ -12,6 +12,7 @@ from pipelines.post.letters import REJECTED, REPLAY_TABLE, LetterFilter, parse_i
 from pipelines.post.replay import new_replay_id, post_letters, record_replay, replay_rows
 from resources.arrow import pc
 from resources.lake import LakeResource
+from resources.run_tags import REPLAY_TAG, SINK_TAG
 from resources.sinks.resource import RestSinkResource
 
 PREVIEW_ROWS = 50  # letters listed in logs and in the job's output; the tables hold all of them
@@ -212,7 +213,7 @@ def build_replay_job(sink_key: str) -> dg.JobDefinition:
 
     @dg.job(
         name=replay_job_name(sink_key),
-        tags={"lakerelay/sink": sink_key, "lakerelay/replay": "dead_letters"},
+        tags={SINK_TAG: sink_key, REPLAY_TAG: "dead_letters"},
         description=f"Replay dead letters to sink {sink_key}: same ids, recorded in {REPLAY_TABLE}.",
     )
     def replay_job() -> None:

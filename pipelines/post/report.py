@@ -3,11 +3,14 @@
 Metadata keys are grouped by prefix, so the asset's plots (sorted by name) keep related numbers
 together, and units are in the names (``_s``, ``_ms``, ``_bytes``, ``_per_s``): the record accounting
 (``records``, ``accepted``, ``dead_lettered``, ``pending``, as users and the dead-letter check read
-them), then ``dead_letter_*``, ``http_*`` (calls, retries, latency, concurrency), ``run_*``,
-``source_*`` (what was read) and ``capacity_*`` (the plan).
+them), then ``dead_letter_rate``, ``http_*`` (calls, retries, latency, concurrency), ``run_*``,
+``source_*`` (what was read) and ``capacity_*`` (the plan), plus Dagster's ``dagster/uri`` (where the
+documents went) and ``dagster/row_count`` (records the sink accepted in this run, as Dagster's dlt and
+Sling integrations count rows loaded). Only facts of the run are plotted: settings such as the
+dead-letter threshold are in the check's metadata, and HEC's acknowledgement counts only on HEC.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import dagster as dg
 import pyarrow as pa
@@ -56,6 +59,20 @@ class PostTotals:
     @property
     def dead(self) -> int:
         return self.rejected.num_rows
+
+    def plus(self, other: "PostTotals") -> "PostTotals":
+        """Both runs' totals: a run that resumed another's plan before posting its own posts two."""
+        return replace(
+            self,
+            **{name: getattr(self, name) + getattr(other, name) for name in _SUMMED},
+            concurrency_peak=max(self.concurrency_peak, other.concurrency_peak),
+            tasks=self.tasks + other.tasks,
+            task_seconds=self.task_seconds + other.task_seconds,
+            startup_seconds=self.startup_seconds + other.startup_seconds,
+            reasons=self.reasons + other.reasons,
+            latencies_ms=pa.concat_arrays([self.latencies_ms, other.latencies_ms]),
+            rejected=pa.concat_tables([self.rejected, other.rejected]),
+        )
 
     @classmethod
     def of(cls, results: pa.Table) -> "PostTotals":
@@ -126,34 +143,49 @@ def _float(value: float, digits: int = 3) -> dg.MetadataValue:
     return dg.MetadataValue.float(round(float(value), digits))
 
 
+@dataclass(frozen=True)
+class PostedPlan:
+    """One plan a run posted and settled whole: what its materialization reports."""
+
+    totals: PostTotals
+    plan: PostPlan
+    seconds: float
+
+
 def post_metadata(
-    totals: PostTotals, plan: PostPlan, config: PostConfig, written: int, elapsed_s: float
+    posted: list[PostedPlan], config: PostConfig, sink_uri: str, sink_kind: str
 ) -> dict[str, dg.MetadataValue]:
-    """The sink asset's materialization metadata for a run that settled everything it read."""
-    t = totals
+    """The sink asset's materialization metadata for a run that settled every plan it read (usually
+    one; two when it first finished a plan an earlier run had settled in part)."""
+    t = posted[0].totals
+    for more in posted[1:]:
+        t = t.plus(more.totals)
+    first, last = posted[0].plan, posted[-1].plan
+    elapsed_s = sum(p.seconds for p in posted)
     metadata = {
+        "dagster/uri": dg.MetadataValue.url(sink_uri),
+        "dagster/row_count": _int(t.accepted),
         "records": _int(t.records_in),
         "accepted": _int(t.accepted),
         "dead_lettered": _int(t.dead),
         "pending": _int(t.pending),
         "dead_letter_rate": _float(t.dead / t.records_in if t.records_in else 0.0, 6),
-        "dead_letter_max_rate": _float(config.dead_letter_max_rate, 6),
-        "dead_letter_rows_written": _int(written),
         "http_requests": _int(t.requests),
         "http_attempts": _int(t.attempts),  # requests plus network errors
         "http_retried_records": _int(t.retried),  # records resent after a transient failure
         "http_bytes_sent": _int(t.bytes),
-        "http_ack_timeouts": _int(t.ack_timeouts),
         "http_concurrency_peak": _int(t.concurrency_peak),
         "http_concurrency_decreases": _int(t.concurrency_decreases),
         "run_tasks": _int(t.tasks),
         "run_duration_s": _float(elapsed_s),
         "run_records_per_s": _float(t.records_in / elapsed_s if elapsed_s else 0.0, 1),
-        "source_delta_version": _int(plan.delta_version),
-        "source_batch_from_exclusive": _int(plan.batch_from),
-        "source_batch_to": _int(plan.batch_to),
-        "source_files_read": _int(len(plan.files)),
+        "source_delta_version": _int(last.delta_version),
+        "source_batch_from_exclusive": _int(first.batch_from),
+        "source_batch_to": _int(last.batch_to),
+        "source_files_read": _int(sum(len(p.plan.files) for p in posted)),
     }
+    if sink_kind == "splunk":  # indexer acknowledgement is HEC's alone
+        metadata["http_ack_timeouts"] = _int(t.ack_timeouts)
     if len(t.latencies_ms):
         for q in (0.5, 0.95, 0.99):
             quantile = pc.quantile(t.latencies_ms, q=q)[0].as_py()

@@ -20,7 +20,7 @@ from deltalake.exceptions import TableNotFoundError
 from pyspark.sql import DataFrame, SparkSession
 
 from pipelines.feeds import FeedSpec
-from pipelines.post.checks import DEAD_LETTER_CHECK, dead_letter_evaluation
+from pipelines.post.checks import DEAD_LETTER_CHECK
 from pipelines.post.config import PostConfig
 from pipelines.post.dead_letters import DEAD_LETTER_TABLE, append_dead_letters
 from pipelines.post.destination import plan_destination
@@ -46,7 +46,7 @@ from pipelines.post.progress import (
     write_progress,
 )
 from pipelines.post.read_stage import read_units
-from pipelines.post.report import PostTotals, pending_failure, post_metadata, unaccounted_failure
+from pipelines.post.report import PostedPlan, PostTotals, pending_failure, unaccounted_failure
 from resources.executor_check import ExecutorEnvironmentError, prepare_executors
 from resources.lake import LakeResource
 from resources.lease import Lease, LeaseHeld, LeaseLost, LeaseRecord
@@ -69,8 +69,9 @@ class PostRun:
     where: str | None = None  # the route's Spark SQL predicate on enriched records; None posts all
 
 
-def run_post(run: PostRun) -> None:
-    """Post the feed's unsettled records as the one holder of the (sink, table) lease.
+def run_post(run: PostRun) -> list[PostedPlan]:
+    """Post the feed's unsettled records as the one holder of the (sink, table) lease; the plans it
+    posted and settled (none when there was nothing new), for the asset's materialization.
 
     The lease is taken before planning (the plan starts from the progress it carries), renewed from a
     driver thread while the run works, settled through (progress is written only while this run still
@@ -83,7 +84,7 @@ def run_post(run: PostRun) -> None:
         with lease.keep_alive(
             on_error=lambda exc: context.log.warning(f"{lease.label}: renewing the lease failed: {exc}")
         ):
-            _post_under_lease(run, lease)
+            return _post_under_lease(run, lease)
     except LeaseLost as lost:
         raise dg.Failure(
             description=(
@@ -145,7 +146,7 @@ def _acquire_post_lease(
     return lease
 
 
-def _post_under_lease(run: PostRun, lease: Lease) -> None:
+def _post_under_lease(run: PostRun, lease: Lease) -> list[PostedPlan]:
     context, lake, sink, feed = run.context, run.lake, run.sink, run.feed
     options = lake.storage_options()
     table_uri = lake.table_uri(feed.table_name)
@@ -160,7 +161,7 @@ def _post_under_lease(run: PostRun, lease: Lease) -> None:
         plan = plan_post(table_uri, options, feed.app_id, progress.batch_id)
     except TableNotFoundError:
         context.log.info(f"table {feed.table_name} does not exist yet (no ingest has run): nothing to post")
-        return
+        return poster.posted
     context.log.info(
         f"sink {sink.sink_name}: settled through batch {progress.batch_id} (version {progress.delta_version}); "
         f"table {feed.table_name} is at version {plan.delta_version}, batch {plan.batch_to}; {len(plan.files)} files to read"
@@ -176,8 +177,9 @@ def _post_under_lease(run: PostRun, lease: Lease) -> None:
                 lease=lease,
             )
         context.log.info("nothing new to post")
-        return
+        return poster.posted
     poster.post(plan, None)
+    return poster.posted
 
 
 def _resumed_plan(
@@ -232,6 +234,7 @@ class _GroupPoster:
         self.lease = lease
         self._spark: SparkSession | None = None
         self.slots = 1
+        self.posted: list[PostedPlan] = []  # each plan settled whole, in order
 
     def _spark_ready(self) -> SparkSession:
         if self._spark is None:
@@ -281,7 +284,6 @@ class _GroupPoster:
 
         settle_lock = threading.Lock()
         stop = threading.Event()  # a group fell short: groups not started yet are not started
-        written: list[int] = []
 
         def post_group(group: int) -> pa.Table | None:
             """Post one group, then settle it from this same thread before it takes the next group.
@@ -303,17 +305,15 @@ class _GroupPoster:
                 return table
             with settle_lock:
                 if totals.dead:  # dead letters first: a settled group's rejections are never lost
-                    written.append(
-                        append_dead_letters(
-                            lake.table_uri(DEAD_LETTER_TABLE),
-                            lake.storage_options(),
-                            sink.sink_name,
-                            feed.table_name,
-                            plan.delta_version,
-                            plan.batch_to,
-                            totals.rejected,
-                            group=group,
-                        )
+                    append_dead_letters(
+                        lake.table_uri(DEAD_LETTER_TABLE),
+                        lake.storage_options(),
+                        sink.sink_name,
+                        feed.table_name,
+                        plan.delta_version,
+                        plan.batch_to,
+                        totals.rejected,
+                        group=group,
                     )
                 settle_group(self.lease, sink.sink_name, feed.table_name, partial, group)
             return table
@@ -368,16 +368,12 @@ class _GroupPoster:
             raise pending_failure(sink.sink_name, totals, plan)
         if (unaccounted := unaccounted_failure(sink.sink_name, totals)) is not None:
             raise unaccounted
-        self._report(plan, totals, sum(written), time.perf_counter() - started)
+        self._report(plan, totals, time.perf_counter() - started)
 
-    def _report(self, plan: PostPlan, totals: PostTotals, written: int, elapsed: float) -> None:
+    def _report(self, plan: PostPlan, totals: PostTotals, elapsed: float) -> None:
         context, sink, config = self.run.context, self.run.sink, self.run.config
         dead = totals.dead
-        metadata = post_metadata(totals, plan, config, written, elapsed)
-        context.log_event(dg.AssetMaterialization(asset_key=self.run.asset_key, metadata=metadata))
-        context.log_event(
-            dead_letter_evaluation(self.run.asset_key, dead, totals.records_in, config.dead_letter_max_rate)
-        )
+        self.posted.append(PostedPlan(totals, plan, elapsed))
         dead_letter_rate = dead / totals.records_in if totals.records_in else 0.0
         if dead_letter_rate > config.dead_letter_max_rate:
             context.log.warning(

@@ -6,6 +6,7 @@ new option needs only its field here and, if executors read it, a same-named fie
 """
 
 import base64
+import urllib.parse
 from collections.abc import Mapping
 from typing import Any, ClassVar, Literal
 
@@ -13,15 +14,13 @@ import dagster as dg
 import requests
 from pydantic import ConfigDict, Field, model_validator
 
+from resources.run_tags import NEEDS_FIX
 from resources.sinks import es_auth
 from resources.sinks.elasticsearch import ElasticsearchSettings
 from resources.sinks.errors import SinkAuthError, SinkConfigError, auth_error_message
 from resources.sinks.generic import GenericSettings
 from resources.sinks.hec import HecSettings
 from resources.sinks.settings import SinkSettings, from_fields
-
-# Failure metadata key (and run tag) for failures only a person can fix; the table sensor backs off.
-NEEDS_FIX = "lakerelay/needs_fix"
 
 
 def authorization(bearer_token: str | None, username: str | None, password: str | None) -> dict[str, str]:
@@ -130,6 +129,12 @@ class RestSinkResource(dg.ConfigurableResource):
     def endpoint(self) -> str:
         """The base URL requests go to."""
         return self.url or ""
+
+    def destination_uri(self) -> str:
+        """Where the documents go, as the sink asset's ``dagster/uri``: the endpoint without any
+        credentials in it (a template in the destination is shown as written)."""
+        parts = urllib.parse.urlsplit(self.endpoint())
+        return urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
 
     def authorization(self) -> dict[str, str]:
         """The sink's auth header(s); extra_headers are sent too, and these win over them."""
@@ -268,6 +273,9 @@ class ElasticsearchSinkResource(RestSinkResource):
 
     def endpoint(self) -> str:
         return es_auth.endpoint(self)
+
+    def destination_uri(self) -> str:
+        return f"{super().destination_uri().rstrip('/')}/{self.index}"
 
     def authorization(self) -> dict[str, str]:
         return es_auth.authorization(self)
