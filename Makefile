@@ -38,9 +38,11 @@ plain: java
 	cd $(PLAIN) && venv/bin/python -c "import pipelines.definitions as d; print(len(list(d.defs.resolve_all_asset_keys())), 'assets load')"
 	cd $(PLAIN) && venv/bin/python -m devtools.demo --home $(PLAIN)/demo --files 4
 
+## Style and types: ruff, then basedpyright (pyright's "basic" mode, pyrightconfig.json) on the code that ships.
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/basedpyright
 
 ## The Dagster UI and daemon on http://127.0.0.1:3000 over the embedded defaults, with the local sink
 ## server (Elasticsearch _bulk and Splunk HEC on one port, started here) and one Spark Connect server on

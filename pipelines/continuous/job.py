@@ -192,7 +192,7 @@ def make_watcher(
         settings = lake.filesystem_settings()
         import boto3  # only S3 feeds with notifications pay for it
 
-        sqs = boto3.session.Session().client(
+        sqs = boto3.Session().client(
             "sqs",
             region_name=settings.region,
             endpoint_url=settings.endpoint_url,

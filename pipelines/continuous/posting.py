@@ -26,10 +26,12 @@ from resources.lake import LakeResource
 _process_log = logging.getLogger("lakerelay.continuous")
 
 
-class QuietLog:
-    """Info and debug to the process log; warnings and errors to Dagster's (the event log)."""
+class QuietLog(logging.LoggerAdapter):
+    """Info and debug to the process log; warnings and errors to Dagster's (the event log). A
+    ``LoggerAdapter`` so that it goes wherever a logger does."""
 
     def __init__(self, dagster_log: Any) -> None:
+        super().__init__(_process_log)
         self.dagster_log = dagster_log
 
     def debug(self, msg: object, *args: object, **kwargs: Any) -> None:

@@ -433,7 +433,8 @@ def default_parallelism(spark: SparkSession) -> int:
             return max(1, int(slots))
     try:
         measured = spark.range(4096).selectExpr("spark_partition_id() AS p").selectExpr("max(p) + 1 AS n")
-        return max(1, int(measured.first()["n"]))
+        row = measured.first()
+        return max(1, int(row["n"])) if row is not None else 2
     except Exception:  # a server that will not say: two tasks, as many as local[2] has
         return 2
 
