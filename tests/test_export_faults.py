@@ -176,3 +176,23 @@ def test_the_deployment_sets_the_s3_retry_deadline_of_exports(monkeypatch: pytes
     monkeypatch.setenv("LAKERELAY_EXPORT_RETRY_DEADLINE_S", "soon")
     with pytest.raises(ValueError, match="must be a number"):
         deployment.export_storage_resource()
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["sign", "s3://no-such-bucket/exports/v1/events/x/manifest.json"],
+        ["verify", "s3://no-such-bucket/exports/v1/events/x/manifest.json"],
+    ],
+)
+def test_the_cli_without_aws_credentials_says_so_in_one_line_and_exits_2(
+    command: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    assert cli(command) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no AWS credentials found; set AWS_PROFILE" in err, err

@@ -20,6 +20,8 @@ import sys
 import uuid
 from pathlib import Path
 
+from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+
 from pipelines import deployment
 from pipelines.export.client import fetch_export
 from pipelines.export.exporter import export_table
@@ -189,6 +191,18 @@ def main(argv: list[str] | None = None) -> int:
     # What a person fixes or retries: one line, no traceback (a full disk is an OSError too).
     except (ValueError, OSError, S3Unavailable, UnsupportedS3Setting) as exc:
         print(f"lakerelay-export {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except NoCredentialsError:
+        print(
+            f"lakerelay-export {args.command}: error: no AWS credentials found; set AWS_PROFILE, or "
+            "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or run where an instance role provides them)",
+            file=sys.stderr,
+        )
+        return 2
+    except (BotoCoreError, ClientError) as exc:  # refused (403, no such bucket) or unreachable
+        print(
+            f"lakerelay-export {args.command}: error: S3 said: {' '.join(str(exc).split())}", file=sys.stderr
+        )
         return 2
 
 
