@@ -51,7 +51,7 @@ def build_defs(
         relay_defs(triggered, routes, status, interval),
         continuous_defs(feeds, routes, status, interval),
         export_defs(feeds, exports, storage=resources.get("export_storage")),
-        dg.Definitions(sensors=[build_failure_sensor()], resources=resources),
+        dg.Definitions(sensors=[build_failure_sensor(*deployment.retry_backoff_s())], resources=resources),
     )
     return with_continuous_freshness(merged, routes)
 

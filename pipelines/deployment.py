@@ -21,6 +21,7 @@ from resources.export_storage import ExportStorage, LocalExportStorage, S3Export
 from resources.lake import LakeResource
 from resources.sinks.resource import ElasticsearchSinkResource, RestSinkResource, SplunkHecSinkResource
 from resources.spark import LOCAL_JIT_OPTION, SparkSessionResource, connect_url_has_token, log4j_config_file
+from sensors.table import BACKOFF_FIRST_S, BACKOFF_MAX_S
 
 # The local sink server's default HEC token: a development value, not a secret.
 LOCAL_HEC_TOKEN = "lakerelay-local-hec-token"
@@ -312,9 +313,9 @@ def sensor_interval_seconds() -> int:
 
 
 def retry_backoff_s() -> tuple[float, float]:
-    """First and longest wait before a table sensor requests a failed post again (15 s, 15 min)."""
-    first = float(_env_number("LAKERELAY_RETRY_BACKOFF_S", float, 15.0))
-    longest = float(_env_number("LAKERELAY_RETRY_BACKOFF_MAX_S", float, 900.0))
+    """First and longest wait before a sensor requests a failed run again (default: the sensors')."""
+    first = float(_env_number("LAKERELAY_RETRY_BACKOFF_S", float, BACKOFF_FIRST_S))
+    longest = float(_env_number("LAKERELAY_RETRY_BACKOFF_MAX_S", float, BACKOFF_MAX_S))
     if first <= 0 or longest < first:
         raise ValueError(
             f"LAKERELAY_RETRY_BACKOFF_S={first} and LAKERELAY_RETRY_BACKOFF_MAX_S={longest}: both must be "

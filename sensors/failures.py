@@ -5,11 +5,12 @@ import dagster as dg
 from resources.run_tags import NEEDS_FIX, RELAY_TAG, SINK_TAG
 from sensors.table import BACKOFF_FIRST_S, BACKOFF_MAX_S
 
-BACKOFF = f"{BACKOFF_FIRST_S:.0f} s doubling to {BACKOFF_MAX_S / 60:.0f} min"
 
-
-def build_failure_sensor() -> dg.SensorDefinition:
-    """Watches every job of this code location."""
+def build_failure_sensor(
+    backoff_first_s: float = BACKOFF_FIRST_S, backoff_max_s: float = BACKOFF_MAX_S
+) -> dg.SensorDefinition:
+    """Watches every job of this code location; its advice names the sensors' backoff as configured."""
+    backoff = f"{backoff_first_s:g} s doubling to {backoff_max_s / 60:g} min"
 
     @dg.run_failure_sensor(
         name="lakerelay_run_failure_sensor",
@@ -23,17 +24,17 @@ def build_failure_sensor() -> dg.SensorDefinition:
         if needs_fix:
             next_step = (
                 "A retry cannot fix this (credentials, TLS, a URL or an enrichment): fix the configuration; "
-                f"the table sensor tries again every {BACKOFF_MAX_S / 60:.0f} minutes, or re-execute the run once fixed."
+                f"the table sensor tries again every {backoff_max_s / 60:g} minutes, or re-execute the run once fixed."
             )
         elif run.tags.get(RELAY_TAG):
             next_step = (
-                f"The feed's landing sensor requests the ingest again with backoff ({BACKOFF}) "
+                f"The feed's landing sensor requests the ingest again with backoff ({backoff}) "
                 "while its files wait, and each table sensor the posts its sink has not settled; no action "
                 "is needed if the cause was transient."
             )
         elif run.tags.get(SINK_TAG):
             next_step = (
-                f"The feed's table sensor requests the post again with backoff ({BACKOFF}), "
+                f"The feed's table sensor requests the post again with backoff ({backoff}), "
                 "with or without new data; no action is needed if the cause was transient."
             )
         else:

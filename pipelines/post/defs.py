@@ -50,7 +50,7 @@ def post_defs(
     routes: list[RouteSpec],
     sensor_status: dg.DefaultSensorStatus,
     sensor_interval_s: int,
-    backoff_s: tuple[float, float] = (15.0, 900.0),
+    backoff_s: tuple[float, float] = (BACKOFF_FIRST_S, BACKOFF_MAX_S),
 ) -> dg.Definitions:
     """Per route its asset (with its check) and job; one table sensor for every route (``sensors/fleet.py``)."""
     sink_keys = sorted({route.sink for route in routes})
