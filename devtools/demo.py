@@ -1,5 +1,9 @@
 """`make demo`: the whole flow once, through the Dagster CLI, on embedded defaults.
 
+From the checkout (a dg project) each job runs with `dg launch --job`; from an installed package
+with no project around it (`make plain`) with `dagster job execute -m pipelines.definitions`, the
+CLI the design card names for CI. Every job logs at INFO, so the output is the steps' own lines.
+
 Generates a landing zone, starts the local sink server, ingests through the ingest asset, posts with
 the Spark jobs to the Elasticsearch- and Splunk-compatible endpoints, exports to a local folder, then
 prints what each stage holds, asked from the stage itself, and exits non-zero if the counts disagree.
@@ -21,11 +25,16 @@ from devtools.sample_events import write_landing_zone
 from devtools.sink_process import SinkProcess
 from resources.delta_arrow import read_delta
 
-DEFS = ["-m", "pipelines.definitions"]
+BIN = Path(sys.executable).parent
 
 
-def dagster(args: list[str], env: dict[str, str]) -> None:
-    command = [str(Path(sys.executable).parent / "dagster"), *args]
+def launch(job: str, env: dict[str, str]) -> None:
+    """Run ``job`` to its end with Dagster's CLI, printing the command first."""
+    in_project = Path("pyproject.toml").is_file() and "[tool.dg" in Path("pyproject.toml").read_text()
+    if in_project:
+        command = [str(BIN / "dg"), "launch", "--job", job]
+    else:
+        command = [str(BIN / "dagster"), "job", "execute", "-m", "pipelines.definitions", "-j", job]
     print(f"\n$ {' '.join(command)}", flush=True)
     started = time.perf_counter()
     subprocess.run(command, env=env, check=True)
@@ -46,9 +55,6 @@ def main() -> int:
         shutil.rmtree(home)
     (home / "dagster").mkdir(parents=True)
     (home / "dagster" / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
-    # Run logs at INFO: the steps' own lines (counts, versions, timings), not every engine event.
-    quiet = home / "run_logging.yaml"
-    quiet.write_text("loggers:\n  console:\n    config:\n      log_level: INFO\n")
     written = write_landing_zone(home / "landing" / "events", args.files, args.records_per_file)
     print(f"landing zone: {written} events in {args.files} files under {home / 'landing' / 'events'}")
 
@@ -61,11 +67,13 @@ def main() -> int:
             "LAKERELAY_ES_URL": sink.url,
             "LAKERELAY_HEC_URL": sink.url,
         }
-        config = ["-c", str(quiet)]
-        dagster(["asset", "materialize", *DEFS, *config, "--select", "events"], env)
-        dagster(["job", "execute", *DEFS, *config, "-j", "post_events_to_elasticsearch"], env)
-        dagster(["job", "execute", *DEFS, *config, "-j", "post_events_to_splunk"], env)
-        dagster(["asset", "materialize", *DEFS, *config, "--select", "events_export"], env)
+        for job in (
+            "ingest_events",
+            "post_events_to_elasticsearch",
+            "post_events_to_splunk",
+            "export_events",
+        ):
+            launch(job, env)
         es_docs = requests.get(f"{sink.url}/events/_count", timeout=10).json()["count"]
         hec_events = sink.stats()["hec"]["indices"].get("main", 0)
 

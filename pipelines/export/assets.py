@@ -33,6 +33,7 @@ from pipelines.export.spec import (
     load_specs,
 )
 from pipelines.feeds import FeedSpec
+from pipelines.run_defaults import INFO_LOGS
 from resources.export_storage import ExportStorage
 from resources.lake import LakeResource
 
@@ -261,7 +262,9 @@ def export_defs(
         return dg.Definitions()
     uris = destination_uris(storage, [spec.dataset for spec in specs])
     cleanup_job = dg.define_asset_job(
-        "export_cleanup", selection=dg.AssetSelection.assets(*(cleanup_asset_key(s.dataset) for s in specs))
+        "export_cleanup",
+        selection=dg.AssetSelection.assets(*(cleanup_asset_key(s.dataset) for s in specs)),
+        config=INFO_LOGS,
     )
     return dg.Definitions(
         assets=[
@@ -274,6 +277,9 @@ def export_defs(
                 dg.define_asset_job(
                     f"export_{spec.dataset}",
                     selection=dg.AssetSelection.assets(export_asset_key(spec.dataset)),
+                    # The export and its blocking check in the run's process: no step subprocesses.
+                    executor_def=dg.in_process_executor,
+                    config=INFO_LOGS,
                 )
                 for spec in specs
             ),

@@ -28,7 +28,9 @@ def ingest_defs(
     # One maintenance job and schedule for every feed: their cost does not grow with the feeds.
     maintenance_jobs = [
         dg.define_asset_job(
-            "maintain_feeds", selection=dg.AssetSelection.assets(*(maintenance_asset_key(f) for f in feeds))
+            "maintain_feeds",
+            selection=dg.AssetSelection.assets(*(maintenance_asset_key(f) for f in feeds)),
+            config=INFO_LOGS,
         )
     ]
     schedule_status = (

@@ -10,6 +10,7 @@ from pydantic import Field
 
 from pipelines.post.letters import REJECTED, REPLAY_TABLE, LetterFilter, parse_instant, select_dead_letters
 from pipelines.post.replay import new_replay_id, post_letters, record_replay, replay_rows
+from pipelines.run_defaults import INFO_LOGS
 from resources.arrow import pc
 from resources.lake import LakeResource
 from resources.run_tags import REPLAY_TAG, SINK_TAG
@@ -213,6 +214,7 @@ def build_replay_job(sink_key: str) -> dg.JobDefinition:
 
     @dg.job(
         name=replay_job_name(sink_key),
+        config=INFO_LOGS,
         tags={SINK_TAG: sink_key, REPLAY_TAG: "dead_letters"},
         description=f"Replay dead letters to sink {sink_key}: same ids, recorded in {REPLAY_TABLE}.",
     )
