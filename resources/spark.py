@@ -343,14 +343,50 @@ def prepare_classic_environment(spark_config: dict[str, Any]) -> None:
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
 
 
+# Spark 4's launcher always adds --add-modules=jdk.incubator.vector, and the JVM then prints this line
+# on its stderr at every start, in every run's output; it says nothing a user can act on.
+_JVM_NOISE = (b"WARNING: Using incubator modules: jdk.incubator.vector",)
+
+
+def _forward_stderr(source: int, target: int) -> None:
+    """Copy lines from ``source`` to ``target`` until ``source`` closes, leaving out ``_JVM_NOISE``."""
+    with os.fdopen(source, "rb", buffering=0) as lines:
+        for line in iter(lines.readline, b""):
+            if not line.rstrip().startswith(_JVM_NOISE):
+                os.write(target, line)
+    os.close(target)
+
+
+@contextlib.contextmanager
+def _jvm_stderr_filtered() -> Iterator[None]:
+    """While the block starts the driver JVM, its stderr (fd 2, inherited) becomes a pipe that a
+    daemon thread copies to this process's stderr, for as long as the JVM lives, without the noise."""
+    read_end, write_end = os.pipe()
+    stderr_copy = os.dup(2)
+    threading.Thread(
+        target=_forward_stderr, args=(read_end, os.dup(2)), name="jvm-stderr", daemon=True
+    ).start()
+    os.dup2(write_end, 2)
+    os.close(write_end)
+    try:
+        yield
+    finally:
+        os.dup2(stderr_copy, 2)  # this process writes to its own stderr again; the JVM keeps the pipe
+        os.close(stderr_copy)
+
+
 def classic_session(spark_config: dict[str, Any]) -> "SparkSession":
     """The process's classic session (``getOrCreate``) with ``spark_config`` applied."""
+    from pyspark import SparkContext
     from pyspark.sql import SparkSession
 
     builder = SparkSession.builder
     for key, value in spark_config.items():
         builder = builder.config(key, str(value))
-    return builder.getOrCreate()
+    if SparkContext._active_spark_context is not None:  # the JVM runs already
+        return builder.getOrCreate()
+    with _jvm_stderr_filtered():
+        return builder.getOrCreate()
 
 
 class SparkSessionResource(dg.ConfigurableResource):
