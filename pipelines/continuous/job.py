@@ -21,7 +21,7 @@ from pydantic import Field
 from pyspark.sql import SparkSession
 
 from pipelines.continuous.loop import LoopSteps, run_loop
-from pipelines.continuous.posting import QuietLog, post_on_routes
+from pipelines.continuous.posting import QuietLog, log_to_stderr, post_on_routes
 from pipelines.continuous.report import REPORT_INTERVAL_S, CoalescedReport
 from pipelines.continuous.watchers import FolderWatcher, PollWatcher, QueueWatcher, Watcher
 from pipelines.feeds import FeedSpec
@@ -111,6 +111,7 @@ def run_continuous(
 ) -> Iterator[dg.AssetMaterialization]:
     lake: LakeResource = context.resources.lake
     sink_keys = [route.name for route in routes]  # the report's and the loop's keys: one per route
+    log_to_stderr()
     log = QuietLog(context.log)
     stop = threading.Event()
     events: queue.Queue = queue.Queue()

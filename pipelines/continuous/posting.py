@@ -8,6 +8,7 @@ warnings and errors reach Dagster's event log, so it does not grow with micro-ba
 """
 
 import logging
+import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -26,16 +27,33 @@ from resources.lake import LakeResource
 _process_log = logging.getLogger("lakerelay.continuous")
 
 
-class QuietLog:
-    """Info and debug to the process log; warnings and errors to Dagster's (the event log)."""
+def log_to_stderr() -> None:
+    """Send the process log's info lines, timestamped, to stderr: the run's compute log (once per process)."""
+    if not _process_log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(message)s"))
+        _process_log.addHandler(handler)
+        _process_log.setLevel(logging.INFO)
+        _process_log.propagate = False  # not twice, should the root logger have a handler
 
-    def __init__(self, dagster_log: Any) -> None:
+
+class QuietLog:
+    """Info and debug to the process log; warnings and errors to Dagster's (the event log).
+
+    With ``marks``, each info line is also kept with the time it was logged: ``run_post`` logs one at
+    each step (lease taken, plan, groups submitted, accepted), which times its steps from outside.
+    """
+
+    def __init__(self, dagster_log: Any, marks: list[tuple[float, str]] | None = None) -> None:
         self.dagster_log = dagster_log
+        self.marks = marks
 
     def debug(self, msg: object, *args: object, **kwargs: Any) -> None:
         _process_log.debug(msg, *args, **kwargs)
 
     def info(self, msg: object, *args: object, **kwargs: Any) -> None:
+        if self.marks is not None:
+            self.marks.append((time.perf_counter(), str(msg)))
         _process_log.info(msg, *args, **kwargs)
 
     def warning(self, msg: object, *args: object, **kwargs: Any) -> None:
@@ -54,10 +72,15 @@ class QuietLog:
 class QuietContext:
     """The op context as one sink's ``run_post`` sees it in the continuous run (see the module doc)."""
 
-    def __init__(self, context: dg.OpExecutionContext, on_event: Callable[[object], None]) -> None:
+    def __init__(
+        self,
+        context: dg.OpExecutionContext,
+        on_event: Callable[[object], None],
+        marks: list[tuple[float, str]] | None = None,
+    ) -> None:
         self._context = context
         self._on_event = on_event
-        self.log = QuietLog(context.log)
+        self.log = QuietLog(context.log, marks)
 
     def log_event(self, event: object) -> None:
         self._on_event(event)
@@ -96,9 +119,10 @@ def post_on_routes(
             # The dead-letter check's evaluation is left out: its counts are in the metadata.
 
         started = time.perf_counter()
+        marks: list[tuple[float, str]] = []
         try:
             run = PostRun(
-                QuietContext(context, collect),  # type: ignore[arg-type]
+                QuietContext(context, collect, marks),  # type: ignore[arg-type]
                 lake,
                 route_sink(route, context.resources),
                 spark_session,
@@ -111,8 +135,24 @@ def post_on_routes(
         except Exception as exc:  # dg.Failure included: reported, retried by the loop
             outcome.error = exc
         outcome.seconds = time.perf_counter() - started
+        _process_log.info(
+            "route %s: %.3fs; %s",
+            route.name,
+            outcome.seconds,
+            _steps(started, marks, started + outcome.seconds),
+        )
         return outcome
 
     with ThreadPoolExecutor(max(1, len(routes)), thread_name_prefix="continuous-post") as pool:
         futures = {route.name: pool.submit(post_one, route) for route in routes}
         return {name: future.result() for name, future in futures.items()}
+
+
+def _steps(started: float, marks: list[tuple[float, str]], ended: float) -> str:
+    """``run_post``'s info lines as the seconds each step took before it was logged (see ``QuietLog``)."""
+    parts, last = [], started
+    for at, msg in marks:
+        parts.append(f"{at - last:.3f}s→{msg[:40]!r}")
+        last = at
+    parts.append(f"{ended - last:.3f}s→end")
+    return ", ".join(parts)
