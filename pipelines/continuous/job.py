@@ -21,7 +21,8 @@ from pydantic import Field
 from pyspark.sql import SparkSession
 
 from pipelines.continuous.loop import LoopSteps, run_loop
-from pipelines.continuous.posting import QuietLog, log_to_stderr, post_on_routes
+from pipelines.continuous.posting import RoutePosting
+from pipelines.continuous.quiet import QuietLog, log_to_stderr
 from pipelines.continuous.report import REPORT_INTERVAL_S, CoalescedReport
 from pipelines.continuous.watchers import FolderWatcher, PollWatcher, QueueWatcher, Watcher
 from pipelines.feeds import FeedSpec
@@ -128,13 +129,15 @@ def run_continuous(
 
     def work() -> None:
         watcher: Watcher | None = None
+        posting: RoutePosting | None = None
         try:
             warm_up(spark_session(), config.post)
             watcher = make_watcher(feed, lake, stop, config)
+            posting = RoutePosting(context, lake, routes, spark_session, config.post)
             ready.set()
             steps = LoopSteps(
                 ingest=lambda: ingest_feed(feed, lake, max_batches=config.max_batches, log=log),
-                post=lambda: post_on_routes(context, lake, routes, spark_session, config.post),
+                post=posting,
                 max_batches=config.max_batches,
                 settle_s=max(0.25, feed.settle_time_s()),
             )
@@ -147,6 +150,8 @@ def run_continuous(
         except BaseException as exc:  # the op's thread raises it: the run fails, the keeper restarts it
             failure.append(exc)
         finally:
+            if posting is not None:
+                posting.close()  # the routes' leases, held since their first post
             if watcher is not None:
                 watcher.close()
 

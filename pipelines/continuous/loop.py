@@ -1,7 +1,7 @@
 """The continuous run's loop: wait for a landing, ingest a micro-batch, post it to every sink, settle.
 
 Each step is the triggered runs' own: ``ingest`` is ``ingest_feed`` (ledger, application transaction:
-exactly once), ``post`` is ``post_on_routes`` (``run_post`` per route: lease, fence, groups, dead
+exactly once), ``post`` is ``RoutePosting`` (each route under its held lease: fence, groups, dead
 letters). The loop adds only when to call them: at the start (whatever landed while no run was up),
 when the watcher says files may have landed, while a backlog is left, and after a failure with
 backoff (1 s doubling up to ``retry_max_s``), so a sink that is down heals without new data and without
