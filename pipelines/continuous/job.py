@@ -248,8 +248,15 @@ def warm_up(spark: SparkSession, post: PostConfig) -> None:
     # poster), and a micro-batch posts every route at once: one task per slot with both gives the
     # 2 x slots workers the posts use, started and with the stages' modules imported now. Without it,
     # the first micro-batch paid for them: 12-15 s on a busy 2-core machine, while files kept landing.
-    frame = spark.range(slots, numPartitions=slots).mapInArrow(read_stage_worker, "id long")
-    frame.mapInArrow(post_stage_worker, "id long").collect()
+    # The records between them are shaped as a post shapes them (a JSON document per row), so the
+    # server's JVM has loaded and compiled that path too.
+    rows = spark.range(slots * 100, numPartitions=slots).mapInArrow(read_stage_worker, "id long")
+    records = rows.selectExpr(
+        "cast(id as string) AS _id",
+        "cast(to_json(struct(id, cast(id as string) AS text, timestamp_seconds(id) AS at)) as binary) AS _doc",
+        "cast(id as double) AS _time",
+    )
+    records.mapInArrow(post_stage_worker, "_id string, _doc binary, _time double").collect()
 
 
 def _beat(

@@ -69,10 +69,11 @@ def _post_one(held: HeldRoute) -> SinkOutcome:
     # The dead-letter check's evaluation is left out: its counts are in the metadata.
     outcome.posted = [dict(e.metadata) for e in held.events if isinstance(e, dg.AssetMaterialization)]
     process_log.info(
-        "route %s: %.3fs; %s",
+        "route %s: %.3fs; %s%s",
         held.route.name,
         outcome.seconds,
         _steps(started, held.marks, started + outcome.seconds),
+        _inside_spark(outcome.posted),
     )
     return outcome
 
@@ -85,3 +86,20 @@ def _steps(started: float, marks: list[tuple[float, str]], ended: float) -> str:
         last = at
     parts.append(f"{ended - last:.3f}s→end")
     return ", ".join(parts)
+
+
+def _inside_spark(posted: list[dict]) -> str:
+    """Where a post's Spark job spent its time, from its metadata: a poster task's wait for its first
+    records (reading and enriching them) and the sink's answer time."""
+    if not posted:
+        return ""
+    metadata = posted[-1]
+
+    def value(key: str) -> object:
+        item = metadata.get(key)
+        return getattr(item, "value", item)
+
+    return (
+        f"; in Spark: {value('run_tasks')} task(s), first records after "
+        f"{value('capacity_startup_s_per_task')}s, http p50 {value('http_latency_p50_ms')}ms"
+    )
