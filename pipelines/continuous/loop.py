@@ -12,7 +12,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from pipelines.continuous.posting import SinkOutcome
@@ -24,8 +23,6 @@ from pipelines.ingest.context import IngestReport
 # within it, and sleeps otherwise (an idle run wakes about once a second).
 WAKE_EVERY_S = 1.0
 RETRY_FIRST_S = 1.0
-# While a post is in flight, how often the loop looks whether it ended (cheap waits only).
-IN_FLIGHT_CHECK_S = 0.02
 
 
 @dataclass
@@ -40,19 +37,6 @@ def backoff_s(failures: int, first_s: float, max_s: float) -> float:
     return min(max_s, first_s * 2 ** max(0, failures - 1))
 
 
-@dataclass
-class _Pending:
-    """Ingested records not yet covered by a post started after them: what the next post settles."""
-
-    number: int  # the first micro-batch of them
-    discovered_at: float  # wall time its ingest started
-    started: float  # monotonic time its ingest started
-    ingest_s: float = 0.0
-    rows: int = 0
-    files: int = 0
-    woken_s: float | None = None  # how long before the ingest the watcher saw the first landing
-
-
 def run_loop(
     steps: LoopSteps,
     watcher: Watcher,
@@ -64,109 +48,60 @@ def run_loop(
     clock: Callable[[], float] = time.monotonic,
     wall: Callable[[], float] = time.time,
 ) -> int:
-    """Loop until ``stop`` is set, finishing the micro-batch in flight; the micro-batches done.
-
-    With a watcher whose wait is cheap (``cheap_wait``: the folder watcher's is an in-process event),
-    the next micro-batch is ingested while the current one is posted: one post in flight at a time,
-    started as soon as the one before it ends, so a file that lands during a post waits for that post
-    only, not for its own ingest after it too. Other watchers (an SQS long poll, a listing) would be
-    asked many times a second while a post runs, so they ingest and post in turn. Ingest runs beside a
-    post safely: a post plans from one Delta version and the fenced progress, an ingest commits the
-    next version.
-    """
-    overlap = bool(getattr(watcher, "cheap_wait", False))
+    """Loop until ``stop`` is set, finishing the micro-batch in flight; the micro-batches done."""
     due = True  # a first pass at the start
     retry_at: float | None = None
     failures = 0
     done = 0
-    pending: _Pending | None = None  # ingested, to be posted
-    in_flight: Future | None = None
-    posting: _Pending | None = None  # what the post in flight covers
-    with ThreadPoolExecutor(1, thread_name_prefix="continuous-post-all") as poster:
-        while True:
-            if in_flight is not None and (in_flight.done() or not overlap or stop.is_set()):
-                failed = _finish(report, in_flight.result(), posting, clock, log)
-                in_flight, posting = None, None
-                if failed:
-                    failures += 1
-                    retry_at = clock() + backoff_s(failures, RETRY_FIRST_S, retry_max_s)
-                else:
-                    failures = 0
-            if in_flight is None and pending is not None:
-                in_flight, posting, pending = poster.submit(steps.post), pending, None
-                continue
-            if stop.is_set():
-                if in_flight is None:
-                    break
-                continue  # the post in flight is waited for above
+    while not stop.is_set():
+        if not due:
+            timeout = WAKE_EVERY_S if retry_at is None else max(0.0, min(WAKE_EVERY_S, retry_at - clock()))
+            due = watcher.wait(timeout) or (retry_at is not None and clock() >= retry_at)
             if not due:
-                timeout = (
-                    WAKE_EVERY_S if retry_at is None else max(0.0, min(WAKE_EVERY_S, retry_at - clock()))
+                _report_if_due(report, emit)
+                continue
+        due, retry_at = False, None
+        discovered_at, started = wall(), clock()
+        try:
+            ingested = steps.ingest()
+        except Exception as exc:
+            failures += 1
+            retry_at = clock() + backoff_s(failures, RETRY_FIRST_S, retry_max_s)
+            log.error(
+                f"continuous ingest failed ({type(exc).__name__}: {exc}); retrying in "
+                f"{retry_at - clock():.0f}s"
+            )
+            continue
+        ingest_s = clock() - started
+        report.ingested(ingested.rows, ingested.files, ingested.delta_version, discovered_at)
+        behind = [key for key, tally in report.sinks.items() if tally.lag_records or tally.last_error]
+        if ingested.batches or ingested.replayed_batches or behind or done == 0:
+            outcomes = steps.post()
+            failed = _settle(report, outcomes, log)
+            if ingested.rows:
+                post_s = {k: o.seconds for k, o in outcomes.items()}
+                report.timed(ingest_s, clock() - started, post_s)
+                woken_at = getattr(watcher, "woken_at", None)
+                log.info(
+                    f"micro-batch {done}: "
+                    + (f"woken {discovered_at - woken_at:.3f}s before it started, " if woken_at else "")
+                    + f"ingest {ingest_s:.3f}s ({ingested.rows} rows, {ingested.files} files), post "
+                    + ", ".join(f"{k} {s:.3f}s" for k, s in post_s.items())
+                    + f", whole {clock() - started:.3f}s"
                 )
-                if in_flight is not None:
-                    timeout = min(timeout, IN_FLIGHT_CHECK_S)  # notice its end within this
-                due = watcher.wait(timeout) or (retry_at is not None and clock() >= retry_at)
-                if not due:
-                    _report_if_due(report, emit)
-                    continue
-            due, retry_at = False, None
-            discovered_at, started = wall(), clock()
-            woken_at = getattr(watcher, "woken_at", None)
-            try:
-                ingested = steps.ingest()
-            except Exception as exc:
+            if failed:
                 failures += 1
                 retry_at = clock() + backoff_s(failures, RETRY_FIRST_S, retry_max_s)
-                log.error(
-                    f"continuous ingest failed ({type(exc).__name__}: {exc}); retrying in "
-                    f"{retry_at - clock():.0f}s"
-                )
-                continue
-            ingest_s = clock() - started
-            report.ingested(ingested.rows, ingested.files, ingested.delta_version, discovered_at)
-            # While a post is in flight its sinks show the records it is posting as lag: only new
-            # batches call for another post then; otherwise a sink behind (or failed) does too.
-            behind = in_flight is None and any(
-                tally.lag_records or tally.last_error for tally in report.sinks.values()
-            )
-            if ingested.batches or ingested.replayed_batches or behind or done == 0:
-                if pending is None:
-                    woken_s = discovered_at - woken_at if woken_at else None
-                    pending = _Pending(done, discovered_at, started, woken_s=woken_s)
-                pending.ingest_s += ingest_s
-                pending.rows += ingested.rows
-                pending.files += ingested.files
-            done += 1
-            due = len(ingested.batches) >= steps.max_batches  # a backlog is left: go on at once
-            if ingested.unsettled_files and retry_at is None:
-                # Files still inside the feed's settle_time: no event will come for them, look again then.
-                retry_at = clock() + steps.settle_s
-            _report_if_due(report, emit)
+            else:
+                failures = 0
+        done += 1
+        due = len(ingested.batches) >= steps.max_batches  # a backlog is left: go on at once
+        if ingested.unsettled_files and retry_at is None:
+            # Files still inside the feed's settle_time: no event will come for them, look again then.
+            retry_at = clock() + steps.settle_s
+        _report_if_due(report, emit)
     emit(report.events())  # the last window, whatever its length
     return done
-
-
-def _finish(
-    report: CoalescedReport,
-    outcomes: dict[str, SinkOutcome],
-    covered: _Pending | None,
-    clock: Callable[[], float],
-    log: logging.Logger | logging.LoggerAdapter,
-) -> list[str]:
-    """Settle a post's outcomes into the report and time the micro-batch it covered; the failed sinks."""
-    failed = _settle(report, outcomes, log)
-    if covered is not None and covered.rows:
-        post_s = {k: o.seconds for k, o in outcomes.items()}
-        whole_s = clock() - covered.started
-        report.timed(covered.ingest_s, whole_s, post_s)
-        log.info(
-            f"micro-batch {covered.number}: "
-            + (f"woken {covered.woken_s:.3f}s before it started, " if covered.woken_s is not None else "")
-            + f"ingest {covered.ingest_s:.3f}s ({covered.rows} rows, {covered.files} files), post "
-            + ", ".join(f"{k} {s:.3f}s" for k, s in post_s.items())
-            + f", whole {whole_s:.3f}s"
-        )
-    return failed
 
 
 def _settle(report: CoalescedReport, outcomes: dict[str, SinkOutcome], log) -> list[str]:

@@ -89,8 +89,6 @@ class _WakeOnLanding(FileSystemEventHandler):
 class FolderWatcher:
     """Wakes on files landing in a local folder (recursively), by inotify."""
 
-    cheap_wait = True  # an in-process event: the loop may wait on it in short slices (see loop.py)
-
     def __init__(self, folder: str, backfill_s: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.woken = threading.Event()
         self.woken_at: float | None = None  # wall time of the event that ended the last wait (timing only)
