@@ -230,19 +230,23 @@ def warm_up(spark: SparkSession, post: PostConfig) -> None:
     slots = post.max_tasks or default_parallelism(spark)
     prepare_executors(spark, slots, post.check_executors)
 
-    def read_stage_worker(batches):  # nested: pickled by value; it imports only what the stage imports
+    def stage_worker(batches):  # nested: pickled by value; it imports only what the stages import
+        # Either stage may land in any warmed worker: each imports both, and reads a parquet slice
+        # from memory (pyarrow's parquet reader, loaded as the reader's first file would load it).
+        import io
+
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        import pipelines.post.post_stage
         import pipelines.post.read_stage  # noqa: F401
         from resources.worker_heap import freeze_imported_heap
 
+        for batch in batches:
+            buffer = io.BytesIO()
+            pq.write_table(pa.Table.from_batches([batch]), buffer)
+            yield from pq.ParquetFile(pa.BufferReader(buffer.getvalue())).iter_batches()
         freeze_imported_heap()
-        yield from batches
-
-    def post_stage_worker(batches):
-        import pipelines.post.post_stage  # noqa: F401
-        from resources.worker_heap import freeze_imported_heap
-
-        freeze_imported_heap()
-        yield from batches
 
     # A post's task runs two Arrow functions, each in its own Python worker (the reader, then the
     # poster), and a micro-batch posts every route at once: one task per slot with both gives the
@@ -250,13 +254,13 @@ def warm_up(spark: SparkSession, post: PostConfig) -> None:
     # the first micro-batch paid for them: 12-15 s on a busy 2-core machine, while files kept landing.
     # The records between them are shaped as a post shapes them (a JSON document per row), so the
     # server's JVM has loaded and compiled that path too.
-    rows = spark.range(slots * 100, numPartitions=slots).mapInArrow(read_stage_worker, "id long")
+    rows = spark.range(slots * 100, numPartitions=slots).mapInArrow(stage_worker, "id long")
     records = rows.selectExpr(
         "cast(id as string) AS _id",
         "cast(to_json(struct(id, cast(id as string) AS text, timestamp_seconds(id) AS at)) as binary) AS _doc",
         "cast(id as double) AS _time",
     )
-    records.mapInArrow(post_stage_worker, "_id string, _doc binary, _time double").collect()
+    records.mapInArrow(stage_worker, "_id string, _doc binary, _time double").collect()
 
 
 def _beat(
