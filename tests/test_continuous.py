@@ -20,6 +20,7 @@ from pipelines.continuous.job import ContinuousConfig, build_continuous_job, mak
 from pipelines.continuous.watchers import PollWatcher
 from pipelines.deployment import LOCAL_HEC_TOKEN
 from pipelines.feeds import EVENTS_FEED
+from pipelines.post.progress import progress_log
 from pipelines.routes import RouteSpec
 from resources.sinks.resource import ElasticsearchSinkResource, SplunkHecSinkResource
 from sensors.continuous import CONTINUOUS_TAG, read_heartbeat
@@ -109,10 +110,20 @@ def test_files_landing_one_after_another_reach_every_sink_once(tmp_path, sink_se
         wait_for(in_both_sinks(sink_server, total), TIMEOUT_S, "the last two files in both sinks")
         heartbeat = read_heartbeat(lake, FEED.name)
         assert heartbeat is not None and heartbeat["run_id"] == run.run().run_id
+        # Between micro-batches each route's lease stays with the run: taken once, not per micro-batch.
+        for sink in SINKS:
+            log = progress_log(lake, sink, FEED.table_name)
+            holder = log.latest()
+            assert holder is not None and holder.owner == run.run().run_id and holder.live()
+            kept = [r for r in map(log.read, log.seqs()) if r is not None]  # the last few are kept
+            assert {r.token for r in kept if r.owner} == {holder.token}, "a lease taken per micro-batch"
         run.terminate()
         run.thread.join(TIMEOUT_S)
         assert not run.thread.is_alive(), "the continuous run did not stop after the termination request"
 
+    # A clean stop releases the leases: a post job need not wait for them to lapse.
+    for sink in SINKS:
+        assert progress_log(lake, sink, FEED.table_name).latest().owner == ""
     assert delta_table(lake).num_rows == total
     assert len(set(sink_server.es_ids("events"))) == total
     assert sink_server.hec_count("main") == total  # HEC has no ids: a repeat would show here

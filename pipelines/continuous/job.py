@@ -21,7 +21,8 @@ from pydantic import Field
 from pyspark.sql import SparkSession
 
 from pipelines.continuous.loop import LoopSteps, run_loop
-from pipelines.continuous.posting import QuietLog, post_on_routes
+from pipelines.continuous.posting import RoutePosting
+from pipelines.continuous.quiet import QuietLog, log_to_stderr
 from pipelines.continuous.report import REPORT_INTERVAL_S, CoalescedReport
 from pipelines.continuous.watchers import FolderWatcher, PollWatcher, QueueWatcher, Watcher
 from pipelines.feeds import FeedSpec
@@ -33,7 +34,8 @@ from pipelines.routes import RouteSpec
 from pipelines.run_defaults import INFO_LOGS
 from resources.executor_check import prepare_executors
 from resources.lake import LakeResource
-from sensors.continuous import CODE_VERSION_TAG, CONTINUOUS_TAG, HEARTBEAT_EVERY_S, write_heartbeat
+from resources.run_tags import CODE_VERSION_TAG, CONTINUOUS_TAG, FEED_TAG
+from sensors.continuous import HEARTBEAT_EVERY_S, write_heartbeat
 
 STATUS_CHECK_S = 1.0
 STOP_STATUSES = (dg.DagsterRunStatus.CANCELING, dg.DagsterRunStatus.CANCELED)
@@ -91,7 +93,7 @@ def build_continuous_job(feed: FeedSpec, routes: list[RouteSpec], code_version: 
         executor_def=dg.in_process_executor,
         config=INFO_LOGS,
         tags={
-            "lakerelay/feed": feed.name,
+            FEED_TAG: feed.name,
             CONTINUOUS_TAG: feed.name,
             CODE_VERSION_TAG: code_version,
             # The keeper sensor restarts a failed continuous run (with backoff); Dagster's run retries
@@ -111,6 +113,7 @@ def run_continuous(
 ) -> Iterator[dg.AssetMaterialization]:
     lake: LakeResource = context.resources.lake
     sink_keys = [route.name for route in routes]  # the report's and the loop's keys: one per route
+    log_to_stderr()
     log = QuietLog(context.log)
     stop = threading.Event()
     events: queue.Queue = queue.Queue()
@@ -127,13 +130,15 @@ def run_continuous(
 
     def work() -> None:
         watcher: Watcher | None = None
+        posting: RoutePosting | None = None
         try:
             warm_up(spark_session(), config.post)
             watcher = make_watcher(feed, lake, stop, config)
+            posting = RoutePosting(context, lake, routes, spark_session, config.post)
             ready.set()
             steps = LoopSteps(
                 ingest=lambda: ingest_feed(feed, lake, max_batches=config.max_batches, log=log),
-                post=lambda: post_on_routes(context, lake, routes, spark_session, config.post),
+                post=posting,
                 max_batches=config.max_batches,
                 settle_s=max(0.25, feed.settle_time_s()),
             )
@@ -146,6 +151,8 @@ def run_continuous(
         except BaseException as exc:  # the op's thread raises it: the run fails, the keeper restarts it
             failure.append(exc)
         finally:
+            if posting is not None:
+                posting.close()  # the routes' leases, held since their first post
             if watcher is not None:
                 watcher.close()
 
@@ -224,11 +231,37 @@ def warm_up(spark: SparkSession, post: PostConfig) -> None:
     slots = post.max_tasks or default_parallelism(spark)
     prepare_executors(spark, slots, post.check_executors)
 
-    def passthrough(batches):  # nested: pickled by value, the executors import nothing for it
-        yield from batches
+    def stage_worker(batches):  # nested: pickled by value; it imports only what the stages import
+        # Either stage may land in any warmed worker: each imports both, and reads a parquet slice
+        # from memory (pyarrow's parquet reader, loaded as the reader's first file would load it).
+        import io
 
-    # One Arrow task per slot: the Python workers the posts use are started now, not on the first file.
-    spark.range(slots, numPartitions=slots).mapInArrow(passthrough, "id long").collect()
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        import pipelines.post.post_stage
+        import pipelines.post.read_stage  # noqa: F401
+        from resources.worker_heap import freeze_imported_heap
+
+        for batch in batches:
+            buffer = io.BytesIO()
+            pq.write_table(pa.Table.from_batches([batch]), buffer)
+            yield from pq.ParquetFile(pa.BufferReader(buffer.getvalue())).iter_batches()
+        freeze_imported_heap()
+
+    # A post's task runs two Arrow functions, each in its own Python worker (the reader, then the
+    # poster), and a micro-batch posts every route at once: one task per slot with both gives the
+    # 2 x slots workers the posts use, started and with the stages' modules imported now. Without it,
+    # the first micro-batch paid for them: 12-15 s on a busy 2-core machine, while files kept landing.
+    # The records between them are shaped as a post shapes them (a JSON document per row), so the
+    # server's JVM has loaded and compiled that path too.
+    rows = spark.range(slots * 100, numPartitions=slots).mapInArrow(stage_worker, "id long")
+    records = rows.selectExpr(
+        "cast(id as string) AS _id",
+        "cast(to_json(struct(id, cast(id as string) AS text, timestamp_seconds(id) AS at)) as binary) AS _doc",
+        "cast(id as double) AS _time",
+    )
+    records.mapInArrow(stage_worker, "_id string, _doc binary, _time double").collect()
 
 
 def _beat(

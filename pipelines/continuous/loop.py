@@ -1,7 +1,7 @@
 """The continuous run's loop: wait for a landing, ingest a micro-batch, post it to every sink, settle.
 
 Each step is the triggered runs' own: ``ingest`` is ``ingest_feed`` (ledger, application transaction:
-exactly once), ``post`` is ``post_on_routes`` (``run_post`` per route: lease, fence, groups, dead
+exactly once), ``post`` is ``RoutePosting`` (each route under its held lease: fence, groups, dead
 letters). The loop adds only when to call them: at the start (whatever landed while no run was up),
 when the watcher says files may have landed, while a backlog is left, and after a failure with
 backoff (1 s doubling up to ``retry_max_s``), so a sink that is down heals without new data and without
@@ -79,7 +79,16 @@ def run_loop(
             outcomes = steps.post()
             failed = _settle(report, outcomes, log)
             if ingested.rows:
-                report.timed(ingest_s, clock() - started, {k: o.seconds for k, o in outcomes.items()})
+                post_s = {k: o.seconds for k, o in outcomes.items()}
+                report.timed(ingest_s, clock() - started, post_s)
+                woken_at = getattr(watcher, "woken_at", None)
+                log.info(
+                    f"micro-batch {done}: "
+                    + (f"woken {discovered_at - woken_at:.3f}s before it started, " if woken_at else "")
+                    + f"ingest {ingest_s:.3f}s ({ingested.rows} rows, {ingested.files} files), post "
+                    + ", ".join(f"{k} {s:.3f}s" for k, s in post_s.items())
+                    + f", whole {clock() - started:.3f}s"
+                )
             if failed:
                 failures += 1
                 retry_at = clock() + backoff_s(failures, RETRY_FIRST_S, retry_max_s)

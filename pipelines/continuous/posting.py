@@ -1,67 +1,24 @@
-"""Post one micro-batch on every route of a feed with the triggered runs' own ``run_post``: the same
-lease, fence, groups, retries and dead letters, one route per thread (each holds its own lease).
+"""Post one micro-batch on every route of a feed: each route a ``HeldRoute`` (its lease held for the
+run's life, Spark made ready once), all routes at once, one thread each, threads kept for the run.
 
-``run_post`` returns what it posted (the coalesced report sums it) and logs through its op context:
-in the continuous run that is ``QuietContext``, whose info lines go to the process log (the run's
-stderr) and only warnings and errors to Dagster's event log, so it does not grow with micro-batches.
+The steps are the triggered runs' own (``post_held``: plan from the fenced progress, groups, retries,
+dead letters); each post's metadata goes to the coalesced report, its log lines through
+``QuietContext`` (``quiet.py``) to the process log.
 """
 
-import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
 
 import dagster as dg
 from pyspark.sql import SparkSession
 
+from pipelines.continuous.held import HeldRoute
+from pipelines.continuous.quiet import process_log
 from pipelines.post.config import PostConfig
-from pipelines.post.job import route_sink
-from pipelines.post.report import post_metadata
-from pipelines.post.run import PostRun, run_post
 from pipelines.routes import RouteSpec
 from resources.lake import LakeResource
-
-_process_log = logging.getLogger("lakerelay.continuous")
-
-
-class QuietLog(logging.LoggerAdapter):
-    """Info and debug to the process log; warnings and errors to Dagster's (the event log). A
-    ``LoggerAdapter`` so that it goes wherever a logger does."""
-
-    def __init__(self, dagster_log: Any) -> None:
-        super().__init__(_process_log)
-        self.dagster_log = dagster_log
-
-    def debug(self, msg: object, *args: object, **kwargs: Any) -> None:
-        _process_log.debug(msg, *args, **kwargs)
-
-    def info(self, msg: object, *args: object, **kwargs: Any) -> None:
-        _process_log.info(msg, *args, **kwargs)
-
-    def warning(self, msg: object, *args: object, **kwargs: Any) -> None:
-        self.dagster_log.warning(msg, *args, **kwargs)
-
-    def error(self, msg: object, *args: object, **kwargs: Any) -> None:
-        self.dagster_log.error(msg, *args, **kwargs)
-
-    def exception(self, msg: object, *args: object, **kwargs: Any) -> None:
-        self.dagster_log.exception(msg, *args, **kwargs)
-
-    def critical(self, msg: object, *args: object, **kwargs: Any) -> None:
-        self.dagster_log.critical(msg, *args, **kwargs)
-
-
-class QuietContext:
-    """The op context as one sink's ``run_post`` sees it in the continuous run (see the module doc)."""
-
-    def __init__(self, context: dg.OpExecutionContext) -> None:
-        self._context = context
-        self.log = QuietLog(context.log)
-
-    def __getattr__(self, name: str) -> Any:  # run_id, instance, resources: the op's own
-        return getattr(self._context, name)
 
 
 @dataclass
@@ -71,44 +28,77 @@ class SinkOutcome:
     seconds: float = 0.0  # wall time of this sink's post
 
 
-def post_on_routes(
-    context: dg.OpExecutionContext,
-    lake: LakeResource,
-    routes: list[RouteSpec],
-    spark_session: Callable[[], SparkSession],
-    config: PostConfig,
-) -> dict[str, SinkOutcome]:
-    """Post what each route has not settled of its feed's table; one outcome per route (by name),
-    never raising.
+class RoutePosting:
+    """The feed's routes for one continuous run: call it to post a micro-batch, ``close`` at the end.
 
     A route that fails (its sink down, refusing, fenced out) keeps its progress where it was: the next
     call posts its backlog again, and the other routes are not held up.
     """
 
-    def post_one(route: RouteSpec) -> SinkOutcome:
-        outcome = SinkOutcome()
+    def __init__(
+        self,
+        context: dg.OpExecutionContext,
+        lake: LakeResource,
+        routes: list[RouteSpec],
+        spark_session: Callable[[], SparkSession],
+        config: PostConfig,
+    ) -> None:
+        self.routes = {route.name: HeldRoute(route, context, lake, spark_session, config) for route in routes}
+        self._pool = ThreadPoolExecutor(max(1, len(routes)), thread_name_prefix="continuous-post")
 
-        started = time.perf_counter()
-        try:
-            sink = route_sink(route, context.resources)
-            run = PostRun(
-                QuietContext(context),  # type: ignore[arg-type]
-                lake,
-                sink,
-                spark_session,
-                route.posted_feed(),
-                route.asset_key,
-                config,
-                where=route.where,
-            )
-            posted = run_post(run)
-            if posted:
-                outcome.posted.append(post_metadata(posted, config, sink.destination_uri(), sink.asset_kind))
-        except Exception as exc:  # dg.Failure included: reported, retried by the loop
-            outcome.error = exc
-        outcome.seconds = time.perf_counter() - started
-        return outcome
-
-    with ThreadPoolExecutor(max(1, len(routes)), thread_name_prefix="continuous-post") as pool:
-        futures = {route.name: pool.submit(post_one, route) for route in routes}
+    def __call__(self) -> dict[str, SinkOutcome]:
+        """Post what each route has not settled of its feed's table; one outcome per route, never raising."""
+        futures = {name: self._pool.submit(_post_one, held) for name, held in self.routes.items()}
         return {name: future.result() for name, future in futures.items()}
+
+    def close(self) -> None:
+        """Release every route's lease (a clean stop: the next run need not wait for them to lapse)."""
+        self._pool.shutdown(wait=True)
+        for held in self.routes.values():
+            held.close()
+
+
+def _post_one(held: HeldRoute) -> SinkOutcome:
+    outcome = SinkOutcome()
+    started = time.perf_counter()
+    try:
+        held.post()
+    except Exception as exc:  # dg.Failure and LeaseLost included: reported, retried by the loop
+        outcome.error = exc
+    outcome.seconds = time.perf_counter() - started
+    outcome.posted = list(held.posted)
+    process_log.info(
+        "route %s: %.3fs; %s%s",
+        held.route.name,
+        outcome.seconds,
+        _steps(started, held.marks, started + outcome.seconds),
+        _inside_spark(outcome.posted),
+    )
+    return outcome
+
+
+def _steps(started: float, marks: list[tuple[float, str]], ended: float) -> str:
+    """The post's info lines as the seconds each step took before it was logged (see ``QuietLog``)."""
+    parts, last = [], started
+    for at, msg in marks:
+        parts.append(f"{at - last:.3f}s→{msg[:40]!r}")
+        last = at
+    parts.append(f"{ended - last:.3f}s→end")
+    return ", ".join(parts)
+
+
+def _inside_spark(posted: list[dict]) -> str:
+    """Where a post's Spark job spent its time, from its metadata: a poster task's wait for its first
+    records (reading and enriching them) and the sink's answer time."""
+    if not posted:
+        return ""
+    metadata = posted[-1]
+
+    def value(key: str) -> object:
+        item = metadata.get(key)
+        return getattr(item, "value", item)
+
+    return (
+        f"; in Spark: {value('run_tasks')} task(s), first records after "
+        f"{value('capacity_startup_s_per_task')}s, http p50 {value('http_latency_p50_ms')}ms"
+    )

@@ -67,17 +67,23 @@ class _WakeOnLanding(FileSystemEventHandler):
     def __init__(self, woken: threading.Event, wake_on_created: bool = False) -> None:
         self.woken = woken
         self.wake_on_created = wake_on_created
+        self.woken_at: float | None = None  # wall time of the first event since the loop last woke
+
+    def _wake(self) -> None:
+        if not self.woken.is_set():
+            self.woken_at = time.time()
+        self.woken.set()
 
     def on_created(self, event: FileSystemEvent) -> None:
         if self.wake_on_created:
-            self.woken.set()
+            self._wake()
 
     def on_closed(self, event: FileSystemEvent) -> None:
         if not event.is_directory:
-            self.woken.set()
+            self._wake()
 
     def on_moved(self, event: FileSystemEvent) -> None:
-        self.woken.set()  # a file or a whole directory renamed into place
+        self._wake()  # a file or a whole directory renamed into place
 
 
 class FolderWatcher:
@@ -85,6 +91,7 @@ class FolderWatcher:
 
     def __init__(self, folder: str, backfill_s: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.woken = threading.Event()
+        self.woken_at: float | None = None  # wall time of the event that ended the last wait (timing only)
         self.backfill = _Backfill(backfill_s, clock)
         try:
             from watchdog.observers.inotify import InotifyObserver
@@ -96,15 +103,15 @@ class FolderWatcher:
         except (ImportError, OSError):  # not Linux: the platform's observer, which may report no close
             self.observer, inotify = Observer(), False
         self.observer.daemon = True
-        self.observer.schedule(
-            _WakeOnLanding(self.woken, wake_on_created=not inotify), folder, recursive=True
-        )
+        self.handler = _WakeOnLanding(self.woken, wake_on_created=not inotify)
+        self.observer.schedule(self.handler, folder, recursive=True)
         self.observer.start()
 
     def wait(self, timeout_s: float) -> bool:
         if self.backfill.due():
             return True
         woken = self.woken.wait(min(timeout_s, self.backfill.remaining_s()))
+        self.woken_at = self.handler.woken_at if woken else None
         self.woken.clear()  # before the ingest lists: a file landing during it wakes the next wait
         return woken or self.backfill.due()
 

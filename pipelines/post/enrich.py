@@ -59,9 +59,13 @@ class EnrichmentError(ValueError):
     """A configured enrichment expression does not fit the feed's table."""
 
 
-def enrich(frame: DataFrame, expressions: list[str], feed_name: str = "") -> DataFrame:
+def enrich(frame: DataFrame, expressions: list[str], feed_name: str = "", resolve: bool = True) -> DataFrame:
+    """``frame`` with ``expressions`` added; ``resolve=False`` skips the check (a round trip on Spark
+    Connect) for a shape already resolved on an earlier frame of the same schema."""
     if not expressions:
         return frame
+    if not resolve:
+        return frame.selectExpr("*", *expressions)
     try:
         enriched = frame.selectExpr("*", *expressions)
         _ = enriched.columns  # Spark Connect analyses lazily: resolve the expressions here, before posting
@@ -76,13 +80,16 @@ def enrich(frame: DataFrame, expressions: list[str], feed_name: str = "") -> Dat
     return enriched
 
 
-def select_where(frame: DataFrame, predicate: str | None) -> DataFrame:
+def select_where(frame: DataFrame, predicate: str | None, resolve: bool = True) -> DataFrame:
     """The records a route posts: those of ``frame`` for which ``predicate`` (Spark SQL) is true.
 
     Records it leaves out are settled with the rest: a route's filter is a decision, not a backlog.
+    ``resolve=False``: as ``enrich``'s.
     """
     if not predicate:
         return frame
+    if not resolve:
+        return frame.where(predicate)
     try:
         selected = frame.where(predicate)
         _ = selected.columns  # Spark Connect analyses lazily: resolve the predicate before posting
@@ -101,6 +108,7 @@ def to_sink_records(
     id_expression: str | None,
     time_field: str | None,
     destination: Sequence[tuple[str, str]] = (),
+    columns: Sequence[str] | None = None,
 ) -> DataFrame:
     """Columns ``_id`` (string), ``_doc`` (JSON bytes, made by Spark's compiled encoder), ``_time`` (epoch s).
 
@@ -110,8 +118,11 @@ def to_sink_records(
     Columns starting with ``_`` are lakerelay's bookkeeping and stay out of the document. Timestamps
     are written in one canonical form, RFC 3339 in UTC with microseconds (``2026-01-01T00:00:10.850000Z``),
     whatever form the landing file used: Delta stores the instant, not its text.
+
+    ``columns``: ``frame``'s columns when known already (each lookup is a round trip on Spark Connect).
     """
-    document_columns = ", ".join(f"`{c}`" for c in frame.columns if not c.startswith("_"))
+    columns = frame.columns if columns is None else list(columns)
+    document_columns = ", ".join(f"`{c}`" for c in columns if not c.startswith("_"))
     # Microseconds and an explicit zone: Spark's default JSON timestamp format drops digits.
     options = "map('timestampFormat', 'yyyy-MM-dd''T''HH:mm:ss.SSSSSSXXX')"
     with_doc = frame.selectExpr(
@@ -119,7 +130,7 @@ def to_sink_records(
     )
     time_sql = (
         f"cast(unix_micros(`{time_field}`) as double) / 1e6"
-        if time_field and time_field in frame.columns
+        if time_field and time_field in columns
         else "cast(NULL as double)"
     )
     return with_doc.selectExpr(

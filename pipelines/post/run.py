@@ -23,7 +23,7 @@ from pipelines.feeds import FeedSpec
 from pipelines.post.checks import DEAD_LETTER_CHECK
 from pipelines.post.config import PostConfig
 from pipelines.post.dead_letters import DEAD_LETTER_TABLE, append_dead_letters
-from pipelines.post.destination import plan_destination
+from pipelines.post.destination import Destination, plan_destination
 from pipelines.post.enrich import (
     EnrichmentError,
     default_enrichment_for,
@@ -146,12 +146,36 @@ def _acquire_post_lease(
     return lease
 
 
-def _post_under_lease(run: PostRun, lease: Lease) -> list[PostedPlan]:
+# For a caller that holds the lease across posts (the continuous run: pipelines/continuous/held.py):
+# run_post's steps without taking and releasing the lease each time, and with one poster kept, so
+# Spark is made ready (connection check, executors, beacon) once, not per post.
+
+
+def take_post_lease(run: PostRun) -> Lease:
+    """``run``'s lease on (sink, table), taken as ``run_post`` takes it (waiting up to lease_wait_s)."""
+    return _acquire_post_lease(run.context, run.lake, run.sink, run.feed, run.config)
+
+
+def group_poster(run: PostRun, lease: Lease) -> "_GroupPoster":
+    """A poster for posts under ``lease``, to keep while the lease is held and Spark works."""
+    return _GroupPoster(run, lease)
+
+
+def post_held(run: PostRun, lease: Lease, poster: "_GroupPoster") -> list[PostedPlan]:
+    """One post under a lease the caller holds and renews: plan from its progress, post, settle; the
+    plans it posted. The caller releases the lease; ``LeaseLost`` is raised as it is (the caller takes
+    a new lease).
+    """
+    return _post_under_lease(run, lease, poster)
+
+
+def _post_under_lease(run: PostRun, lease: Lease, poster: "_GroupPoster | None" = None) -> list[PostedPlan]:
     context, lake, sink, feed = run.context, run.lake, run.sink, run.feed
     options = lake.storage_options()
     table_uri = lake.table_uri(feed.table_name)
     progress = progress_of(lease.state)  # what this run plans from: the truth while it holds the lease
-    poster = _GroupPoster(run, lease)
+    poster = poster or _GroupPoster(run, lease)
+    poster.posted.clear()  # a kept poster (continuous run) reports each post's plans on their own
     if progress.partial is not None:
         resumed = _resumed_plan(run, lease, table_uri, options, progress)
         if resumed is not None:
@@ -234,7 +258,10 @@ class _GroupPoster:
         self.lease = lease
         self._spark: SparkSession | None = None
         self.slots = 1
-        self.posted: list[PostedPlan] = []  # each plan settled whole, in order
+        self.posted: list[PostedPlan] = []  # each plan of the current post settled whole, in order
+        # (schema, expressions, where) → the destination and columns of the shaped records: resolved
+        # once per shape, as each resolution is a round trip on Spark Connect (a kept poster reuses it).
+        self._shapes: dict[tuple, tuple[Destination, list[str]]] = {}
 
     def _spark_ready(self) -> SparkSession:
         if self._spark is None:
@@ -270,14 +297,19 @@ class _GroupPoster:
         fs = lake.filesystem_settings()
         where = self.run.where
 
-        def shaped(units: list) -> DataFrame:
-            return select_where(enrich(read_units(spark, plan, fs, units), expressions, feed.name), where)
+        def shaped(units: list, resolve: bool = True) -> DataFrame:
+            frame = read_units(spark, plan, fs, units)
+            return select_where(enrich(frame, expressions, feed.name, resolve), where, resolve)
 
-        try:  # resolved once, before any group posts: a misfit is for a person to fix
-            enriched = shaped(list(groups[0]))
-            destination = plan_destination(sink.settings(), feed.name, enriched.dtypes)
-        except (EnrichmentError, TemplateError) as exc:
-            raise needs_fix(str(exc)) from None
+        shape_key = (plan.schema, tuple(expressions), where)
+        if shape_key not in self._shapes:
+            try:  # resolved once, before any group posts: a misfit is for a person to fix
+                dtypes = shaped(list(groups[0])).dtypes
+                destination = plan_destination(sink.settings(), feed.name, dtypes)
+            except (EnrichmentError, TemplateError) as exc:
+                raise needs_fix(str(exc)) from None
+            self._shapes[shape_key] = (destination, [name for name, _ in dtypes])
+        destination, columns = self._shapes[shape_key]
         settings = per_task_settings(destination.settings, self.slots)
         guard = self.lease.guard()
         id_expression, time_column = sink.id_expression(), _time_column(sink, plan.schema)
@@ -293,8 +325,8 @@ class _GroupPoster:
             if stop.is_set():
                 return None
             try:
-                frame = shaped(list(groups[group]))
-                records = to_sink_records(frame, id_expression, time_column, destination.columns)
+                frame = shaped(list(groups[group]), resolve=False)  # the shape was resolved above
+                records = to_sink_records(frame, id_expression, time_column, destination.columns, columns)
                 table = records.mapInArrow(make_poster(settings, guard), RESULT_DDL).toArrow()
             except Exception as exc:
                 stop.set()
