@@ -18,7 +18,7 @@ def _role(process: psutil.Process) -> str:
         return "spark_jvm"
     if "pyspark.daemon" in command or "pyspark.worker" in command:
         return "spark_python_workers"
-    if "-m localsink" in command:
+    if "-m lakerelay.localsink" in command:
         return "sink"
     return "driver"
 

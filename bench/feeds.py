@@ -45,9 +45,9 @@ from pathlib import Path
 import dagster as dg
 import psutil
 
-from devtools import spark_connect
-from devtools.dagster_home import prepare as prepare_dagster_home
-from localsink import LocalSinkServer
+from lakerelay.devtools import spark_connect
+from lakerelay.devtools.dagster_home import prepare as prepare_dagster_home
+from lakerelay.localsink import LocalSinkServer
 
 ROOT = Path(__file__).resolve().parent.parent
 SINKS = {

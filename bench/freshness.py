@@ -40,9 +40,9 @@ from pathlib import Path
 import orjson
 import psutil
 
-from devtools import spark_connect
-from devtools.dagster_home import prepare as prepare_dagster_home
-from localsink import LocalSinkServer
+from lakerelay.devtools import spark_connect
+from lakerelay.devtools.dagster_home import prepare as prepare_dagster_home
+from lakerelay.localsink import LocalSinkServer
 
 ROOT = Path(__file__).resolve().parent.parent
 LAKERELAY, STREAMING = "lakerelay", "streaming"

@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.json as pj
 from deltalake import write_deltalake
 
-from devtools.sample_events import write_landing_zone
+from lakerelay.devtools.sample_events import write_landing_zone
 from pipelines.delta_once import append_once
 from pipelines.feeds import EVENTS_FEED, FeedSpec
 from pipelines.ingest.context import IngestContext, IngestReport

@@ -1,6 +1,6 @@
 """`python -m bench.sink`: the same records to the same local sink, by lakerelay's writer and by the anchors.
 
-Measured, in one run, against ``python -m localsink`` in a child process (so it does not share
+Measured, in one run, against ``python -m lakerelay.localsink`` in a child process (so it does not share
 our GIL):
 - lakerelay ES: Arrow batches of (id, JSON document) — what the Spark stage hands each task —
   through ``make_poster`` (SinkWriter, 1000 records per call, 4 in flight);
@@ -23,8 +23,8 @@ import pyarrow as pa
 import requests
 from elasticsearch import Elasticsearch, helpers
 
-from devtools.sample_events import generate_event
-from devtools.sink_process import SinkProcess
+from lakerelay.devtools.sample_events import generate_event
+from lakerelay.devtools.sink_process import SinkProcess
 from pipelines.deployment import LOCAL_HEC_TOKEN
 from pipelines.post.post_stage import make_poster
 from resources.sinks.resource import ElasticsearchSinkResource, SplunkHecSinkResource

@@ -1,7 +1,7 @@
 """`python -m bench.spark_post`: Delta → enrich → post through lakerelay's Spark op vs the seed's Exhibit 1.
 
 Both read the same records of the same Delta table (one ingest batch, one data file), enrich them
-with the same Spark SQL and post them to the same ``python -m localsink`` (a child process).
+with the same Spark SQL and post them to the same ``python -m lakerelay.localsink`` (a child process).
 
 Exhibit 1, reproduced faithfully in its mechanics: a foreachBatch-style handler gets the
 micro-batch DataFrame, pre-batches it with the seed's ``preBatchRecordsForRestCall`` (``to_json``,
@@ -49,8 +49,8 @@ from pyspark.sql import functions as F
 from pyspark.sql.window import Window
 
 from bench.cpu import CpuMeter
-from devtools.sample_events import generate_event
-from devtools.sink_process import SinkProcess
+from lakerelay.devtools.sample_events import generate_event
+from lakerelay.devtools.sink_process import SinkProcess
 from pipelines.delta_once import append_once
 from pipelines.deployment import spark_config
 from pipelines.feeds import EVENTS_FEED

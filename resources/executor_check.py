@@ -60,7 +60,7 @@ def requirements_text() -> str:
     header = (
         "# The Python of every Spark executor (and of a Spark Connect server) needs these, at these versions;\n"
         "# pyspark comes from the cluster's Spark, lakerelay's own code is shipped with each session.\n"
-        "# Generated from requirements.lock's versions by python -m devtools.lock (or, in an environment\n"
+        "# Generated from requirements.lock's versions by python -m lakerelay.devtools.lock (or, in an environment\n"
         "# installed from it, python -m resources.executor_check > deploy/executor-requirements.txt).\n"
     )
     return header + "\n".join(lines) + "\n"

@@ -285,7 +285,7 @@ def connect_session(
 
 START_CONNECT_SERVER_HINT = (
     "start it (`make ui` runs one on sc://127.0.0.1:15002; "
-    "`python -m devtools.spark_connect start --port <port>` starts one), fix LAKERELAY_SPARK_REMOTE, "
+    "`python -m lakerelay.devtools.spark_connect start --port <port>` starts one), fix LAKERELAY_SPARK_REMOTE, "
     "or unset LAKERELAY_SPARK_REMOTE to run Spark locally in each run"
 )
 

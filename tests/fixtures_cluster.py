@@ -1,6 +1,6 @@
 """A Spark cluster's side for the tests: executors' Pythons without lakerelay, and one standalone cluster.
 
-`worker_python` is a virtualenv with only the executor requirements (devtools.worker_python), what a
+`worker_python` is a virtualenv with only the executor requirements (lakerelay.devtools.worker_python), what a
 cluster's workers have: the Spark Connect server of `spark_connect_url` and the standalone cluster's
 executors run on it, so every post through them depends on the code lakerelay ships per session.
 """
@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from devtools import worker_python as worker_pythons
-from devtools.spark_standalone import StandaloneCluster, standalone_cluster
+from lakerelay.devtools import worker_python as worker_pythons
+from lakerelay.devtools.spark_standalone import StandaloneCluster, standalone_cluster
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from devtools import spark_connect
+from lakerelay.devtools import spark_connect
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""`postgres_server`: one throwaway PostgreSQL on 127.0.0.1 for the whole test session (devtools/postgres.py).
+"""`postgres_server`: one throwaway PostgreSQL on 127.0.0.1 for the whole test session (lakerelay/devtools/postgres.py).
 
 `postgres_db` gives each test a database of its own on it, so one test's runs never show in another's.
 """
@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from devtools import postgres
+from lakerelay.devtools import postgres
 
 
 @pytest.fixture(scope="session")

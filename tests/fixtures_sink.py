@@ -4,7 +4,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from localsink import LocalSinkServer
+from lakerelay.localsink import LocalSinkServer
 
 
 @pytest.fixture

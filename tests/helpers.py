@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING
 import orjson
 import pyarrow as pa
 
-from devtools.dagster_home import prepare as prepare_dagster_home
-from devtools.sample_events import write_landing_zone
+from lakerelay.devtools.dagster_home import prepare as prepare_dagster_home
+from lakerelay.devtools.sample_events import write_landing_zone
 from resources.delta_arrow import read_delta
 from resources.lake import LakeResource
 

@@ -7,7 +7,7 @@ Each is (exception type, str(exception)). How they were made:
   ``spark.range(1).collect()``: the errors, in the order they came, while the JVM shut down and after.
 - WORKER_DAEMON_EOF: a local SparkSession whose ``spark.pyspark.python`` is a script that sleeps 3 s
   and exits 1 (a worker killed while starting), then ``prepare_executors(spark, 1, True)``.
-- CONNECT_*: a Spark Connect server (``devtools.spark_connect``) killed with SIGKILL during a
+- CONNECT_*: a Spark Connect server (``lakerelay.devtools.spark_connect``) killed with SIGKILL during a
   ``mapInArrow(...).toArrow()`` (UNAVAILABLE, after the session's retries), and the same session's
   next call once the server was restarted on its port (NO_ACTIVE_SESSION).
 """

@@ -17,7 +17,7 @@ from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus
 from dagster._core.instance.ref import InstanceRef
 from test_post_job import write_feed_batch
 
-from devtools.spark_standalone import StandaloneCluster
+from lakerelay.devtools.spark_standalone import StandaloneCluster
 
 from fixtures_s3 import S3Settings
 from helpers import dagster_cli_env, s3_lake

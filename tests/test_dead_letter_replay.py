@@ -19,7 +19,7 @@ import pytest
 from dagster import DagsterInstance, DagsterRunStatus
 from dagster._core.instance.ref import InstanceRef
 
-from localsink import LocalSinkServer
+from lakerelay.localsink import LocalSinkServer
 from pipelines.post.dead_letters import DEAD_LETTER_TABLE, append_dead_letters
 from pipelines.post.letters import REPLAY_TABLE
 from pipelines.post.replay_job import build_replay_job, replay_job_name, replay_op_name

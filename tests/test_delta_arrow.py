@@ -57,7 +57,7 @@ def test_processes_that_read_a_table_exit_cleanly(tmp_path: Path) -> None:
 def test_no_code_reads_a_delta_table_through_a_python_filesystem() -> None:
     """Every table read passes a native filesystem (resources/delta_arrow.py says why)."""
     offenders = []
-    for folder in ("pipelines", "resources", "sensors", "devtools", "localsink", "bench", "tests"):
+    for folder in ("pipelines", "resources", "sensors", "devtools", "lakerelay.localsink", "bench", "tests"):
         for path in sorted((ROOT / folder).rglob("*.py")):
             if path.name in ("delta_arrow.py", Path(__file__).name):
                 continue

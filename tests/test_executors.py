@@ -86,13 +86,13 @@ def _pins(path: Path) -> dict[str, str]:
 
 def test_the_executor_requirements_file_matches_this_environment() -> None:
     assert (ROOT / "deploy" / "executor-requirements.txt").read_text() == requirements_text(), (
-        "regenerate both files: python -m devtools.lock"
+        "regenerate both files: python -m lakerelay.devtools.lock"
     )
 
 
 def test_the_lock_pins_every_installed_distribution_at_its_installed_version() -> None:
     """A clean clone installs only what requirements.lock names: nothing unpinned can drift in."""
-    from devtools.lock import lock_lines
+    from lakerelay.devtools.lock import lock_lines
 
     locked = _pins(ROOT / "requirements.lock")
     installed = dict(line.lower().split("==") for line in lock_lines(Path(sys.executable)))

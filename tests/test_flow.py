@@ -11,7 +11,7 @@ import pytest
 import requests
 from deltalake import DeltaTable
 
-from localsink.server import LocalSinkServer
+from lakerelay.localsink.server import LocalSinkServer
 from pipelines.definitions import build_defs
 from pipelines.deployment import LOCAL_HEC_TOKEN
 from pipelines.post.dead_letters import DEAD_LETTER_TABLE

@@ -16,9 +16,9 @@ import pytest
 import requests
 from elasticsearch import Elasticsearch, helpers
 
-from localsink import DEFAULT_HEC_TOKEN, FaultConfig, LocalSinkServer
-from localsink.client import es_count, es_ids, fetch_stats, hec_events, reset, set_faults
-from localsink.splunk import decode_events
+from lakerelay.localsink import DEFAULT_HEC_TOKEN, FaultConfig, LocalSinkServer
+from lakerelay.localsink.client import es_count, es_ids, fetch_stats, hec_events, reset, set_faults
+from lakerelay.localsink.splunk import decode_events
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 HEC = {"Authorization": f"Splunk {DEFAULT_HEC_TOKEN}"}
@@ -473,7 +473,7 @@ CLI_ARGS = ["--port", "0", "--seed", "5", "--item-429-rate", "1", "--hec-token",
 def test_cli_port_file_flags_and_sigterm(tmp_path: Path) -> None:
     port_file = tmp_path / "sink.port"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "localsink", *CLI_ARGS, "--port-file", str(port_file)],
+        [sys.executable, "-m", "lakerelay.localsink", *CLI_ARGS, "--port-file", str(port_file)],
         cwd=PROJECT_ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -540,9 +540,9 @@ def test_connection_reset_fault_drops_the_connection_without_an_answer(
 
 def test_bulk_items_encoded_from_templates_match_the_full_document() -> None:
     """The pre-encoded item fast path must give exactly the JSON the dict-building path gave."""
-    from localsink.es_bulk import SHARDS, BulkResponse, bulk
-    from localsink.faults import FaultInjector
-    from localsink.store import SinkStore
+    from lakerelay.localsink.es_bulk import SHARDS, BulkResponse, bulk
+    from lakerelay.localsink.faults import FaultInjector
+    from lakerelay.localsink.store import SinkStore
 
     store = SinkStore()
     body = ndjson(

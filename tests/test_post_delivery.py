@@ -15,7 +15,7 @@ from deltalake import DeltaTable
 from deltalake.exceptions import TableNotFoundError
 from test_post_job import materialization_metadata, run_post, write_feed_batch
 
-from localsink.server import LocalSinkServer
+from lakerelay.localsink.server import LocalSinkServer
 from pipelines.feeds import EVENTS_FEED, FeedSpec
 from pipelines.ingest.runner import ingest_feed
 from pipelines.post.dead_letters import DEAD_LETTER_TABLE

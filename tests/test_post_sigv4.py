@@ -14,8 +14,8 @@ from deltalake import DeltaTable
 from test_post_delivery import dead_letter_rows
 from test_post_job import materialization_metadata, run_post, write_feed_batch
 
-from localsink.server import LocalSinkServer
-from localsink.sigv4 import SIGV4_TEST_ACCESS_KEY_ID, SIGV4_TEST_SECRET_ACCESS_KEY, SigV4Verifier
+from lakerelay.localsink.server import LocalSinkServer
+from lakerelay.localsink.sigv4 import SIGV4_TEST_ACCESS_KEY_ID, SIGV4_TEST_SECRET_ACCESS_KEY, SigV4Verifier
 from pipelines.post.dead_letters import DEAD_LETTER_TABLE
 from resources.delta_arrow import read_delta
 from resources.sinks.resource import ElasticsearchSinkResource

@@ -19,7 +19,7 @@ from dagster._core.storage.local_compute_log_manager import LocalComputeLogManag
 from dagster_postgres import PostgresEventLogStorage, PostgresRunStorage, PostgresScheduleStorage
 from test_daemon import UNFINISHED, running_daemon, wait_for
 
-from devtools.postgres import PostgresServer
+from lakerelay.devtools.postgres import PostgresServer
 
 from helpers import dagster_cli_env, delta_table, land_events, local_lake
 

@@ -8,8 +8,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from devtools.sample_events import write_landing_zone
-from localsink.server import LocalSinkServer
+from lakerelay.devtools.sample_events import write_landing_zone
+from lakerelay.localsink.server import LocalSinkServer
 from pipelines.components import ElasticsearchSink, Feed, RestSink, Route, SplunkHecSink
 from pipelines.definitions import build_defs
 from pipelines.deployment import LOCAL_HEC_TOKEN

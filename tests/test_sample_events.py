@@ -1,4 +1,4 @@
-"""`python -m devtools.sample_events DIR` lands new names and new events each time it runs."""
+"""`python -m lakerelay.devtools.sample_events DIR` lands new names and new events each time it runs."""
 
 import subprocess
 import sys
@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_each_drop_of_sample_events_adds_new_files_and_new_events(tmp_path: Path) -> None:
     landing = tmp_path / "landing" / "events"
-    command = [sys.executable, "-m", "devtools.sample_events", str(landing), "--files", "3"]
+    command = [sys.executable, "-m", "lakerelay.devtools.sample_events", str(landing), "--files", "3"]
     command += ["--records-per-file", "4"]
     for _ in range(2):
         done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=True)

@@ -25,8 +25,8 @@ import requests
 from elasticsearch import Elasticsearch
 from test_sink_tls import post
 
-from localsink.server import LocalSinkServer
-from localsink.sigv4 import SIGV4_TEST_ACCESS_KEY_ID, SIGV4_TEST_SECRET_ACCESS_KEY, SigV4Verifier
+from lakerelay.localsink.server import LocalSinkServer
+from lakerelay.localsink.sigv4 import SIGV4_TEST_ACCESS_KEY_ID, SIGV4_TEST_SECRET_ACCESS_KEY, SigV4Verifier
 from resources.sinks.cloud_id import CloudIdError, elasticsearch_url
 from resources.sinks.errors import SinkAuthError
 from resources.sinks.resource import ElasticsearchSinkResource
@@ -373,7 +373,7 @@ def test_the_local_sink_cli_verifies_signatures_with_the_secret_of_its_environme
     port_file = tmp_path / "sink.port"
     secret = "cli-secret-from-the-environment"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "localsink", "--port-file", str(port_file), *SIGV4_CLI_ARGS],
+        [sys.executable, "-m", "lakerelay.localsink", "--port-file", str(port_file), *SIGV4_CLI_ARGS],
         cwd=Path(__file__).resolve().parents[1],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

@@ -10,7 +10,7 @@ import orjson
 import pyarrow as pa
 import pytest
 
-from localsink.server import LocalSinkServer
+from lakerelay.localsink.server import LocalSinkServer
 from pipelines.deployment import LOCAL_HEC_TOKEN
 from resources.sinks.errors import SinkConfigError
 from resources.sinks.flow import AdaptiveConcurrency

@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from localsink.server import LocalSinkServer
+from lakerelay.localsink.server import LocalSinkServer
 from resources.sinks.errors import SinkTlsError
 from resources.sinks.resource import ElasticsearchSinkResource
 from resources.sinks.writer import SinkWriter

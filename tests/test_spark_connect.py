@@ -15,7 +15,7 @@ import requests
 from connect_client_probe import post_each_row
 from test_post_job import write_feed_batch
 
-from devtools.spark_connect import free_port
+from lakerelay.devtools.spark_connect import free_port
 from pipelines import deployment
 from pipelines.feeds import EVENTS_FEED
 from pipelines.post.job import build_post_job
@@ -89,7 +89,7 @@ def test_post_job_on_spark_connect_delivers_every_record_once(
 def test_a_connect_server_whose_python_lacks_a_package_fails_the_run_with_its_name(
     tmp_path: Path, sink_server, worker_python_without_orjson: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from devtools import spark_connect
+    from lakerelay.devtools import spark_connect
 
     lake = local_lake(tmp_path)
     write_feed_batch(lake, 1, 1_000)
@@ -146,7 +146,9 @@ def test_an_unreachable_connect_server_fails_fast_naming_the_url_and_what_to_do(
     message = failure.step_failure_data.error.message
     assert f"Spark Connect server {url}" in message
     assert "Connection refused" in message
-    assert "python -m devtools.spark_connect start" in message and "LAKERELAY_SPARK_REMOTE" in message
+    assert (
+        "python -m lakerelay.devtools.spark_connect start" in message and "LAKERELAY_SPARK_REMOTE" in message
+    )
     assert elapsed < 60  # not the client's ten minutes of retries
     assert sink_server.es_count("unreachable") == 0
 
@@ -197,7 +199,7 @@ def test_a_connect_server_that_dies_mid_post_fails_the_run_fast_and_the_next_run
     import signal
     import threading
 
-    from devtools import spark_connect
+    from lakerelay.devtools import spark_connect
 
     lake = local_lake(tmp_path)
     records = 20_000
@@ -235,7 +237,9 @@ def test_a_connect_server_that_dies_mid_post_fails_the_run_fast_and_the_next_run
         [failure] = [e for e in result.all_events if e.is_step_failure]  # not retried: the calls waited
         message = failure.step_failure_data.error.message
         assert f"Spark Connect server {server.url} stopped answering" in message, message
-        assert "UNAVAILABLE" in message and "python -m devtools.spark_connect start" in message, message
+        assert "UNAVAILABLE" in message and "python -m lakerelay.devtools.spark_connect start" in message, (
+            message
+        )
         # connect_retry_s (30 s) and a bounded release, not the client's ~10 minutes of retries.
         assert failed_after < 60, failed_after
         assert 0 < sink_server.es_count("crash") < records
@@ -329,7 +333,7 @@ def test_the_server_interrupts_the_operations_of_a_killed_client_so_its_workers_
     import subprocess
     import sys
 
-    from devtools import spark_connect
+    from lakerelay.devtools import spark_connect
 
     directory = tmp_path / "server"
     server = spark_connect.start(
@@ -370,7 +374,7 @@ def test_a_connect_server_restarted_mid_post_is_ridden_out_by_a_retry_of_the_ste
     import signal
     import threading
 
-    from devtools import spark_connect
+    from lakerelay.devtools import spark_connect
     from resources.spark import SparkSessionResource
 
     lake = local_lake(tmp_path)

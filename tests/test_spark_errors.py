@@ -100,7 +100,7 @@ def test_a_connect_server_that_went_away_fails_at_once_and_one_that_restarted_is
     gone = spark_failure(raised(CONNECT_SERVER_KILLED), "es")
     assert not gone.allow_retries and not _needs_fix(gone)  # its calls already waited; the sensor asks again
     assert "UNAVAILABLE: failed to connect to all addresses" in (gone.description or "")
-    assert "python -m devtools.spark_connect start" in (gone.description or "")
+    assert "python -m lakerelay.devtools.spark_connect start" in (gone.description or "")
     for sample in (CONNECT_SERVER_RESTARTED, CONNECT_SERVER_RESTARTED_MID_QUERY):
         restarted = spark_failure(raised(sample), "es")
         assert restarted.allow_retries and not _needs_fix(restarted)

@@ -10,7 +10,7 @@ import dagster as dg
 import pytest
 from deltalake import DeltaTable
 
-from devtools.sample_events import write_landing_zone
+from lakerelay.devtools.sample_events import write_landing_zone
 from pipelines.components import ElasticsearchSink, Export, Feed, Route, SplunkHecSink
 from pipelines.definitions import build_defs
 from pipelines.topology import join, load_topology

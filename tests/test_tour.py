@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from localsink.server import LocalSinkServer
+from lakerelay.localsink.server import LocalSinkServer
 
 pytestmark = pytest.mark.e2e
 
@@ -36,7 +36,7 @@ def test_the_readme_tour_lands_files_in_both_sinks_and_exports_them(
     run(
         str(BIN / "python"),
         "-m",
-        "devtools.sample_events",
+        "lakerelay.devtools.sample_events",
         str(home / "landing" / "events"),
         "--files",
         "2",

@@ -5,7 +5,7 @@ from typing import Any
 
 import requests
 
-from localsink.splunk import DEFAULT_HEC_INDEX
+from lakerelay.localsink.splunk import DEFAULT_HEC_INDEX
 
 
 def _admin(url: str, path: str) -> str:

@@ -10,10 +10,10 @@ from urllib.parse import unquote
 
 import orjson
 
-from localsink.auth import EsAuth
-from localsink.faults import FaultInjector
-from localsink.store import SinkStore
-from localsink.wire import BodyError, Reply, Request, json_reply
+from lakerelay.localsink.auth import EsAuth
+from lakerelay.localsink.faults import FaultInjector
+from lakerelay.localsink.store import SinkStore
+from lakerelay.localsink.wire import BodyError, Reply, Request, json_reply
 
 PREFIX = "/_generic"
 

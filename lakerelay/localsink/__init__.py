@@ -4,8 +4,8 @@ Typical use: `with LocalSinkServer() as sink:` then point clients at `sink.url` 
 `sink.es_count("events")` or `sink.hec_count()`.
 """
 
-from localsink.faults import FaultConfig
-from localsink.server import LocalSinkServer
-from localsink.splunk import DEFAULT_HEC_INDEX, DEFAULT_HEC_TOKEN
+from lakerelay.localsink.faults import FaultConfig
+from lakerelay.localsink.server import LocalSinkServer
+from lakerelay.localsink.splunk import DEFAULT_HEC_INDEX, DEFAULT_HEC_TOKEN
 
 __all__ = ["DEFAULT_HEC_INDEX", "DEFAULT_HEC_TOKEN", "FaultConfig", "LocalSinkServer"]

@@ -1,6 +1,6 @@
 """A Python for Spark executors that has only the executors' third-party packages, not lakerelay.
 
-    python -m devtools.worker_python DIR [--without orjson]     # prints DIR/bin/python
+    python -m lakerelay.devtools.worker_python DIR [--without orjson]     # prints DIR/bin/python
 
 What a cluster's workers have: a virtualenv with the distributions of
 ``resources.executor_check.EXECUTOR_PACKAGES`` and what they require, linked from this environment

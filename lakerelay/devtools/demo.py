@@ -21,8 +21,8 @@ from pathlib import Path
 import requests
 from deltalake import DeltaTable
 
-from devtools.sample_events import write_landing_zone
-from devtools.sink_process import SinkProcess
+from lakerelay.devtools.sample_events import write_landing_zone
+from lakerelay.devtools.sink_process import SinkProcess
 from resources.delta_arrow import read_delta
 
 BIN = Path(sys.executable).parent

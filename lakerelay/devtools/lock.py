@@ -1,6 +1,6 @@
 """Re-resolve lakerelay's whole dependency closure: the one deliberate way to upgrade what installs.
 
-    python -m devtools.lock          # writes requirements.lock and deploy/executor-requirements.txt
+    python -m lakerelay.devtools.lock          # writes requirements.lock and deploy/executor-requirements.txt
 
 ``pyproject.toml`` names the direct dependencies; ``requirements.lock`` pins every distribution they
 pull in (pip, dagster's and moto's dependencies, idna, ...), and every install of the project
@@ -16,7 +16,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 LOCK = ROOT / "requirements.lock"
 EXECUTOR_REQUIREMENTS = ROOT / "deploy" / "executor-requirements.txt"
 # Every extra, so one lock serves the dev environment, the production instance and a plain install.
@@ -25,7 +25,7 @@ EXTRAS = "dev,deploy"
 UNLOCKED = {"lakerelay", "setuptools"}
 HEADER = (
     "# Every distribution lakerelay installs, pinned: pip's constraints for `make`, `make plain` and CI.\n"
-    "# Direct dependencies live in pyproject.toml. Upgrade on purpose: python -m devtools.lock, review\n"
+    "# Direct dependencies live in pyproject.toml. Upgrade on purpose: python -m lakerelay.devtools.lock, review\n"
     "# the diff, run `make test`.\n"
 )
 

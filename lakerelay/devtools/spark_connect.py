@@ -1,8 +1,8 @@
 """A local Spark Connect server on 127.0.0.1: started for `make ui` and the tests, stopped by its pid file.
 
-    python -m devtools.spark_connect start  --dir .lakerelay/spark-connect --port 15002   # prints the sc:// URL
-    python -m devtools.spark_connect status --dir .lakerelay/spark-connect
-    python -m devtools.spark_connect stop   --dir .lakerelay/spark-connect
+    python -m lakerelay.devtools.spark_connect start  --dir .lakerelay/spark-connect --port 15002   # prints the sc:// URL
+    python -m lakerelay.devtools.spark_connect status --dir .lakerelay/spark-connect
+    python -m lakerelay.devtools.spark_connect stop   --dir .lakerelay/spark-connect
 
 The server is pyspark's own (``spark-submit --class …SparkConnectServer`` from the wheel, what
 ``sbin/start-connect-server.sh`` runs), in ``local[N]``, listening on 127.0.0.1 only, with this
@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from devtools.server_cli import log_tail, server_main
+from lakerelay.devtools.server_cli import log_tail, server_main
 from resources.spark import LOCAL_JIT_OPTION, LOG4J2_CONSOLE_WARN, log4j_config_file
 
 SERVER_CLASS = "org.apache.spark.sql.connect.service.SparkConnectServer"
@@ -86,7 +86,7 @@ def start(
         if running.port != port:
             raise ConnectServerError(
                 f"a Spark Connect server from {directory} already runs on port {running.port} "
-                f"(pid {running.pid}); stop it first: python -m devtools.spark_connect stop --dir {directory}"
+                f"(pid {running.pid}); stop it first: python -m lakerelay.devtools.spark_connect stop --dir {directory}"
             )
         return running
     if not _port_is_free(port):
@@ -369,7 +369,12 @@ def main(argv: list[str] | None = None) -> int:
 
     actions = {"start": start_action, "stop": stop_action, "status": status_action}
     return server_main(
-        "python -m devtools.spark_connect", __doc__, add_arguments, actions, (ConnectServerError,), argv
+        "python -m lakerelay.devtools.spark_connect",
+        __doc__,
+        add_arguments,
+        actions,
+        (ConnectServerError,),
+        argv,
     )
 
 

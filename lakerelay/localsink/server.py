@@ -19,17 +19,17 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from localsink.admin import PREFIX as ADMIN_PREFIX
-from localsink.admin import AdminApi, build_stats
-from localsink.auth import EsAuth
-from localsink.elasticsearch import ElasticsearchApi
-from localsink.faults import FaultConfig, FaultInjector
-from localsink.generic import PREFIX as GENERIC_PREFIX
-from localsink.generic import GenericApi
-from localsink.sigv4 import SigV4Verifier
-from localsink.splunk import DEFAULT_HEC_INDEX, DEFAULT_HEC_TOKEN, HecApi
-from localsink.store import SinkStore
-from localsink.wire import DEFAULT_MAX_CONTENT_LENGTH, BodyError, Reply, Request, json_reply
+from lakerelay.localsink.admin import PREFIX as ADMIN_PREFIX
+from lakerelay.localsink.admin import AdminApi, build_stats
+from lakerelay.localsink.auth import EsAuth
+from lakerelay.localsink.elasticsearch import ElasticsearchApi
+from lakerelay.localsink.faults import FaultConfig, FaultInjector
+from lakerelay.localsink.generic import PREFIX as GENERIC_PREFIX
+from lakerelay.localsink.generic import GenericApi
+from lakerelay.localsink.sigv4 import SigV4Verifier
+from lakerelay.localsink.splunk import DEFAULT_HEC_INDEX, DEFAULT_HEC_TOKEN, HecApi
+from lakerelay.localsink.store import SinkStore
+from lakerelay.localsink.wire import DEFAULT_MAX_CONTENT_LENGTH, BodyError, Reply, Request, json_reply
 
 _HEC_PREFIX = "/services/collector"
 _HEC_INGEST = ("/services/collector", "/services/collector/event", "/services/collector/raw")
@@ -79,7 +79,7 @@ class SinkApp:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
-    server_version = "localsink"
+    server_version = "lakerelay.localsink"
     sys_version = ""
     disable_nagle_algorithm = True
     timeout = 300  # idle keep-alive connections are dropped after this many seconds

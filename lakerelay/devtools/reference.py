@@ -1,7 +1,7 @@
 """docs/reference.md, generated from the component types: every key, its type, default and meaning.
 
-    python -m devtools.reference          # rewrites docs/reference.md
-    python -m devtools.reference --check  # exit 1 when docs/reference.md is stale (a test runs this)
+    python -m lakerelay.devtools.reference          # rewrites docs/reference.md
+    python -m lakerelay.devtools.reference --check  # exit 1 when docs/reference.md is stale (a test runs this)
 
 A key left unset takes the default of what the component builds (``FeedSpec``, the sink's resource,
 ``ExportSpec``), so the defaults shown are read from there: the one home of each default.
@@ -25,13 +25,13 @@ from pipelines.components.sinks import Sink
 from pipelines.export.spec import ExportSpec
 from pipelines.feeds import FeedSpec
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 REFERENCE = ROOT / "docs" / "reference.md"
 TYPES: list[type[Declaration]] = [Feed, ElasticsearchSink, SplunkHecSink, RestSink, Route, Export]
 HEADER = """\
 # Configuration reference
 
-Generated from the component types by `python -m devtools.reference`; do not edit (a test fails
+Generated from the component types by `python -m lakerelay.devtools.reference`; do not edit (a test fails
 when this file and the code disagree). How the pieces fit: [routes.md](routes.md).
 
 Each YAML file under `pipelines/defs/<kind>/<name>/defs.yaml` declares one component (several,
@@ -124,7 +124,8 @@ def main() -> None:
         current = REFERENCE.read_text() if REFERENCE.exists() else ""
         if current != text:
             print(
-                f"{REFERENCE.relative_to(ROOT)} is stale: run python -m devtools.reference", file=sys.stderr
+                f"{REFERENCE.relative_to(ROOT)} is stale: run python -m lakerelay.devtools.reference",
+                file=sys.stderr,
             )
             sys.exit(1)
         return

@@ -9,7 +9,7 @@ import requests
 
 
 class SinkProcess:
-    """``python -m localsink`` on 127.0.0.1 on a free port; stopped on exit, killed if it will not stop."""
+    """``python -m lakerelay.localsink`` on 127.0.0.1 on a free port; stopped on exit, killed if it will not stop."""
 
     def __init__(self, port_file: Path, *extra_args: str) -> None:
         self.port_file = port_file
@@ -23,7 +23,7 @@ class SinkProcess:
             [
                 sys.executable,
                 "-m",
-                "localsink",
+                "lakerelay.localsink",
                 "--host",
                 "127.0.0.1",
                 "--port",
@@ -39,7 +39,7 @@ class SinkProcess:
             if self.process.poll() is not None or time.monotonic() > deadline:
                 self.__exit__()
                 raise RuntimeError(
-                    "the local sink server did not start; run `python -m localsink` to see why"
+                    "the local sink server did not start; run `python -m lakerelay.localsink` to see why"
                 )
             time.sleep(0.05)
         self.url = f"http://127.0.0.1:{int(self.port_file.read_text().strip())}"

@@ -19,9 +19,9 @@ from typing import Any
 
 import orjson
 
-from localsink.faults import FaultInjector
-from localsink.store import SinkStore
-from localsink.wire import BodyError, Reply, Request
+from lakerelay.localsink.faults import FaultInjector
+from lakerelay.localsink.store import SinkStore
+from lakerelay.localsink.wire import BodyError, Reply, Request
 
 DEFAULT_HEC_TOKEN = "lakerelay-local-hec-token"
 DEFAULT_HEC_INDEX = "main"

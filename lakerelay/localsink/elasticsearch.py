@@ -11,8 +11,8 @@ from urllib.parse import unquote
 
 import orjson
 
-from localsink.auth import WWW_AUTHENTICATE, EsAuth
-from localsink.es_bulk import (
+from lakerelay.localsink.auth import WWW_AUTHENTICATE, EsAuth
+from lakerelay.localsink.es_bulk import (
     SHARDS,
     BulkResponse,
     EsError,
@@ -21,10 +21,10 @@ from localsink.es_bulk import (
     index_not_found,
     invalid_index_name,
 )
-from localsink.faults import FaultInjector
-from localsink.filter_path import apply_filter_path
-from localsink.store import EsIndex, SinkStore
-from localsink.wire import BodyError, Reply, Request
+from lakerelay.localsink.faults import FaultInjector
+from lakerelay.localsink.filter_path import apply_filter_path
+from lakerelay.localsink.store import EsIndex, SinkStore
+from lakerelay.localsink.wire import BodyError, Reply, Request
 
 ES_VERSION = "9.1.0"
 COMPAT_CONTENT_TYPE = "application/vnd.elasticsearch+json;compatible-with=9"
@@ -32,14 +32,14 @@ PRODUCT_HEADER = ("X-Elastic-Product", "Elasticsearch")
 CLUSTER_UUID = "bG9jYWxzaW5rLWNsdXN0ZXI"
 
 INFO = {
-    "name": "localsink",
+    "name": "lakerelay.localsink",
     "cluster_name": "lakerelay-localsink",
     "cluster_uuid": CLUSTER_UUID,
     "version": {
         "number": ES_VERSION,
         "build_flavor": "default",
         "build_type": "docker",
-        "build_hash": "localsink",
+        "build_hash": "lakerelay.localsink",
         "build_date": "2025-07-17T00:00:00.000000000Z",
         "build_snapshot": False,
         "lucene_version": "10.2.2",

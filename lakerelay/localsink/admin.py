@@ -9,9 +9,9 @@ from urllib.parse import unquote
 
 import orjson
 
-from localsink.faults import FaultConfig, FaultInjector
-from localsink.store import SinkStore
-from localsink.wire import BodyError, Reply, Request, json_reply
+from lakerelay.localsink.faults import FaultConfig, FaultInjector
+from lakerelay.localsink.store import SinkStore
+from lakerelay.localsink.wire import BodyError, Reply, Request, json_reply
 
 PREFIX = "/_localsink"
 

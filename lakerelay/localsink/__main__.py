@@ -1,4 +1,4 @@
-"""`python -m localsink`: run the sink in the foreground until SIGTERM or SIGINT."""
+"""`python -m lakerelay.localsink`: run the sink in the foreground until SIGTERM or SIGINT."""
 
 import argparse
 import json
@@ -10,10 +10,10 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from localsink.faults import FaultConfig
-from localsink.server import LocalSinkServer
-from localsink.sigv4 import SIGV4_TEST_ACCESS_KEY_ID, SIGV4_TEST_SECRET_ACCESS_KEY, SigV4Verifier
-from localsink.splunk import DEFAULT_HEC_TOKEN
+from lakerelay.localsink.faults import FaultConfig
+from lakerelay.localsink.server import LocalSinkServer
+from lakerelay.localsink.sigv4 import SIGV4_TEST_ACCESS_KEY_ID, SIGV4_TEST_SECRET_ACCESS_KEY, SigV4Verifier
+from lakerelay.localsink.splunk import DEFAULT_HEC_TOKEN
 
 
 def _json_or_text(value: str) -> Any:
@@ -26,7 +26,7 @@ def _json_or_text(value: str) -> Any:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m localsink",
+        prog="python -m lakerelay.localsink",
         description="Local Elasticsearch (_bulk) and Splunk HEC sink for lakerelay demos, tests and benchmarks.",
     )
     net = parser.add_argument_group("network")

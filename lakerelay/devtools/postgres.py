@@ -1,7 +1,7 @@
 """A throwaway PostgreSQL server on 127.0.0.1, for the tests of deploy/dagster.yaml (and to try it by hand).
 
-    python -m devtools.postgres start --dir /tmp/lakerelay-pg   # prints the LAKERELAY_PG_* variables
-    python -m devtools.postgres stop  --dir /tmp/lakerelay-pg   # stops it and removes the folder
+    python -m lakerelay.devtools.postgres start --dir /tmp/lakerelay-pg   # prints the LAKERELAY_PG_* variables
+    python -m lakerelay.devtools.postgres stop  --dir /tmp/lakerelay-pg   # stops it and removes the folder
 
 It is Debian's ``postgresql`` package's own server (``initdb`` and ``pg_ctl`` from PATH or the newest
 ``/usr/lib/postgresql/<version>/bin``), in a folder of its own: the cluster in ``data/``, the unix socket
@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
-from devtools.server_cli import log_tail, server_main
+from lakerelay.devtools.server_cli import log_tail, server_main
 
 HOST = "127.0.0.1"
 DEFAULT_USER = "lakerelay"
@@ -123,10 +123,10 @@ def start(
     data = directory / "data"
     if data.exists():
         raise PostgresError(
-            f"{data} already holds a cluster; stop it first: python -m devtools.postgres stop --dir {directory}"
+            f"{data} already holds a cluster; stop it first: python -m lakerelay.devtools.postgres stop --dir {directory}"
         )
     if port is None:
-        from devtools.spark_connect import free_port
+        from lakerelay.devtools.spark_connect import free_port
 
         port = free_port()
     _hand_over(directory)
@@ -332,7 +332,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     actions = {"start": start_action, "stop": stop_action, "status": status_action}
-    return server_main("python -m devtools.postgres", __doc__, add_arguments, actions, (PostgresError,), argv)
+    return server_main(
+        "python -m lakerelay.devtools.postgres", __doc__, add_arguments, actions, (PostgresError,), argv
+    )
 
 
 if __name__ == "__main__":

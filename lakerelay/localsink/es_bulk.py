@@ -22,8 +22,8 @@ from typing import Any
 
 import orjson
 
-from localsink.faults import FaultInjector
-from localsink.store import EsIndex, SinkStore, StoredDoc
+from lakerelay.localsink.faults import FaultInjector
+from lakerelay.localsink.store import EsIndex, SinkStore, StoredDoc
 
 # One node: the replica of each single-shard index is unassigned, as on a laptop cluster.
 SHARDS = {"total": 2, "successful": 1, "failed": 0}
