@@ -236,6 +236,10 @@ def _check(command: DocCommand, words: list[str], help_home: Path, tmp_path: Pat
     where = f"{command.source}: `{command.text}`"
     program, rest = words[0], words[1:]
     if program == "make":
+        # `make -n` runs a recipe line only when it starts with `+` or names $(MAKE): none may, or the
+        # check would start the demo, the suite or the UI.
+        makefile = (ROOT / "Makefile").read_text()
+        assert not re.search(r"^\t[@-]*\+|\$\(MAKE\)", makefile, re.MULTILINE), "make -n would run a recipe"
         for target in [word for word in rest if not word.startswith("-") and "=" not in word]:
             done = run(["make", "-n", target], help_home)
             assert done.returncode == 0, f"{where}: the Makefile has no target {target}:\n{done.stderr}"
