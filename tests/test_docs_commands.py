@@ -207,6 +207,35 @@ def _defs() -> "dagster.Definitions":
     return defs
 
 
+TARGET_OPTIONS = {"-m", "--module-name", "-f", "--python-file", "-w", "--workspace", "-a", "--attribute"}
+
+
+def _code_target(words: list[str]) -> list[str]:
+    """The options a dagster command names its code with (none: pyproject's [tool.dagster] must)."""
+    return [
+        word
+        for option, value in itertools.pairwise(words)
+        if option in TARGET_OPTIONS
+        for word in (option, value)
+    ]
+
+
+# dagster commands that load the definitions (exit 2, "Invalid set of CLI arguments", without a code
+# target: pyproject's [tool.dagster] does not serve them): probed with a name that matches nothing.
+PROBES = {
+    ("job", "execute"): ["-j", "lakerelay_docs_probe_no_such_job"],
+    ("asset", "materialize"): ["--select", "lakerelay_docs_probe_no_such_asset"],
+}
+
+
+@cache
+def _finds_code(argv: tuple[str, ...], target: tuple[str, ...], home: Path) -> str:
+    """The command with the doc's code target and a name that matches nothing: it loads the definitions
+    and stops at the name, or fails on the target, and runs nothing either way."""
+    done = run([*argv, *target, *PROBES[tuple(argv[1:])]], home)
+    return done.stdout + done.stderr
+
+
 @cache
 def _component_types(home: Path) -> str:
     return run([str(BIN / "dg"), "list", "components", "--json"], home).stdout
@@ -266,6 +295,11 @@ def _check(command: DocCommand, words: list[str], help_home: Path, tmp_path: Pat
         for selection in _option_values(remaining, ASSET_OPTIONS):
             for key in selection.split(","):
                 assert key in keys, f"{where}: no asset named {key}"
+    if tuple(argv[1:]) in PROBES and remaining:
+        text = _finds_code(tuple(argv), tuple(_code_target(remaining)), help_home)
+        assert "Invalid set of CLI arguments" not in text, (
+            f"{where}: from a fresh shell it finds no definitions (add -m pipelines.definitions):\n{text[-800:]}"
+        )
     if argv[1:3] == ["scaffold", "defs"] and remaining and not PLACEHOLDER.search(remaining[0]):
         assert f'"{remaining[0]}"' in _component_types(help_home), (
             f"{where}: no component type {remaining[0]}"
