@@ -30,6 +30,7 @@ PROGRAMS = {
     "dagster-webserver",
     "dagster-daemon",
     "dg",
+    "lakerelay",
     "lakerelay-export",
     "lakerelay-dead-letters",
     "make",

@@ -33,20 +33,12 @@ def test_the_readme_tour_lands_files_in_both_sinks_and_exports_them(
         "LAKERELAY_ES_URL": sink_server.url,
         "LAKERELAY_HEC_URL": sink_server.url,
     }
-    run(
-        str(BIN / "python"),
-        "-m",
-        "lakerelay.devtools.sample_events",
-        str(home / "landing" / "events"),
-        "--files",
-        "2",
-        env=env,
-    )
+    run(str(BIN / "lakerelay"), "sample-events", str(home / "landing" / "events"), "--files", "2", env=env)
     run(str(BIN / "dg"), "launch", "--job", "relay_events", env=env)
     count = requests.get(f"{sink_server.url}/events/_count", timeout=10).json()["count"]
     hec = requests.get(f"{sink_server.url}/_localsink/stats", timeout=10).json()["hec"]["events"]
     assert count == hec == 2000
-    run(str(BIN / "dg"), "launch", "--assets", "events_export", env=env)
+    run(str(BIN / "dg"), "launch", "--job", "export_events", env=env)
     [manifest] = (home / "exports" / "events").glob("*/manifest.json")
     verified = run(str(BIN / "lakerelay-export"), "verify", str(manifest), env=env)
     assert "every part matches the manifest" in verified.stdout
