@@ -24,7 +24,8 @@ idle_one_cpu_pct= idle_cpu_pct= idle_code_server_cpu_pct= cadence_max_s= interva
 fan_in_over_bound_max_s=`` (``idle_one``: the same daemon with one
 feed, the floor of a daemon and its code server doing nothing).
 
-    .venv/bin/python -m bench.feeds                  # 50 feeds x 3 routes
+    .venv/bin/python -m bench.feeds                  # 50 feeds x 3 routes, shared jobs
+    .venv/bin/python -m bench.feeds --layout per_route   # a job per feed and per route
     .venv/bin/python -m bench.feeds --feeds 10 --idle 30
 """
 
@@ -48,6 +49,7 @@ import psutil
 from devtools import spark_connect
 from devtools.dagster_home import prepare as prepare_dagster_home
 from localsink import LocalSinkServer
+from sensors.table import RELAY_TAG
 
 ROOT = Path(__file__).resolve().parent.parent
 SINKS = {
@@ -266,10 +268,10 @@ def fan_in(work: Path, feeds: int, interval_s: int, records: int, timeout_s: flo
     with dg.DagsterInstance.get() as instance:
         runs = {}
         for record in instance.get_run_records(dg.RunsFilter(job_name=None)):
-            job = record.dagster_run.job_name
-            if job.startswith("relay_") and record.end_time:
+            feed = record.dagster_run.tags.get(RELAY_TAG)  # relay_<feed> or relay_feeds: the sensor's tag
+            if feed and record.end_time:
                 # The run's own time: from its creation (queue, launch, code load) to its end.
-                runs[job.removeprefix("relay_")] = record.end_time - record.create_timestamp.timestamp()
+                runs[feed] = record.end_time - record.create_timestamp.timestamp()
     slack = [arrived[n] - (2 * interval_s + runs.get(n, 0.0)) for n in arrived]
     for name in names:
         print(
@@ -295,7 +297,14 @@ def main() -> None:
         "--fan-in", type=int, default=10, help="feeds that each get one file at once (0: skip)"
     )
     parser.add_argument("--fan-in-interval", type=int, default=5, help="sensor interval of that run, seconds")
+    parser.add_argument(
+        "--layout",
+        choices=("per_route", "shared"),
+        default="shared",
+        help="LAKERELAY_JOB_LAYOUT of every process measured (shared: one job per path, not per feed)",
+    )
     args = parser.parse_args()
+    os.environ["LAKERELAY_JOB_LAYOUT"] = args.layout  # the loads, daemons and code servers inherit it
     work = Path(tempfile.mkdtemp(prefix="lakerelay-bench-feeds-"))
     try:
         one, many = write_project(work / "one", 1), write_project(work / "many", args.feeds)
@@ -307,6 +316,7 @@ def main() -> None:
         load_one, load_many = statistics.median(loads_one), statistics.median(loads_many)
         print(f"load CPU-s: 1 feed {sorted(loads_one)}, {args.feeds} feeds {sorted(loads_many)}")
         figures = {
+            "layout": args.layout,
             "feeds": args.feeds,
             "load_one_cpu_s": round(load_one, 2),
             "load_many_cpu_s": round(load_many, 2),
