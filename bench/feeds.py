@@ -260,11 +260,24 @@ def fan_in(work: Path, feeds: int, interval_s: int, records: int, timeout_s: flo
                 ):
                     arrived[name] = time.time() - landed
             time.sleep(0.2)
+        # The last records arrive before their run has ended: let the runs end, or their own time is unknown.
+        os.environ["DAGSTER_HOME"] = str(work / "fan" / "dagster_home")
+        with dg.DagsterInstance.get() as instance:
+            while time.time() < deadline and instance.get_run_records(
+                dg.RunsFilter(
+                    statuses=[
+                        dg.DagsterRunStatus.QUEUED,
+                        dg.DagsterRunStatus.STARTING,
+                        dg.DagsterRunStatus.STARTED,
+                    ]
+                ),
+                limit=1,
+            ):
+                time.sleep(0.5)
     finally:
         stop_daemon(daemon)
         spark_connect.stop(connect_dir)
         sink.stop()
-    os.environ["DAGSTER_HOME"] = str(work / "fan" / "dagster_home")
     with dg.DagsterInstance.get() as instance:
         runs = {}
         for record in instance.get_run_records(dg.RunsFilter(job_name=None)):
