@@ -19,8 +19,8 @@ declared as component YAML in a throwaway dg project (``LAKERELAY_DEFS_PROJECT``
 
 Goals (issue 20): load ratio ≤ 1.5, idle ≤ 5 % of a core, every sensor ticking at its interval, and
 ``fan_in_over_bound_max_s`` ≤ 0.
-Last line, ``key=value``: ``feeds= load_one_cpu_s= load_many_cpu_s= load_ratio= sensors=
-idle_one_cpu_pct= idle_cpu_pct= idle_code_server_cpu_pct= cadence_max_s= interval_s= fan_in_feeds= fan_in_arrived= fan_in_max_s=
+Last line, ``key=value``: ``layout= feeds= load_one_cpu_s= load_many_cpu_s= load_ratio= sensors=
+idle_one_cpu_pct= idle_cpu_pct= idle_code_server_cpu_pct= cadence_max_s= cadence_code_server_max_s= interval_s= fan_in_feeds= fan_in_arrived= fan_in_max_s=
 fan_in_over_bound_max_s=`` (``idle_one``: the same daemon with one
 feed, the floor of a daemon and its code server doing nothing).
 
@@ -338,7 +338,7 @@ def main() -> None:
         if not args.skip_daemon:
             idle_one, _ = idle_daemon(one, work / "daemon_one", args.interval, args.warmup, args.idle)
             idle_pct, cadence = idle_daemon(many, work / "daemon", args.interval, args.warmup, args.idle)
-            served, _ = idle_daemon(
+            served, served_cadence = idle_daemon(
                 many, work / "served", args.interval, args.warmup, args.idle, code_server=True
             )
             for name, gap in sorted(cadence.items()):
@@ -349,6 +349,7 @@ def main() -> None:
                 "idle_cpu_pct": round(idle_pct, 1),
                 "idle_code_server_cpu_pct": round(served, 1),
                 "cadence_max_s": round(max(cadence.values(), default=float("nan")), 1),
+                "cadence_code_server_max_s": round(max(served_cadence.values(), default=float("nan")), 1),
                 "interval_s": args.interval,
             }
         if args.fan_in:
