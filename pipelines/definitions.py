@@ -55,7 +55,7 @@ def build_defs(
         posting(routes, status, interval, deployment.retry_backoff_s()),
         relay_defs(triggered, routes, status, interval, layout),
         continuous_defs(feeds, routes, status, interval),
-        export_defs(feeds, exports, storage=resources.get("export_storage")),
+        export_defs(feeds, exports, storage=resources.get("export_storage"), layout=layout),
         dg.Definitions(sensors=[build_failure_sensor()], resources=resources),
     )
     return with_continuous_freshness(merged, routes)

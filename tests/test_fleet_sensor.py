@@ -107,8 +107,24 @@ def test_shared_layout_has_one_job_per_path_and_runs_select_one_feed_or_route(tm
     lake = local_lake(tmp_path)
     defs = fleet_defs(lake, layout="shared")
     jobs = {job.name for job in defs.resolve_all_job_defs()}
-    assert {"ingest_feeds", "relay_feeds", "post_routes"} <= jobs
-    assert not {name for name in jobs if name.startswith(("ingest_web", "relay_web", "post_web"))}
+    assert {"ingest_feeds", "relay_feeds", "post_routes", "export_datasets"} <= jobs
+    assert not {
+        name for name in jobs if name.startswith(("ingest_web", "relay_web", "post_web", "export_web"))
+    }
+    # As many jobs for one feed as for three: the daemon's snapshot does not grow with the feeds.
+    one = build_defs(
+        {
+            "lake": lake,
+            "pyspark": dg.ResourceDefinition.none_resource(),
+            "export_storage": LocalExportStorage(root=str(tmp_path / "exports")),
+            "es": ElasticsearchSinkResource(sink_name="es", url="http://127.0.0.1:1"),
+        },
+        FEEDS[:1],
+        [RouteSpec(FEEDS[0], "es", sink_kind="elasticsearch")],
+        layout="shared",
+    )
+    # The three feeds' routes add only a replay job, for their second sink (siem).
+    assert len(one.resolve_all_job_defs()) == len(jobs) - 1
     land_file(lake, "web", "a.json", json_lines({"n": 1}, {"n": 2}))
     with dg.DagsterInstance.ephemeral() as instance:
         landing = tick(defs, "feeds_landing_sensor", lake, instance)
