@@ -1,6 +1,7 @@
 """The always-on path of a feed: one run that ingests new landing files, then posts them on each of its routes.
 
-The landing sensor requests ``relay_<feed>`` when files land, so a record reaches the sinks without
+The landing sensor requests ``relay_<feed>`` (with the ``shared`` job layout: ``relay_feeds``, selecting
+the feed's assets) when files land, so a record reaches the sinks without
 waiting for a second run to be launched and a second sensor tick. The post jobs and their table
 sensors stay: they retry a sink that failed and catch up whatever else moved the table.
 """

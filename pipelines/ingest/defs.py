@@ -19,7 +19,7 @@ def ingest_defs(
     layout: str = "per_route",
 ) -> dg.Definitions:
     """``layout`` ``per_route``: an ``ingest_<feed>`` job per feed; ``shared``: one ``ingest_feeds`` job
-    for all (a run selects the feeds it ingests: ``dg launch --job ingest_feeds --assets <feed>``)."""
+    for all (a run selects the feeds it ingests; by hand: ``dg launch --assets <feed>``)."""
     per_feed = [(f"ingest_{feed.name}", [feed], {"lakerelay/feed": feed.name}) for feed in feeds]
     shared = [(SHARED_INGEST_JOB, feeds, {})] if feeds else []
     jobs = {
