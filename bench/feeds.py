@@ -19,12 +19,13 @@ declared as component YAML in a throwaway dg project (``LAKERELAY_DEFS_PROJECT``
 
 Goals (issue 20): load ratio ≤ 1.5, idle ≤ 5 % of a core, every sensor ticking at its interval, and
 ``fan_in_over_bound_max_s`` ≤ 0.
-Last line, ``key=value``: ``feeds= load_one_cpu_s= load_many_cpu_s= load_ratio= sensors=
-idle_one_cpu_pct= idle_cpu_pct= idle_code_server_cpu_pct= cadence_max_s= interval_s= fan_in_feeds= fan_in_arrived= fan_in_max_s=
+Last line, ``key=value``: ``layout= feeds= load_one_cpu_s= load_many_cpu_s= load_ratio= sensors=
+idle_one_cpu_pct= idle_cpu_pct= idle_code_server_cpu_pct= cadence_max_s= cadence_code_server_max_s= interval_s= fan_in_feeds= fan_in_arrived= fan_in_max_s=
 fan_in_over_bound_max_s=`` (``idle_one``: the same daemon with one
 feed, the floor of a daemon and its code server doing nothing).
 
-    .venv/bin/python -m bench.feeds                  # 50 feeds x 3 routes
+    .venv/bin/python -m bench.feeds                  # 50 feeds x 3 routes, shared jobs
+    .venv/bin/python -m bench.feeds --layout per_route   # a job per feed and per route
     .venv/bin/python -m bench.feeds --feeds 10 --idle 30
 """
 
@@ -48,6 +49,7 @@ import psutil
 from lakerelay.devtools import spark_connect
 from lakerelay.devtools.dagster_home import prepare as prepare_dagster_home
 from lakerelay.localsink import LocalSinkServer
+from resources.run_tags import RELAY_TAG
 
 ROOT = Path(__file__).resolve().parent.parent
 SINKS = {
@@ -258,18 +260,31 @@ def fan_in(work: Path, feeds: int, interval_s: int, records: int, timeout_s: flo
                 ):
                     arrived[name] = time.time() - landed
             time.sleep(0.2)
+        # The last records arrive before their run has ended: let the runs end, or their own time is unknown.
+        os.environ["DAGSTER_HOME"] = str(work / "fan" / "dagster_home")
+        with dg.DagsterInstance.get() as instance:
+            while time.time() < deadline and instance.get_run_records(
+                dg.RunsFilter(
+                    statuses=[
+                        dg.DagsterRunStatus.QUEUED,
+                        dg.DagsterRunStatus.STARTING,
+                        dg.DagsterRunStatus.STARTED,
+                    ]
+                ),
+                limit=1,
+            ):
+                time.sleep(0.5)
     finally:
         stop_daemon(daemon)
         spark_connect.stop(connect_dir)
         sink.stop()
-    os.environ["DAGSTER_HOME"] = str(work / "fan" / "dagster_home")
     with dg.DagsterInstance.get() as instance:
         runs = {}
         for record in instance.get_run_records(dg.RunsFilter(job_name=None)):
-            job = record.dagster_run.job_name
-            if job.startswith("relay_") and record.end_time:
+            feed = record.dagster_run.tags.get(RELAY_TAG)  # relay_<feed> or relay_feeds: the sensor's tag
+            if feed and record.end_time:
                 # The run's own time: from its creation (queue, launch, code load) to its end.
-                runs[job.removeprefix("relay_")] = record.end_time - record.create_timestamp.timestamp()
+                runs[feed] = record.end_time - record.create_timestamp.timestamp()
     slack = [arrived[n] - (2 * interval_s + runs.get(n, 0.0)) for n in arrived]
     for name in names:
         print(
@@ -295,7 +310,14 @@ def main() -> None:
         "--fan-in", type=int, default=10, help="feeds that each get one file at once (0: skip)"
     )
     parser.add_argument("--fan-in-interval", type=int, default=5, help="sensor interval of that run, seconds")
+    parser.add_argument(
+        "--layout",
+        choices=("per_route", "shared"),
+        default="shared",
+        help="LAKERELAY_JOB_LAYOUT of every process measured (shared: one job per path, not per feed)",
+    )
     args = parser.parse_args()
+    os.environ["LAKERELAY_JOB_LAYOUT"] = args.layout  # the loads, daemons and code servers inherit it
     work = Path(tempfile.mkdtemp(prefix="lakerelay-bench-feeds-"))
     try:
         one, many = write_project(work / "one", 1), write_project(work / "many", args.feeds)
@@ -307,6 +329,7 @@ def main() -> None:
         load_one, load_many = statistics.median(loads_one), statistics.median(loads_many)
         print(f"load CPU-s: 1 feed {sorted(loads_one)}, {args.feeds} feeds {sorted(loads_many)}")
         figures = {
+            "layout": args.layout,
             "feeds": args.feeds,
             "load_one_cpu_s": round(load_one, 2),
             "load_many_cpu_s": round(load_many, 2),
@@ -315,7 +338,7 @@ def main() -> None:
         if not args.skip_daemon:
             idle_one, _ = idle_daemon(one, work / "daemon_one", args.interval, args.warmup, args.idle)
             idle_pct, cadence = idle_daemon(many, work / "daemon", args.interval, args.warmup, args.idle)
-            served, _ = idle_daemon(
+            served, served_cadence = idle_daemon(
                 many, work / "served", args.interval, args.warmup, args.idle, code_server=True
             )
             for name, gap in sorted(cadence.items()):
@@ -326,6 +349,7 @@ def main() -> None:
                 "idle_cpu_pct": round(idle_pct, 1),
                 "idle_code_server_cpu_pct": round(served, 1),
                 "cadence_max_s": round(max(cadence.values(), default=float("nan")), 1),
+                "cadence_code_server_max_s": round(max(served_cadence.values(), default=float("nan")), 1),
                 "interval_s": args.interval,
             }
         if args.fan_in:

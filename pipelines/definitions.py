@@ -19,6 +19,7 @@ from pipelines.export.spec import ExportSpec
 from pipelines.feeds import EVENTS_FEED, FeedSpec
 from pipelines.ingest.defs import ingest_defs
 from pipelines.post.defs import post_defs
+from pipelines.post.shared import shared_post_defs
 from pipelines.relay import relay_defs
 from pipelines.routes import RouteSpec, every_sink
 from pipelines.topology import Topology, load_topology
@@ -36,21 +37,25 @@ def build_defs(
     feeds: list[FeedSpec] = [EVENTS_FEED],  # noqa: B006 - read only
     routes: list[RouteSpec] | None = None,
     exports: list[ExportSpec] | None = None,
+    layout: str | None = None,
 ) -> dg.Definitions:
     """Assets, jobs and sensors for ``feeds`` and ``routes`` (default: each feed to each sink resource
-    given), with the given resources (tests pass their own)."""
+    given), with the given resources (tests pass their own); ``layout``: the jobs' layout
+    (``deployment.job_layout()``: a job per feed and route, or ``shared`` jobs)."""
     status = deployment.sensors_default_status()
     interval = deployment.sensor_interval_seconds()
+    layout = layout or deployment.job_layout()
+    posting = shared_post_defs if layout == "shared" else post_defs
     if routes is None:
         sinks = {key: r.asset_kind for key, r in resources.items() if isinstance(r, RestSinkResource)}
         routes = every_sink(feeds, sinks)
     triggered = [feed for feed in feeds if feed.mode == "triggered"]
     merged = dg.Definitions.merge(
-        ingest_defs(feeds, status, interval),
-        post_defs(routes, status, interval, deployment.retry_backoff_s()),
-        relay_defs(triggered, routes, status, interval),
+        ingest_defs(feeds, status, interval, layout),
+        posting(routes, status, interval, deployment.retry_backoff_s()),
+        relay_defs(triggered, routes, status, interval, layout),
         continuous_defs(feeds, routes, status, interval),
-        export_defs(feeds, exports, storage=resources.get("export_storage")),
+        export_defs(feeds, exports, storage=resources.get("export_storage"), layout=layout),
         dg.Definitions(sensors=[build_failure_sensor(*deployment.retry_backoff_s())], resources=resources),
     )
     return with_continuous_freshness(merged, routes)

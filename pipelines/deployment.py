@@ -312,6 +312,23 @@ def sensor_interval_seconds() -> int:
     return int(_env_number("LAKERELAY_SENSOR_INTERVAL_S", int, 30))
 
 
+JOB_LAYOUTS = ("per_route", "shared")
+
+
+def job_layout() -> str:
+    """``per_route`` (default): a job per feed (``ingest_<feed>``, ``relay_<feed>``) and per route
+    (``post_<feed>_to_<route>``); ``shared``: one ``ingest_feeds``, ``relay_feeds`` and ``post_routes``
+    job whose runs select the assets of one feed or route. The daemon fetches every job's snapshot
+    again each minute, so with many feeds ``shared`` is what keeps it idle (bench/feeds.py)."""
+    layout = _env("LAKERELAY_JOB_LAYOUT", "per_route")
+    if layout not in JOB_LAYOUTS:
+        raise ValueError(
+            f"environment variable LAKERELAY_JOB_LAYOUT={layout!r} must be one of {', '.join(JOB_LAYOUTS)}; "
+            "fix or unset it"
+        )
+    return layout
+
+
 def retry_backoff_s() -> tuple[float, float]:
     """First and longest wait before a sensor requests a failed run again (default: the sensors')."""
     first = float(_env_number("LAKERELAY_RETRY_BACKOFF_S", float, BACKOFF_FIRST_S))

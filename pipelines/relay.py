@@ -1,6 +1,7 @@
 """The always-on path of a feed: one run that ingests new landing files, then posts them on each of its routes.
 
-The landing sensor requests ``relay_<feed>`` when files land, so a record reaches the sinks without
+The landing sensor requests ``relay_<feed>`` (with the ``shared`` job layout: ``relay_feeds``, selecting
+the feed's assets) when files land, so a record reaches the sinks without
 waiting for a second run to be launched and a second sensor tick. The post jobs and their table
 sensors stay: they retry a sink that failed and catch up whatever else moved the table.
 """
@@ -53,18 +54,36 @@ def landing_sensor(
     )
 
 
+SHARED_RELAY_JOB = "relay_feeds"
+
+
 def relay_defs(
     feeds: list[FeedSpec],
     routes: list[RouteSpec],
     sensor_status: dg.DefaultSensorStatus,
     sensor_interval_s: int,
+    layout: str = "per_route",
 ) -> dg.Definitions:
-    """Per feed its relay job; one landing sensor for every feed (``sensors/fleet.py``)."""
-    jobs = [relay_job(feed, [r for r in routes if r.feed.name == feed.name]) for feed in feeds]
-    targets = [
-        Target(feed.name, relay_job_name(feed), landing_evaluation(feed, relay_job_name(feed)))
-        for feed in feeds
-    ]
+    """Per feed its relay job (``layout`` ``shared``: one ``relay_feeds`` job, each run selecting one
+    feed's assets); one landing sensor for every feed (``sensors/fleet.py``)."""
+    routes_of = {feed.name: [r for r in routes if r.feed.name == feed.name] for feed in feeds}
+    if layout == "shared":
+        jobs = [shared_relay_job(feeds, routes)] if feeds else []
+        targets = [
+            Target(
+                feed.name,
+                SHARED_RELAY_JOB,
+                landing_evaluation(feed, SHARED_RELAY_JOB),
+                asset_selection=(dg.AssetKey(feed.name), *(r.asset_key for r in routes_of[feed.name])),
+            )
+            for feed in feeds
+        ]
+    else:
+        jobs = [relay_job(feed, routes_of[feed.name]) for feed in feeds]
+        targets = [
+            Target(feed.name, relay_job_name(feed), landing_evaluation(feed, relay_job_name(feed)))
+            for feed in feeds
+        ]
     sensor = build_fleet_sensor(
         "feeds_landing_sensor",
         f"For each of the {len(feeds)} feeds: launches its relay job (ingest new files, then post them on the "
@@ -76,6 +95,21 @@ def relay_defs(
         sensor_status,
     )
     return dg.Definitions(jobs=jobs, sensors=[sensor] if feeds else [])
+
+
+def shared_relay_job(feeds: list[FeedSpec], routes: list[RouteSpec]):  # -> unresolved, as relay_job
+    """``relay_feeds``: every feed's ingest and route assets; the landing sensor's run of a feed selects
+    that feed and its routes (its tags, from the sensor, say which feed)."""
+    fed = {feed.name for feed in feeds}
+    sinks = [route.asset_key for route in routes if route.feed.name in fed]
+    return dg.define_asset_job(
+        SHARED_RELAY_JOB,
+        selection=dg.AssetSelection.assets(*(dg.AssetKey(feed.name) for feed in feeds), *sinks),
+        executor_def=dg.in_process_executor,
+        config=INFO_LOGS,
+        description="Ingest new files of a feed, then post them on its routes; each run selects one feed's "
+        "assets (the landing sensor's runs do).",
+    )
 
 
 def landing_evaluation(feed: FeedSpec, job_name: str) -> Callable:

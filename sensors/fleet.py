@@ -27,6 +27,10 @@ class Target:
     key: str  # its cursor's key: a feed's name, a route's "<feed>/<route>"
     job_name: str
     evaluate: Callable[..., Evaluation]
+    # The assets its runs materialize when ``job_name`` is a job shared by many targets (None: all
+    # of the job's): one shared job instead of one per feed or route keeps the code location's
+    # snapshot, which the daemon fetches again every minute, from growing with the targets.
+    asset_selection: tuple[dg.AssetKey, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -77,7 +81,11 @@ def build_fleet_sensor(
                 cursors[target.key] = cursor
             requests.extend(
                 dg.RunRequest(
-                    run_key=run.run_key, tags=run.tags, run_config=run.run_config, job_name=target.job_name
+                    run_key=run.run_key,
+                    tags=run.tags,
+                    run_config=run.run_config,
+                    job_name=target.job_name,
+                    asset_selection=list(target.asset_selection) if target.asset_selection else None,
                 )
                 for run in runs
             )

@@ -4,7 +4,9 @@ import json
 from pathlib import Path
 
 import dagster as dg
+import pytest
 
+from pipelines import deployment
 from pipelines.definitions import build_defs
 from pipelines.feeds import FeedSpec
 from pipelines.ingest.runner import ingest_feed
@@ -18,7 +20,7 @@ from helpers import json_lines, land_file, local_lake
 FEEDS = [FeedSpec(name=name, source=name) for name in ("web", "audit", "fw")]
 
 
-def fleet_defs(lake) -> dg.Definitions:
+def fleet_defs(lake, layout: str = "per_route") -> dg.Definitions:
     sinks = {
         "es": ElasticsearchSinkResource(sink_name="es", url="http://127.0.0.1:1"),
         "siem": ElasticsearchSinkResource(sink_name="siem", url="http://127.0.0.1:1"),
@@ -27,7 +29,7 @@ def fleet_defs(lake) -> dg.Definitions:
     routes.append(RouteSpec(FEEDS[2], "siem", sink_kind="elasticsearch", where="status >= 500"))
     storage = LocalExportStorage(root=str(Path(lake.lake_uri).parent / "exports"))
     resources = {"lake": lake, "pyspark": dg.ResourceDefinition.none_resource(), "export_storage": storage}
-    return build_defs({**resources, **sinks}, FEEDS, routes)
+    return build_defs({**resources, **sinks}, FEEDS, routes, layout=layout)
 
 
 def tick(defs: dg.Definitions, name: str, lake, instance: dg.DagsterInstance, cursor: str | None = None):
@@ -99,3 +101,54 @@ def test_a_target_that_fails_its_tick_holds_back_no_other(tmp_path: Path) -> Non
     with dg.DagsterInstance.ephemeral() as instance:
         result = sensor(dg.build_sensor_context(resources={"lake": lake}, instance=instance))
     assert [(r.job_name, r.run_key) for r in result.run_requests] == [("job_b", "k")]
+
+
+def test_shared_layout_has_one_job_per_path_and_runs_select_one_feed_or_route(tmp_path: Path) -> None:
+    lake = local_lake(tmp_path)
+    defs = fleet_defs(lake, layout="shared")
+    jobs = {job.name for job in defs.resolve_all_job_defs()}
+    assert {"ingest_feeds", "relay_feeds", "post_routes", "export_datasets"} <= jobs
+    assert not {
+        name for name in jobs if name.startswith(("ingest_web", "relay_web", "post_web", "export_web"))
+    }
+    # As many jobs for one feed as for three: the daemon's snapshot does not grow with the feeds.
+    one = build_defs(
+        {
+            "lake": lake,
+            "pyspark": dg.ResourceDefinition.none_resource(),
+            "export_storage": LocalExportStorage(root=str(tmp_path / "exports")),
+            "es": ElasticsearchSinkResource(sink_name="es", url="http://127.0.0.1:1"),
+        },
+        FEEDS[:1],
+        [RouteSpec(FEEDS[0], "es", sink_kind="elasticsearch")],
+        layout="shared",
+    )
+    # The three feeds' routes add only a replay job, for their second sink (siem).
+    assert len(one.resolve_all_job_defs()) == len(jobs) - 1
+    land_file(lake, "web", "a.json", json_lines({"n": 1}, {"n": 2}))
+    with dg.DagsterInstance.ephemeral() as instance:
+        landing = tick(defs, "feeds_landing_sensor", lake, instance)
+        [relay] = landing.run_requests
+        assert relay.job_name == "relay_feeds" and relay.tags["lakerelay/feed"] == "web"
+        assert relay.asset_selection == [dg.AssetKey("web"), dg.AssetKey(["sinks", "web_in_es"])]
+        # A run of the shared job that selects one feed ingests that feed alone.
+        ran = defs.resolve_job_def("relay_feeds").execute_in_process(
+            instance=instance, asset_selection=[dg.AssetKey("web")], tags=relay.tags
+        )
+        assert ran.success
+        assert [m.asset_key for m in ran.get_asset_materialization_events()] == [dg.AssetKey("web")]
+        assert lake.table("web").count() == 2
+        routes = tick(defs, "routes_table_sensor", lake, instance)
+        [post] = routes.run_requests
+        assert post.job_name == "post_routes" and post.asset_selection == [
+            dg.AssetKey(["sinks", "web_in_es"])
+        ]
+        assert post.tags["lakerelay/route"] == "es" and post.tags["lakerelay/feed"] == "web"
+
+
+def test_a_job_layout_that_does_not_exist_stops_the_load(monkeypatch) -> None:
+    monkeypatch.setenv("LAKERELAY_JOB_LAYOUT", "one_per_feed")
+    with pytest.raises(
+        ValueError, match="LAKERELAY_JOB_LAYOUT='one_per_feed' must be one of per_route, shared"
+    ):
+        deployment.job_layout()

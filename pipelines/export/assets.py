@@ -248,11 +248,18 @@ def export_specs(feeds: list[FeedSpec]) -> list[ExportSpec]:
     return load_specs(path) if path else default_specs(feeds)
 
 
+SHARED_EXPORT_JOB = "export_datasets"
+
+
 def export_defs(
-    feeds: list[FeedSpec], specs: list[ExportSpec] | None = None, storage: ExportStorage | None = None
+    feeds: list[FeedSpec],
+    specs: list[ExportSpec] | None = None,
+    storage: ExportStorage | None = None,
+    layout: str = "per_route",
 ) -> dg.Definitions:
     """Exports' share of the Definitions: per dataset the export asset, its check, a cleanup asset,
-    an ``export_<dataset>`` job; one ``export_cleanup`` job on a schedule for all of them.
+    an ``export_<dataset>`` job (``layout`` ``shared``: one ``export_datasets`` job, a run selecting the
+    datasets it exports); one ``export_cleanup`` job on a schedule for all of them.
 
     ``storage``: the ``export_storage`` resource the definitions will run with, for the assets' kinds
     and destination URI (the resource itself is still injected at run time).
@@ -275,13 +282,17 @@ def export_defs(
         jobs=[
             *(
                 dg.define_asset_job(
-                    f"export_{spec.dataset}",
-                    selection=dg.AssetSelection.assets(export_asset_key(spec.dataset)),
-                    # The export and its blocking check in the run's process: no step subprocesses.
+                    name,
+                    selection=dg.AssetSelection.assets(*(export_asset_key(s.dataset) for s in chosen)),
+                    # The exports and their blocking checks in the run's process: no step subprocesses.
                     executor_def=dg.in_process_executor,
                     config=INFO_LOGS,
                 )
-                for spec in specs
+                for name, chosen in (
+                    [(SHARED_EXPORT_JOB, specs)]
+                    if layout == "shared"
+                    else [(f"export_{spec.dataset}", [spec]) for spec in specs]
+                )
             ),
             cleanup_job,
         ],

@@ -10,20 +10,29 @@ from pipelines.ingest.maintenance import build_maintenance_asset, maintenance_as
 from pipelines.run_defaults import INFO_LOGS
 from resources.run_tags import FEED_TAG
 
+SHARED_INGEST_JOB = "ingest_feeds"
+
 
 def ingest_defs(
-    feeds: list[FeedSpec], sensor_status: dg.DefaultSensorStatus, sensor_interval_s: int
+    feeds: list[FeedSpec],
+    sensor_status: dg.DefaultSensorStatus,
+    sensor_interval_s: int,
+    layout: str = "per_route",
 ) -> dg.Definitions:
+    """``layout`` ``per_route``: an ``ingest_<feed>`` job per feed; ``shared``: one ``ingest_feeds`` job
+    for all (a run selects the feeds it ingests; by hand: ``dg launch --assets <feed>``)."""
+    per_feed = [(f"ingest_{feed.name}", [feed], {FEED_TAG: feed.name}) for feed in feeds]
+    shared = [(SHARED_INGEST_JOB, feeds, {})] if feeds else []
     jobs = {
-        feed.name: dg.define_asset_job(
-            f"ingest_{feed.name}",
-            selection=dg.AssetSelection.assets(feed.name),
-            tags={FEED_TAG: feed.name},
-            # One op: running it in the run's process saves starting a step subprocess.
+        name: dg.define_asset_job(
+            name,
+            selection=dg.AssetSelection.assets(*(feed.name for feed in selected)),
+            tags=tags,
+            # One op per feed: running them in the run's process saves starting a step subprocess.
             executor_def=dg.in_process_executor,
             config=INFO_LOGS,
         )
-        for feed in feeds
+        for name, selected, tags in (shared if layout == "shared" else per_feed)
     }
     # One maintenance job and schedule for every feed: their cost does not grow with the feeds.
     maintenance_jobs = [
