@@ -387,7 +387,7 @@ def test_asset_materializes_with_metadata_and_passing_check(tmp_path: Path) -> N
     assert meta["dagster/uri"].value == str(tmp_path / "exports" / "events" / export_id)
     # Related keys share a prefix, so they sort together wherever the keys are listed.
     prefixes = {key.split("/")[0] if key.startswith("dagster/") else key.split("_")[0] for key in meta}
-    assert prefixes == {"dagster", "export", "size", "speed", "manifest", "urls"}
+    assert prefixes == {"dagster", "export", "size", "speed", "manifest"}
     [evaluation] = result.get_asset_check_evaluations()
     assert evaluation.passed and evaluation.check_name == "export_verified"
 

@@ -22,7 +22,7 @@ from pipelines.export.encode import NdjsonEncoder
 from pipelines.export.exporter import export_table
 from pipelines.export.manifest import verify_export
 from pipelines.export.retention import cleanup_exports
-from pipelines.export.spec import COMPRESSIONS, FORMATS, ExportSpec, load_specs
+from pipelines.export.spec import COMPRESSIONS, FORMATS, ExportSpec, load_specs, spec_from_mapping
 from pipelines.feeds import EVENTS_FEED
 from resources.delta_arrow import read_delta
 from resources.export_storage import LocalExportStorage, S3ExportStorage
@@ -120,8 +120,8 @@ def test_csv_refuses_nested_columns_with_a_clear_error(tmp_path: Path) -> None:
 def test_bad_spec_values_name_the_field() -> None:
     with pytest.raises(ValueError, match="format 'xml' is not one of ndjson, csv, parquet"):
         ExportSpec(dataset="d", table="t", format="xml")
-    with pytest.raises(ValueError, match="url_expiry_s 999999 exceeds 7 days"):
-        ExportSpec(dataset="d", table="t", url_expiry_s=999_999)
+    with pytest.raises(ValueError, match=r"url_expiry_s is retired .* lakerelay export sign"):
+        spec_from_mapping({"dataset": "d", "table": "t", "url_expiry_s": 600})
     with pytest.raises(ValueError, match=r"level 30 for zstd must be 1\.\.22"):
         ExportSpec(dataset="d", table="t", compression="zstd", level=30)
 
@@ -294,7 +294,7 @@ def test_assets_incremental_mode_urls_and_cleanup(tmp_path: Path) -> None:
     spec = ExportSpec(dataset="events", table="events", order_by="id", format="parquet", keep_last=1)
     assets = [build_export_asset(spec), build_cleanup_asset(spec)]
     resources = local_resources(tmp_path)
-    incremental = dg.RunConfig(ops={"events_export": ExportConfig(mode="incremental", url_expiry_s=600)})
+    incremental = dg.RunConfig(ops={"events_export": ExportConfig(mode="incremental")})
     with dg.instance_for_test() as instance:
         first = dg.materialize(assets[:1], resources=resources, instance=instance, run_config=incremental)
         _append(table, range(100, 130))
@@ -305,8 +305,8 @@ def test_assets_incremental_mode_urls_and_cleanup(tmp_path: Path) -> None:
     assert (meta1["size_rows"].value, meta2["size_rows"].value) == (100, 30)
     assert meta2["export_since"].value == meta1["export_next_cursor"].value
     assert meta2["export_format"].value == "parquet"
-    assert meta2["urls_manifest"].value.startswith("file://")
-    assert len(meta2["urls_parts"].value) == 1 and "urls_expire_at" in meta2
+    # No presigned URL is kept in the event log: links are signed on demand.
+    assert not [key for key in meta2 if key.startswith("urls")]
     clean = cleanup.asset_materializations_for_node("events_export_cleanup")[0].metadata
     assert clean["expired"].value == [meta1["export_id"].value]
 

@@ -46,7 +46,6 @@ attributes:
     part_max_bytes: int | None = Field(default=None, gt=0)
     part_max_rows: int | None = Field(default=None, gt=0)
     batch_rows: int | None = Field(default=None, gt=0)
-    url_expiry_s: int | None = Field(default=None, gt=0)
     keep_last: int | None = Field(default=None, ge=0)
     ttl_days: float | None = Field(default=None, ge=0)
     description: str | None = None

@@ -27,7 +27,6 @@ from pipelines.export.metadata import (
 )
 from pipelines.export.retention import DEFAULT_INCOMPLETE_GRACE_S, cleanup_exports
 from pipelines.export.spec import (
-    MAX_URL_EXPIRY_S,
     ExportSpec,
     default_specs,
     load_specs,
@@ -63,9 +62,6 @@ class ExportConfig(dg.Config):
     part_max_bytes: int | None = Field(default=None, ge=1, description="Maximum uncompressed bytes per part.")
     part_max_rows: int | None = Field(default=None, ge=1, description="Maximum rows per part.")
     batch_rows: int | None = Field(default=None, ge=1, description="Rows read at once: bounds memory.")
-    url_expiry_s: int | None = Field(
-        default=None, ge=1, le=MAX_URL_EXPIRY_S, description="Lifetime of the presigned URLs (<= 7 days)."
-    )
 
 
 class CleanupConfig(dg.Config):
@@ -138,7 +134,6 @@ def build_export_asset(
             part_max_bytes=config.part_max_bytes,
             part_max_rows=config.part_max_rows,
             batch_rows=config.batch_rows,
-            url_expiry_s=config.url_expiry_s,
         )
         since = _since(config, run_spec, export_storage)
         export_id = new_export_id(context.run_id)
@@ -161,9 +156,7 @@ def build_export_asset(
                 else ""
             )
         )
-        return dg.MaterializeResult(
-            metadata=run_metadata(export_storage, result, export_id, since, run_spec.url_expiry_s)
-        )
+        return dg.MaterializeResult(metadata=run_metadata(export_storage, result, export_id, since))
 
     return _export
 

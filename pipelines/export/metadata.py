@@ -7,12 +7,12 @@ Run metadata keys are grouped by a prefix so related ones sort together, with th
 - ``size_``: ``rows``, ``bytes`` (stored), ``uncompressed_bytes``, ``parts``
 - ``speed_``: ``duration_s``, ``rows_per_s``, ``mib_per_s`` (uncompressed MiB per second)
 - ``manifest_``: ``key`` (storage-relative, what the check reads) and ``uri``
-- ``urls_``: presigned links to the manifest and parts, and when they expire
 
-plus Dagster's own ``dagster/row_count`` and ``dagster/uri`` (where this export is).
+plus Dagster's own ``dagster/row_count`` and ``dagster/uri`` (where this export is). No presigned URL is
+stored: event metadata lives as long as the instance, and a presigned URL is a credential until it
+expires; ``lakerelay export sign`` makes them when someone needs them.
 """
 
-import datetime as dt
 from typing import Any
 
 import dagster as dg
@@ -24,7 +24,6 @@ from resources.export_storage import ExportStorage
 
 MANIFEST_KEY = "manifest_key"  # read back by the export's check
 MANIFEST_KEY_BEFORE = "manifest/key"  # the same, in materializations written before the keys were renamed
-MAX_URLS_IN_METADATA = 100  # beyond that, use `lakerelay-export sign` on demand
 MiB = 1024 * 1024
 
 
@@ -77,18 +76,8 @@ def definition_metadata(spec: ExportSpec, uri: str | None) -> dict[str, Any]:
     return metadata
 
 
-def _url_metadata(storage: ExportStorage, result: ExportResult, expiry_s: int) -> dict[str, Any]:
-    expires = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=expiry_s)
-    parts = result.manifest["parts"][:MAX_URLS_IN_METADATA]
-    return {
-        "urls_manifest": dg.MetadataValue.url(storage.presign(result.manifest_key, expiry_s)),
-        "urls_parts": dg.MetadataValue.json([storage.presign(p["key"], expiry_s) for p in parts]),
-        "urls_expire_at": dg.MetadataValue.text(expires.isoformat().replace("+00:00", "Z")),
-    }
-
-
 def run_metadata(
-    storage: ExportStorage, result: ExportResult, export_id: str, since: str | None, expiry_s: int
+    storage: ExportStorage, result: ExportResult, export_id: str, since: str | None
 ) -> dict[str, Any]:
     """The materialization's metadata of one export, typed (ints, floats, URLs), in key order."""
     manifest = result.manifest
@@ -114,5 +103,4 @@ def run_metadata(
         ),
         MANIFEST_KEY: dg.MetadataValue.text(result.manifest_key),
         "manifest_uri": location(result.manifest_uri),
-        **_url_metadata(storage, result, expiry_s),
     }

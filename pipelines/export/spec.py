@@ -54,7 +54,6 @@ class ExportSpec:
     part_max_bytes: int = DEFAULT_PART_MAX_BYTES
     part_max_rows: int = DEFAULT_PART_MAX_ROWS
     batch_rows: int = DEFAULT_BATCH_ROWS
-    url_expiry_s: int = DEFAULT_URL_EXPIRY_S
     keep_last: int = 0  # retention: 0 keeps every export
     ttl_days: float = 0  # retention: 0 means no age limit
     description: str = ""
@@ -74,11 +73,9 @@ class ExportSpec:
             low, high = _LEVEL_RANGE[self.compression]
             if not low <= self.level <= high:
                 problems.append(f"level {self.level} for {self.compression} must be {low}..{high}")
-        for name in ("part_max_bytes", "part_max_rows", "batch_rows", "url_expiry_s"):
+        for name in ("part_max_bytes", "part_max_rows", "batch_rows"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be positive")
-        if self.url_expiry_s > MAX_URL_EXPIRY_S:
-            problems.append(f"url_expiry_s {self.url_expiry_s} exceeds 7 days ({MAX_URL_EXPIRY_S} s)")
         if self.keep_last < 0 or self.ttl_days < 0:
             problems.append("keep_last and ttl_days must be >= 0")
         if self.columns and self.order_by and self.order_by not in self.columns:
@@ -105,6 +102,11 @@ class ExportSpec:
 def spec_from_mapping(data: dict[str, Any]) -> ExportSpec:
     """An ExportSpec from a config entry; unknown keys are an error (typos must not pass silently)."""
     known = {f.name for f in dataclasses.fields(ExportSpec)}
+    if "url_expiry_s" in data:
+        raise ValueError(
+            f"export {data.get('dataset', '?')!r}: url_expiry_s is retired (exports no longer store presigned "
+            "URLs in their metadata); remove it and sign links on demand: lakerelay export sign MANIFEST --expires N"
+        )
     unknown = sorted(set(data) - known)
     if unknown:
         raise ValueError(
