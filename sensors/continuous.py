@@ -13,7 +13,6 @@ Each tick looks up the feed's continuous runs (tag ``lakerelay/continuous``) in 
   lived longer than the longest backoff starts the count of failures in a row anew.
 """
 
-import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -22,7 +21,15 @@ import dagster as dg
 
 from resources.lake import LakeResource
 from resources.run_tags import CODE_VERSION_TAG, CONTINUOUS_TAG, FEED_TAG, REPLACED_TAG
-from sensors.table import BACKOFF_FIRST_S, BACKOFF_MAX_S, REQUEST_GRACE_S, UNFINISHED, backoff_s
+from sensors.table import (
+    BACKOFF_FIRST_S,
+    BACKOFF_MAX_S,
+    REQUEST_GRACE_S,
+    UNFINISHED,
+    backoff_s,
+    cursor_fields,
+    cursor_text,
+)
 
 HEARTBEAT_EVERY_S = 10.0
 STALE_AFTER_S = 90.0
@@ -49,10 +56,10 @@ class KeeperCursor:
 
     @classmethod
     def parse(cls, text: str | None) -> "KeeperCursor":
-        return cls(**json.loads(text)) if text else cls()
+        return cls(**cursor_fields(text)) if text else cls()
 
     def dump(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
+        return cursor_text(asdict(self))
 
 
 def build_keeper_sensor(

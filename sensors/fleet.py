@@ -42,6 +42,29 @@ class TargetContext:
     log: Any
 
 
+def fleet_cursor_text(cursors: dict[str, str]) -> str:
+    """One JSON object, each target's cursor nested as JSON (not as an escaped string), so the UI shows
+    it as a person reads it."""
+    return json.dumps({key: _nested(text) for key, text in cursors.items()}, sort_keys=True)
+
+
+def read_fleet_cursor(text: str | None) -> dict[str, str]:
+    """Each target's cursor text, from ``fleet_cursor_text`` or the older form (cursors as strings)."""
+    stored = json.loads(text) if text else {}
+    return {
+        key: value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+        for key, value in stored.items()
+    }
+
+
+def _nested(text: str) -> Any:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return text
+    return value if isinstance(value, dict) else text  # a bare number or key stays a string
+
+
 def build_fleet_sensor(
     name: str,
     description: str,
@@ -62,7 +85,7 @@ def build_fleet_sensor(
         description=description,
     )
     def fleet_sensor(context: dg.SensorEvaluationContext, lake: LakeResource) -> dg.SensorResult:
-        cursors: dict[str, str] = json.loads(context.cursor) if context.cursor else {}
+        cursors = read_fleet_cursor(context.cursor)
         memo = tick_memo()
         requests: list[dg.RunRequest] = []
         waiting: list[str] = []
@@ -95,7 +118,7 @@ def build_fleet_sensor(
         summary = "; ".join(waiting[:5]) + (f"; and {len(waiting) - 5} more" if len(waiting) > 5 else "")
         return dg.SensorResult(
             run_requests=requests,
-            cursor=json.dumps(cursors, sort_keys=True),
+            cursor=fleet_cursor_text(cursors),
             skip_reason=None if requests else (summary or f"nothing new for any of {idle} targets"),
         )
 

@@ -14,7 +14,6 @@ A periodic full listing (nothing waits after the cursor) has one run key per bac
 failed one is asked again at the next interval.
 """
 
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from sensors.table import (
     REQUEST_GRACE_S,
     UNFINISHED,
     RetryCursor,
+    cursor_fields,
     schedule_retry,
 )
 
@@ -79,7 +79,7 @@ class LandingSensorCursor(RetryCursor):
             return cls()
         if not text.startswith("{"):  # the cursor before healing: the run key "<feed>:<backlog>"
             return cls(backlog=text.partition(":")[2], run_key=text)
-        return cls(**json.loads(text))
+        return cls(**cursor_fields(text))
 
 
 def _backlog(waiting: LandingBacklog) -> str:

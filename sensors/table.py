@@ -8,10 +8,13 @@ failed on something a retry cannot fix (credentials, TLS, a URL; the post op tag
 longest backoff between tries, so it never becomes a retry storm, and the tick says why.
 """
 
+import datetime as dt
 import json
+import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import dagster as dg
 from deltalake.exceptions import TableNotFoundError
@@ -32,6 +35,39 @@ UNFINISHED = [
 ]
 
 
+def cursor_text(fields: dict[str, Any]) -> str:
+    """A cursor as the UI shows it: JSON, its ``*_at`` instants in UTC (ISO 8601), not epochs."""
+    shown = {
+        key: _instant_text(value) if key.endswith("_at") and isinstance(value, int | float) else value
+        for key, value in fields.items()
+    }
+    return json.dumps(shown, sort_keys=True)
+
+
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
+def _instant_text(epoch_s: float) -> str | None:
+    # Whole microseconds, rounded down: read back, an instant is never later than the one written, so a
+    # retry is never postponed by the text form.
+    return (
+        (_EPOCH + dt.timedelta(microseconds=math.floor(epoch_s * 1_000_000))).isoformat() if epoch_s else None
+    )
+
+
+def cursor_fields(text: str) -> dict[str, Any]:
+    """``cursor_text``'s fields back, with its instants as epoch seconds (older cursors wrote epochs)."""
+    fields = json.loads(text)
+    for key, value in fields.items():
+        if key.endswith("_at"):
+            fields[key] = (
+                (dt.datetime.fromisoformat(value) - _EPOCH) / dt.timedelta(seconds=1)
+                if isinstance(value, str)
+                else (value or 0.0)
+            )
+    return fields
+
+
 @dataclass(kw_only=True)
 class RetryCursor:
     """The part of a healing sensor's cursor that says what it last asked for and how often that went
@@ -43,7 +79,7 @@ class RetryCursor:
     requested_at: float = 0.0
 
     def dump(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
+        return cursor_text(asdict(self))
 
 
 @dataclass(kw_only=True)
@@ -58,7 +94,7 @@ class TableSensorCursor(RetryCursor):
             return cls()
         if text.lstrip("-").isdigit():  # the cursor before self-healing: just the requested version
             return cls(version=int(text))
-        return cls(**json.loads(text))
+        return cls(**cursor_fields(text))
 
 
 def backoff_s(

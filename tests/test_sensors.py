@@ -327,3 +327,18 @@ def test_the_landing_sensor_counts_the_files_the_ingest_takes_through_its_filter
     assert request.run_key == f"f::{taken}:1"
     assert ingest_feed(feed, lake).files == 1  # the file the sensor counted, and only it
     assert files_waiting(lake, feed).count == 0
+
+
+def test_cursors_read_as_a_person_reads_them_and_older_ones_still_parse() -> None:
+    from sensors.fleet import fleet_cursor_text, read_fleet_cursor
+    from sensors.table import TableSensorCursor
+
+    cursor = TableSensorCursor(version=2, run_key="k:events:v2", failures=1, retry_at=1_765_000_000.25)
+    text = fleet_cursor_text({"events/elasticsearch": cursor.dump()})
+    assert '"retry_at": "2025-12-06T05:46:40.250000+00:00"' in text  # an instant, not an epoch
+    assert '"events/elasticsearch": {' in text  # nested JSON, not an escaped string
+    assert TableSensorCursor.parse(read_fleet_cursor(text)["events/elasticsearch"]) == cursor
+    # Cursors written before: per-target strings holding epochs.
+    older = '{"events/elasticsearch": "{\\"failures\\": 1, \\"requested_at\\": 0.0, \\"retry_at\\": 1765000000.25, \\"run_key\\": \\"k\\", \\"version\\": 2}"}'
+    parsed = TableSensorCursor.parse(read_fleet_cursor(older)["events/elasticsearch"])
+    assert (parsed.version, parsed.retry_at, parsed.requested_at) == (2, 1_765_000_000.25, 0.0)
