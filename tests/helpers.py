@@ -1,6 +1,8 @@
 """Small builders shared by tests: a lake in a temp folder, a landing zone, Delta row counts."""
 
 import os
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -11,6 +13,7 @@ from lakerelay.devtools.dagster_home import prepare as prepare_dagster_home
 from lakerelay.devtools.sample_events import write_landing_zone
 from resources.delta_arrow import read_delta
 from resources.lake import LakeResource
+from resources.lease import LeaseLog, LeaseRecord
 
 if TYPE_CHECKING:
     from fixtures_s3 import S3Settings
@@ -69,3 +72,16 @@ def dagster_cli_env(home: Path, sink_url: str, **extra: str) -> dict[str, str]:
         "LAKERELAY_HEC_URL": sink_url,
         **extra,
     }
+
+
+def wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
+    """Wait until ``condition()`` holds, polling every 50 ms; fail naming ``what`` after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def records(log: LeaseLog) -> list[LeaseRecord]:
+    """Every record of a lease log, in sequence order (a seq being written may read as None: skipped)."""
+    return [r for r in map(log.read, log.seqs()) if r is not None]

@@ -6,7 +6,6 @@ another holder is given up and taken anew once free, and a clean stop releases i
 """
 
 import time
-from collections.abc import Callable
 
 import dagster as dg
 import pytest
@@ -17,24 +16,12 @@ from pipelines.post.config import PostConfig
 from pipelines.post.progress import progress_log
 from pipelines.post.run import PostRun, run_post
 from pipelines.routes import RouteSpec
-from resources.lease import LeaseLog, LeaseRecord
 from resources.lease.record import successor
 from resources.sinks.resource import ElasticsearchSinkResource
 
-from helpers import local_lake
+from helpers import local_lake, records, wait_for
 
 ROUTE = RouteSpec(EVENTS_FEED, "elasticsearch")
-
-
-def wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-
-
-def records(log: LeaseLog) -> list[LeaseRecord]:
-    return [r for r in map(log.read, log.seqs()) if r is not None]
 
 
 def no_spark():

@@ -13,7 +13,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -35,7 +34,7 @@ from resources.lease import LeaseHeld, LeaseLog, LeaseLost, LeaseRecord, acquire
 from resources.lease import log as lease_log_module
 from resources.sinks.resource import ElasticsearchSinkResource, SplunkHecSinkResource
 
-from helpers import dagster_cli_env, local_lake, s3_lake
+from helpers import dagster_cli_env, local_lake, records, s3_lake, wait_for
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parent.parent
@@ -52,17 +51,6 @@ def lake(request: pytest.FixtureRequest, tmp_path: Path) -> LakeResource:
 def keep_every_record(monkeypatch: pytest.MonkeyPatch) -> None:
     """No pruning in this process, so a test can read the whole record sequence afterwards."""
     monkeypatch.setattr(lease_log_module, "KEEP_RECORDS", 1_000_000)
-
-
-def records(log: LeaseLog) -> list[LeaseRecord]:
-    return [r for r in map(log.read, log.seqs()) if r is not None]
-
-
-def wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 # -- the fence itself: local folder and S3 -----------------------------------------------------------

@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pyarrow as pa
@@ -35,25 +34,14 @@ from pipelines.post.progress import (
     settle_group,
     write_progress,
 )
-from resources.lease import LeaseLog, LeaseLost, LeaseRecord, acquire
+from resources.lease import LeaseLost, acquire
 from resources.lease import log as lease_log_module
 from resources.lease.beacon import BeaconWatch, HolderBeacon
 from resources.sinks.resource import SplunkHecSinkResource
 
-from helpers import dagster_cli_env, delta_table, local_lake
+from helpers import dagster_cli_env, delta_table, local_lake, records, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-
-
-def records(log: LeaseLog) -> list[LeaseRecord]:
-    return [r for r in map(log.read, log.seqs()) if r is not None]
 
 
 def position(state: dict) -> tuple[int, int]:
