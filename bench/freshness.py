@@ -301,6 +301,12 @@ def main() -> None:
     parser.add_argument(
         "--idle", type=float, default=0, help="continuous: seconds of idle CPU measured at the end"
     )
+    parser.add_argument(
+        "--spark",
+        choices=("connect", "local"),
+        default="connect",
+        help="lakerelay's Spark: a Spark Connect server (local[2]) or local Spark in each run's process",
+    )
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="lakerelay-freshness-"))
@@ -311,9 +317,13 @@ def main() -> None:
     processes: list[subprocess.Popen] = []
     connect_dir = work / "spark-connect"
     try:
-        started = time.perf_counter()
-        connect = spark_connect.start(connect_dir, port=spark_connect.free_port(), master="local[2]")
-        print(f"Spark Connect server {connect.url} up in {time.perf_counter() - started:.1f}s", flush=True)
+        connect = None
+        if args.spark == "connect":
+            started = time.perf_counter()
+            connect = spark_connect.start(connect_dir, port=spark_connect.free_port(), master="local[2]")
+            print(
+                f"Spark Connect server {connect.url} up in {time.perf_counter() - started:.1f}s", flush=True
+            )
         env = {
             **os.environ,
             "DAGSTER_HOME": str(dagster_home),
@@ -322,8 +332,11 @@ def main() -> None:
             "LAKERELAY_HEC_URL": sink.url,
             "LAKERELAY_SENSORS_RUNNING": "1",
             "LAKERELAY_SENSOR_INTERVAL_S": "1",
-            "LAKERELAY_SPARK_REMOTE": connect.url,
         }
+        if connect is not None:
+            env["LAKERELAY_SPARK_REMOTE"] = connect.url
+        else:
+            env["LAKERELAY_SPARK_MASTER"] = "local[2]"
         if args.mode == "continuous":
             env["LAKERELAY_FEEDS_FILE"] = str(write_continuous_feeds(home))
         processes.append(start_daemon(env, work / "daemon.log"))
@@ -357,7 +370,7 @@ def main() -> None:
         idle: dict[str, float] = {}
         if args.mode == "continuous" and args.idle > 0:
             run_processes = continuous_run_processes(dagster_home)
-            spark = [psutil.Process(connect.pid)]
+            spark = [psutil.Process(connect.pid)] if connect is not None else []
             before_spark = cpu_seconds(spark)
             idle["idle_cpu_pct"] = idle_cpu_pct(run_processes, args.idle)
             idle["idle_cpu_spark_pct"] = round(100 * (cpu_seconds(spark) - before_spark) / args.idle, 2)
@@ -365,7 +378,8 @@ def main() -> None:
     finally:
         for process in processes:
             stop_group(process)
-        spark_connect.stop(connect_dir)
+        if connect is not None:
+            spark_connect.stop(connect_dir)
         sink.stop()
 
     results: dict[str, object] = {}

@@ -6,9 +6,13 @@ posts each micro-batch. It posts with lakerelay's own sink writer (same batching
 retries), to the index `peer` of Elasticsearch and of HEC, ids from `event_id`.
 
     python -m bench.freshness_peer <landing folder> <sink url> <work folder>
+    python -m bench.freshness_peer <landing folder> <sink url> <work folder> --available-now --max-files-per-trigger 10
+
+``--available-now`` is the catch-up peer of ``bench.backlog``: ``trigger(availableNow=True)`` takes what
+has landed, in micro-batches of at most ``--max-files-per-trigger`` files, and the process exits.
 """
 
-import sys
+import argparse
 from pathlib import Path
 
 from pyspark.sql import SparkSession
@@ -23,7 +27,9 @@ SCHEMA = (
 )
 
 
-def main(landing: str, sink_url: str, work: str) -> None:
+def main(
+    landing: str, sink_url: str, work: str, available_now: bool = False, max_files_per_trigger: int = 0
+) -> None:
     Path(landing).mkdir(parents=True, exist_ok=True)
     spark = (
         SparkSession.builder.master("local[2]")
@@ -62,17 +68,22 @@ def main(landing: str, sink_url: str, work: str) -> None:
                     f"batch {batch_id}: {outcome.pending} pending, {len(outcome.rejected)} rejected"
                 )
 
-    query = (
-        spark.readStream.schema(SCHEMA)
-        .json(landing)
-        .writeStream.foreachBatch(post)
-        .trigger(processingTime="1 second")
-        .option("checkpointLocation", str(Path(work) / "checkpoint"))
-        .start()
-    )
+    reader = spark.readStream.schema(SCHEMA)
+    if max_files_per_trigger:
+        reader = reader.option("maxFilesPerTrigger", max_files_per_trigger)
+    writer = reader.json(landing).writeStream.foreachBatch(post)
+    writer = writer.trigger(availableNow=True) if available_now else writer.trigger(processingTime="1 second")
+    query = writer.option("checkpointLocation", str(Path(work) / "checkpoint")).start()
     (Path(work) / "ready").write_text("ready\n")
     query.awaitTermination()
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:4])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("landing")
+    parser.add_argument("sink_url")
+    parser.add_argument("work")
+    parser.add_argument("--available-now", action="store_true", help="take what has landed, then exit")
+    parser.add_argument("--max-files-per-trigger", type=int, default=0, help="0: Spark's default (all)")
+    args = parser.parse_args()
+    main(args.landing, args.sink_url, args.work, args.available_now, args.max_files_per_trigger)
