@@ -146,7 +146,8 @@ def run_streaming(work: Path, source: Path, sink_url: str, files_per_trigger: in
         str(landing),
         sink_url,
         str(work / "peer"),
-        "--available-now",
+        "--trigger",
+        "available-now",
         "--max-files-per-trigger",
         str(files_per_trigger),
     ]

@@ -3,13 +3,16 @@
 The seed's "Auto Loader to REST API" design, as its users write it: a streaming read of the landing
 folder with a fixed schema, `trigger(processingTime="1 second")`, and a `foreachBatch` handler that
 posts each micro-batch. It posts with lakerelay's own sink writer (same batching, keep-alive,
-retries), to the index `peer` of Elasticsearch and of HEC, ids from `event_id`.
+retries), to the index ``--index`` (default `peer`) of Elasticsearch and of HEC, ids from `event_id`.
 
     python -m bench.freshness_peer <landing folder> <sink url> <work folder>
-    python -m bench.freshness_peer <landing folder> <sink url> <work folder> --available-now --max-files-per-trigger 10
+    python -m bench.freshness_peer <landing> <sink url> <work> --index peerdefault --trigger default
+    python -m bench.freshness_peer <landing> <sink url> <work> --trigger available-now --max-files-per-trigger 10
 
-``--available-now`` is the catch-up peer of ``bench.backlog``: ``trigger(availableNow=True)`` takes what
-has landed, in micro-batches of at most ``--max-files-per-trigger`` files, and the process exits.
+``--trigger``: ``processing`` (every second, the default here), ``default`` (Spark's: a micro-batch as
+soon as the last one ended) or ``available-now``, the catch-up peer of ``bench.backlog``:
+``trigger(availableNow=True)`` takes what has landed, in micro-batches of at most
+``--max-files-per-trigger`` files, and the process exits.
 """
 
 import argparse
@@ -28,7 +31,12 @@ SCHEMA = (
 
 
 def main(
-    landing: str, sink_url: str, work: str, available_now: bool = False, max_files_per_trigger: int = 0
+    landing: str,
+    sink_url: str,
+    work: str,
+    index: str = "peer",
+    trigger: str = "processing",
+    max_files_per_trigger: int = 0,
 ) -> None:
     Path(landing).mkdir(parents=True, exist_ok=True)
     spark = (
@@ -43,9 +51,9 @@ def main(
     )
     spark.sparkContext.setLogLevel("WARN")
     sinks = [
-        ElasticsearchSinkResource(sink_name="peer-es", url=sink_url, index="peer").settings(),
+        ElasticsearchSinkResource(sink_name="peer-es", url=sink_url, index=index).settings(),
         SplunkHecSinkResource(
-            sink_name="peer-hec", url=sink_url, token=LOCAL_HEC_TOKEN, index="peer"
+            sink_name="peer-hec", url=sink_url, token=LOCAL_HEC_TOKEN, index=index
         ).settings(),
     ]
 
@@ -72,7 +80,10 @@ def main(
     if max_files_per_trigger:
         reader = reader.option("maxFilesPerTrigger", max_files_per_trigger)
     writer = reader.json(landing).writeStream.foreachBatch(post)
-    writer = writer.trigger(availableNow=True) if available_now else writer.trigger(processingTime="1 second")
+    if trigger == "available-now":
+        writer = writer.trigger(availableNow=True)
+    elif trigger == "processing":
+        writer = writer.trigger(processingTime="1 second")
     query = writer.option("checkpointLocation", str(Path(work) / "checkpoint")).start()
     (Path(work) / "ready").write_text("ready\n")
     query.awaitTermination()
@@ -83,7 +94,8 @@ if __name__ == "__main__":
     parser.add_argument("landing")
     parser.add_argument("sink_url")
     parser.add_argument("work")
-    parser.add_argument("--available-now", action="store_true", help="take what has landed, then exit")
+    parser.add_argument("--index", default="peer", help="the Elasticsearch and HEC index posted to")
+    parser.add_argument("--trigger", choices=("processing", "default", "available-now"), default="processing")
     parser.add_argument("--max-files-per-trigger", type=int, default=0, help="0: Spark's default (all)")
     args = parser.parse_args()
-    main(args.landing, args.sink_url, args.work, args.available_now, args.max_files_per_trigger)
+    main(args.landing, args.sink_url, args.work, args.index, args.trigger, args.max_files_per_trigger)
