@@ -46,27 +46,28 @@ lint: $(STAMP)
 
 ## The Dagster UI and daemon on http://127.0.0.1:3000 over the embedded defaults, with the local sink
 ## server (Elasticsearch _bulk and Splunk HEC on one port, started here) and one Spark Connect server on
-## 127.0.0.1, so no run starts a JVM of its own; both stop when dagster dev exits. Land sample files with
+## 127.0.0.1, so no run starts a JVM of its own; both stop when dg dev exits. Land sample files with
 ## `.venv/bin/lakerelay sample-events .lakerelay/landing/events --files 2` (new names each time).
 ui: SPARK_CONNECT_DIR ?= .lakerelay/spark-connect
 ui: SPARK_CONNECT_PORT ?= 15002
 ui: SINK_DIR ?= .lakerelay/sink
 ui: $(STAMP) java
 	$(BIN)/python -m lakerelay.devtools.spark_connect start --dir $(SPARK_CONNECT_DIR) --port $(SPARK_CONNECT_PORT)
-# The shell runs its traps once dagster dev has exited (Ctrl-C reaches dagster, not the servers, which
-# have sessions of their own); the EXIT trap then stops them whichever way the shell ends.
+# The shell runs its traps once dg dev has exited (Ctrl-C reaches dagster, not the servers, which
+# have sessions of their own); the EXIT trap then stops them whichever way the shell ends. Ctrl-C is
+# how the UI is stopped, so it ends with status 0. `dg dev` is `dagster dev` without its SupersessionWarning.
 	@mkdir -p $(SINK_DIR) && rm -f $(SINK_DIR)/port; \
 	setsid $(BIN)/python -m lakerelay.localsink --host 127.0.0.1 --port 0 --port-file $(SINK_DIR)/port \
 	  > $(SINK_DIR)/log 2>&1 & echo $$! > $(SINK_DIR)/pid; \
 	trap 'kill $$(cat $(SINK_DIR)/pid) 2>/dev/null; $(BIN)/python -m lakerelay.devtools.spark_connect stop --dir $(SPARK_CONNECT_DIR)' EXIT; \
-	trap 'exit 130' INT TERM HUP; \
+	trap 'exit 0' INT; trap 'exit 143' TERM HUP; \
 	for i in $$(seq 100); do test -s $(SINK_DIR)/port && break; sleep 0.1; done; \
 	test -s $(SINK_DIR)/port || { echo "the local sink server did not start: see $(SINK_DIR)/log"; exit 1; }; \
 	SINK_URL=http://127.0.0.1:$$(cat $(SINK_DIR)/port); echo "local sink server: $$SINK_URL"; \
 	DAGSTER_HOME=$$($(BIN)/python -m lakerelay.devtools.dagster_home .lakerelay/dagster) \
 	LAKERELAY_SPARK_REMOTE=sc://127.0.0.1:$(SPARK_CONNECT_PORT) \
 	LAKERELAY_ES_URL=$${LAKERELAY_ES_URL:-$$SINK_URL} LAKERELAY_HEC_URL=$${LAKERELAY_HEC_URL:-$$SINK_URL} \
-	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+	$(BIN)/dg dev -w workspace.yaml -h 127.0.0.1 -p 3000
 
 clean:
 	rm -rf .lakerelay .pytest_cache

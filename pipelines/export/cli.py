@@ -142,7 +142,9 @@ def _fetch(args: argparse.Namespace) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lakerelay-export", description=(__doc__ or "").split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="lakerelay-export", description=(__doc__ or "").split("\n\n")[0].replace("``", "")
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="export a Delta table now (outside Dagster)")
