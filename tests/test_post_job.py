@@ -50,12 +50,13 @@ def write_feed_batch(lake: LakeResource, batch_id: int, rows: int, start: int = 
     )
 
 
-def run_post(sink_key: str, sink, lake, spark_resource, raise_on_error: bool = True, **config):
+def run_post(sink_key: str, sink, lake, spark_resource, raise_on_error: bool = True, instance=None, **config):
     job = build_post_job(sink_key, EVENTS_FEED)
     return job.execute_in_process(
         resources={"lake": lake, "pyspark": spark_resource, sink_key: sink},
         run_config={"ops": {f"sinks__events_in_{sink_key}": {"config": config}}},
         raise_on_error=raise_on_error,
+        instance=instance,
     )
 
 

@@ -31,10 +31,16 @@ from pipelines.post.enrich import (
     select_where,
     to_sink_records,
 )
-from pipelines.post.failures import executor_check_failure, needs_fix, spark_failure
+from pipelines.post.failures import executor_check_failure, needs_fix, reported_failure, spark_failure
 from pipelines.post.liveness import beacon_host
 from pipelines.post.plan import PostPlan, cut_groups, group_rows_for, plan_post
-from pipelines.post.post_stage import RESULT_DDL, make_poster, per_task_settings
+from pipelines.post.post_stage import (
+    RESULT_SPARK_SCHEMA,
+    TaskFailure,
+    make_poster,
+    per_task_settings,
+    task_failure,
+)
 from pipelines.post.progress import (
     PartialProgress,
     SinkProgress,
@@ -327,10 +333,13 @@ class _GroupPoster:
             try:
                 frame = shaped(list(groups[group]), resolve=False)  # the shape was resolved above
                 records = to_sink_records(frame, id_expression, time_column, destination.columns, columns)
-                table = records.mapInArrow(make_poster(settings, guard), RESULT_DDL).toArrow()
-            except Exception as exc:
+                table = records.mapInArrow(make_poster(settings, guard), RESULT_SPARK_SCHEMA).toArrow()
+            except Exception as exc:  # whatever Spark raised: explained from its text by failures.py
                 stop.set()
                 raise _SparkStageError(exc) from exc
+            if (reported := task_failure(table)) is not None:  # the sink refused a task: its kind is data
+                stop.set()
+                raise _SparkStageError(reported)
             totals = PostTotals.of(table)
             if totals.pending or totals.accepted + totals.dead != totals.records_in:
                 stop.set()  # reported below; groups still running settle if they can
@@ -357,7 +366,7 @@ class _GroupPoster:
             f"({len(settled)} settled already), {self.slots} at a time; progress moves as each settles"
         )
         results: list[pa.Table] = []
-        spark_error: Exception | None = None
+        spark_error: Exception | TaskFailure | None = None
         other_error: BaseException | None = None
         with ThreadPoolExecutor(max(1, min(self.slots, len(todo))), thread_name_prefix="post-group") as pool:
             futures = [pool.submit(post_group, g) for g in todo]
@@ -385,6 +394,8 @@ class _GroupPoster:
             raise self.lease.lost
         if other_error is not None:
             raise other_error
+        if isinstance(spark_error, TaskFailure):
+            raise reported_failure(spark_error, sink.sink_name)
         if spark_error is not None:
             context.log.error(
                 f"the post stage failed in Spark: {root_cause(spark_error)}\n{str(spark_error)[:4000]}"
@@ -420,9 +431,10 @@ class _GroupPoster:
 
 
 class _SparkStageError(Exception):
-    """A group's Spark job failed (as opposed to settling it): explained by ``failures.py``."""
+    """A group's Spark job failed, or one of its tasks reported a failure (as opposed to settling it):
+    explained by ``failures.py``."""
 
-    def __init__(self, cause: Exception) -> None:
+    def __init__(self, cause: Exception | TaskFailure) -> None:
         super().__init__(str(cause))
         self.cause = cause
 
