@@ -2,8 +2,9 @@
 
 Files are read and parsed in parallel (Arrow's readers release the GIL), then conformed to the
 feed's schema in file order, so a new column seen in one file has one type for the whole batch.
-A file whose bytes fail anywhere on the way (unreadable, or a conforming error nobody foresaw) is
-quarantined with the reason, and the rest of the batch lands: one poison file never blocks a feed.
+A file whose bytes fail anywhere on the way (unreadable, or a conforming error nobody foresaw: any
+of ``FILE_CONTENT_ERRORS``) is quarantined with the reason, and the rest of the batch lands: one
+poison file never blocks a feed. Any other error is lakerelay's own bug and fails the run.
 A file that cannot be fetched (network, storage) is not quarantined: the read is retried up to the
 feed's ``read_deadline`` and then the run fails with the batch still planned (``transport``).
 """
@@ -17,10 +18,17 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 from deltalake import Schema as DeltaSchema
 
+from pipelines.delta_once import refused_by_delta
 from pipelines.feeds import FeedSpec
 from pipelines.ingest.discovery import LandingFile
 from pipelines.ingest.formats import parse
-from pipelines.ingest.parsing import BadRecord, ParsedFile, UnreadableFile
+from pipelines.ingest.parsing import (
+    FILE_CONTENT_ERRORS,
+    BadRecord,
+    ParsedFile,
+    UnreadableFile,
+    UnstorableSchema,
+)
 from pipelines.ingest.schema import (
     RESCUED_COLUMN,
     TIMESTAMP_UTC,
@@ -137,7 +145,7 @@ def read_batch(
                 )
         except (SchemaChangeError, MemoryError):
             raise  # the user's decision (fail_on_new_columns), or the machine's, not the file's
-        except Exception as exc:  # whatever it is, it must not block the feed
+        except FILE_CONTENT_ERRORS as exc:  # this file's bytes: they must not block the feed
             result.quarantined.append(
                 Quarantined(
                     landing_file.path,
@@ -168,7 +176,15 @@ def read_batch(
 def _check_storable(schema: pa.Schema) -> None:
     """Raise when Delta would refuse ``schema`` (invalid types, names differing only in case): that
     file is quarantined now instead of failing the batch's commit on every run."""
-    DeltaSchema.from_arrow(schema)
+    try:
+        DeltaSchema.from_arrow(schema)
+    except Exception as exc:
+        if not refused_by_delta(exc):
+            raise
+        # delta-rs words it "External error: Schema error: ..." in a bare Exception, maybe with a backtrace.
+        raise UnstorableSchema(
+            str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        ) from exc
 
 
 def _read_one(
@@ -196,7 +212,7 @@ def _read_one(
         return Quarantined(landing_file.path, str(exc))
     except MemoryError:
         raise
-    except Exception as exc:  # a parser error nobody foresaw: this file's bytes, not the feed
+    except FILE_CONTENT_ERRORS as exc:  # a parser error nobody foresaw: this file's bytes, not the feed
         return Quarantined(landing_file.path, f"{type(exc).__name__}: {exc}")
 
 

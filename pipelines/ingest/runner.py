@@ -14,7 +14,7 @@ from collections.abc import Callable
 import pyarrow as pa
 from deltalake.exceptions import TableNotFoundError
 
-from pipelines.delta_once import append_once, transaction_version
+from pipelines.delta_once import append_once, refused_by_delta, transaction_version
 from pipelines.feeds import FeedSpec
 from pipelines.ingest.context import IngestContext, IngestReport
 from pipelines.ingest.discovery import (
@@ -214,7 +214,9 @@ def _commit_batch(ctx: IngestContext, files: list[LandingFile], batch_id: int) -
     record_quarantine(ctx.lake.state_uri("quarantine", feed.name), ctx.options, feed.name, result, batch_id)
     try:
         appended = _append_batch(ctx, result, batch_id, len(files))
-    except Exception:
+    except Exception as exc:
+        if not refused_by_delta(exc):
+            raise  # a bug of lakerelay's, or storage: never a reason to quarantine a file
         # Delta refused the batch. If some files' rows are refused on their own, they are quarantined
         # and the rest lands; otherwise (storage down, a lost race) the error is the run's.
         unwritable = unwritable_files(result, table_schema)

@@ -17,8 +17,11 @@ from dataclasses import dataclass
 import dagster as dg
 import pyarrow as pa
 from deltalake.exceptions import TableNotFoundError
+from py4j.protocol import Py4JError
+from pyspark.errors import PySparkAttributeError, PySparkException
 from pyspark.sql import DataFrame, SparkSession
 
+from pipelines.delta_once import refused_by_delta
 from pipelines.feeds import FeedSpec
 from pipelines.post.checks import DEAD_LETTER_CHECK
 from pipelines.post.config import PostConfig
@@ -241,7 +244,10 @@ def _resumed_plan(
             )
             return plan
         problem = f"it now cuts into {groups} groups, not {partial.groups}"
-    except Exception as exc:  # vacuumed or unreadable: re-sending beats never sending
+    except Exception as exc:
+        if not (refused_by_delta(exc) or isinstance(exc, OSError)):
+            raise  # not the version being gone or unreadable: a bug to fix, not a reason to re-send
+        # Vacuumed or unreadable: re-sending beats never sending.
         problem = f"{type(exc).__name__}: {exc}"
     run.context.log.warning(
         f"sink {run.sink.sink_name}: the partly settled plan of version {partial.delta_version} cannot be "
@@ -377,7 +383,7 @@ class _GroupPoster:
                     except _SparkStageError as exc:
                         spark_error = spark_error or exc.cause
                         continue
-                    except Exception as exc:  # LeaseLost, or storage while settling
+                    except Exception as exc:  # LeaseLost, or storage while settling: re-raised below
                         stop.set()
                         other_error = other_error or exc
                         continue
@@ -464,7 +470,7 @@ def default_parallelism(spark: SparkSession) -> int:
     """
     try:
         return max(1, int(spark.sparkContext.defaultParallelism))
-    except Exception:
+    except PySparkAttributeError:  # Spark Connect has no SparkContext
         pass
     # conf.get with a default never raises for an unset key (without one, Connect raises SQL_CONF_NOT_FOUND).
     value = spark.conf.get("spark.default.parallelism", None)
@@ -479,7 +485,7 @@ def default_parallelism(spark: SparkSession) -> int:
         measured = spark.range(4096).selectExpr("spark_partition_id() AS p").selectExpr("max(p) + 1 AS n")
         row = measured.first()
         return max(1, int(row["n"])) if row is not None else 2
-    except Exception:  # a server that will not say: two tasks, as many as local[2] has
+    except (PySparkException, Py4JError):  # a server that will not say: two tasks, as many as local[2] has
         return 2
 
 
@@ -490,7 +496,9 @@ def _prepare_executors(context: dg.OpExecutionContext, spark: SparkSession, slot
         report = prepare_executors(spark, slots, check)
     except ExecutorEnvironmentError as exc:
         raise needs_fix(str(exc)) from None
-    except Exception as exc:  # only a missing package or another Python version needs a person
+    except (
+        Exception
+    ) as exc:  # whatever Spark raised, explained; only a missing package or another Python needs a person
         context.log.error(f"the executors' check failed in Spark: {root_cause(exc)}\n{str(exc)[:4000]}")
         raise executor_check_failure(exc, spark) from None
     if report is not None:
