@@ -104,13 +104,7 @@ def read_batch(
     hints = feed.hint_schema()
     ingested_at = datetime.now(UTC)
     result = ReadResult(METADATA_SCHEMA.empty_table())
-    # Hinted columns the table does not have go into the parse schema only so that they are read with
-    # their hinted type; the parser leaves them out again for a file that does not have them.
-    known = {name.lower() for name in (*(target.names if target is not None else ()), *RESERVED_COLUMNS)}
-    optional = [h for h in hints if h.name.lower() not in known]
-    parse_fields = [*(target if target is not None else ()), *optional]
-    parse_schema = pa.schema(parse_fields) if target is not None or parse_fields else None
-    optional_names = [h.name for h in optional]
+    parse_schema, optional_names = _parse_schema(target, hints)
     gave_up = threading.Event()  # one unreachable file ends the batch's reads: the run fails
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
         parsed = list(
@@ -122,6 +116,40 @@ def read_batch(
     if schema is None:
         samples = [p.table for _, p in readable[: feed.infer_max_files]]
         schema = infer_schema(samples, hints, RESERVED_COLUMNS)
+    tables = _conform_files(feed, readable, schema, hints, batch_id, ingested_at, result)
+    if tables:
+        result.table = pa.concat_tables(tables, promote_options="default")
+    else:
+        # Still commit the batch (empty) so its number is recorded and it is never replayed.
+        result.table = METADATA_SCHEMA.empty_table()
+    return result
+
+
+def _parse_schema(target: pa.Schema | None, hints: pa.Schema) -> tuple[pa.Schema | None, list[str]]:
+    """The schema files are parsed with, and the names in it a file may lack (hinted, not in the table).
+
+    Hinted columns the table does not have go into the parse schema only so that they are read with
+    their hinted type; the parser leaves them out again for a file that does not have them.
+    """
+    known = {name.lower() for name in (*(target.names if target is not None else ()), *RESERVED_COLUMNS)}
+    optional = [h for h in hints if h.name.lower() not in known]
+    parse_fields = [*(target if target is not None else ()), *optional]
+    parse_schema = pa.schema(parse_fields) if target is not None or parse_fields else None
+    return parse_schema, [h.name for h in optional]
+
+
+def _conform_files(
+    feed: FeedSpec,
+    readable: list[tuple[LandingFile, ParsedFile]],
+    schema: pa.Schema,
+    hints: pa.Schema,
+    batch_id: int,
+    ingested_at: datetime,
+    result: ReadResult,
+) -> list[pa.Table]:
+    """Each readable file conformed to the schema, in file order, with the metadata columns; what was
+    found on the way (quarantined files, bad records, new and ignored columns) goes into ``result``,
+    and the batch's schema into ``result.schema``."""
     tables = []
     batch_schema: pa.Schema | None = None
     for landing_file, outcome in readable:
@@ -165,12 +193,7 @@ def read_batch(
         result.rows_per_file[landing_file.path] = conformed.table.num_rows
         tables.append(table)
     result.schema = schema
-    if tables:
-        result.table = pa.concat_tables(tables, promote_options="default")
-    else:
-        # Still commit the batch (empty) so its number is recorded and it is never replayed.
-        result.table = METADATA_SCHEMA.empty_table()
-    return result
+    return tables
 
 
 def _check_storable(schema: pa.Schema) -> None:
