@@ -41,6 +41,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+import dagster as dg
 import pyarrow as pa
 import requests
 from dagster_pyspark import LazyPySparkResource
@@ -54,10 +55,11 @@ from lakerelay.devtools.sink_process import SinkProcess
 from pipelines.delta_once import append_once
 from pipelines.deployment import spark_config
 from pipelines.feeds import EVENTS_FEED
+from pipelines.post.defs import post_defs
 from pipelines.post.enrich import EVENTS_ENRICHMENT, enrich
-from pipelines.post.job import build_post_job
 from pipelines.post.plan import plan_post
 from pipelines.post.read_stage import read_planned_rows
+from pipelines.routes import RouteSpec
 from resources.lake import LakeResource
 from resources.sinks.resource import ElasticsearchSinkResource
 from resources.spark import prepare_classic_environment
@@ -102,14 +104,23 @@ def run_lakerelay(
     lake, spark_resource, url: str, index: str, tasks: int, **sink_options
 ) -> tuple[float, dict]:
     sink = ElasticsearchSinkResource(sink_name=index, url=url, index=index, **sink_options)
-    job = build_post_job("elasticsearch", EVENTS_FEED)
+    route = RouteSpec(feed=EVENTS_FEED, sink="elasticsearch", sink_kind="elasticsearch")
+    # The job as the definitions build it; the resources are given to execute_in_process.
+    placeholders = {
+        key: dg.ResourceDefinition.none_resource() for key in ("elasticsearch", "lake", "pyspark")
+    }
+    defs = dg.Definitions.merge(
+        post_defs([route], dg.DefaultSensorStatus.STOPPED, 30), dg.Definitions(resources=placeholders)
+    )
+    job = defs.resolve_job_def(route.job_name)
+    op = route.asset_key.to_python_identifier()
     started = time.perf_counter()
     result = job.execute_in_process(
         resources={"lake": lake, "pyspark": spark_resource, "elasticsearch": sink},
-        run_config={"ops": {"spark_post_events_to_elasticsearch": {"config": {"max_tasks": tasks}}}},
+        run_config={"ops": {op: {"config": {"max_tasks": tasks}}}},
     )
     elapsed = time.perf_counter() - started
-    [event] = result.asset_materializations_for_node("spark_post_events_to_elasticsearch")
+    [event] = result.asset_materializations_for_node(op)
     return elapsed, {k: v.value for k, v in event.metadata.items()}
 
 

@@ -70,3 +70,15 @@ def append_once(
             return False
         raise
     return True
+
+
+def refused_by_delta(exc: BaseException) -> bool:
+    """Whether ``exc`` is Delta (or Arrow under it) refusing data or a schema, as opposed to anything else.
+
+    delta-rs raises its own errors (``DeltaError``: a schema mismatch, a lost commit race), Arrow's
+    (a cast it cannot make), ``ValueError`` for arguments that do not fit the table, and, for much of
+    what its Rust core refuses ("Schema error: Invalid data type for Delta Lake", "Duplicate field
+    name"), a bare ``Exception``. A subclass of Exception that is none of these (``TypeError``,
+    ``AttributeError``, ...) is a bug of the caller's, not a refusal.
+    """
+    return isinstance(exc, DeltaError | pa.ArrowException | ValueError) or type(exc) is Exception

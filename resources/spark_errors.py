@@ -8,6 +8,10 @@ whose last line (``ModuleNotFoundError: No module named 'orjson'``) is what a us
 :func:`spark_fault` says what kind of failure it was, from the same text: only a Python worker that
 cannot import what it needs, or runs another Python version than the driver, needs a person; a worker
 slow to start, a driver JVM that died and a Connect server that went away are transient.
+
+Text is read only where the evidence can only be text: a worker that could not even import the post
+stage, a JVM or Connect server that went away. What the post stage's own code catches (the sink
+refusing its configuration) its tasks report as data (``pipelines/post/post_stage.py``).
 """
 
 import enum

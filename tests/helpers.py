@@ -1,22 +1,40 @@
-"""Small builders shared by tests: a lake in a temp folder, a landing zone, Delta row counts."""
+"""Small builders shared by tests: a lake in a temp folder, a landing zone, Delta row counts, a post job."""
 
 import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+import dagster as dg
 import orjson
 import pyarrow as pa
 
 from lakerelay.devtools.dagster_home import prepare as prepare_dagster_home
 from lakerelay.devtools.sample_events import write_landing_zone
+from pipelines.feeds import FeedSpec
+from pipelines.post.defs import post_defs
+from pipelines.routes import RouteSpec
 from resources.delta_arrow import read_delta
 from resources.lake import LakeResource
 from resources.lease import LeaseLog, LeaseRecord
 
 if TYPE_CHECKING:
     from fixtures_s3 import S3Settings
+
+
+def post_job(sink_key: str, feed: FeedSpec, kind: str = "rest", **route: Any) -> dg.JobDefinition:
+    """The post job of a route from ``feed`` to ``sink_key``, built as the definitions build it
+    (``post_defs``); ``route`` takes the other ``RouteSpec`` fields (name, where, destination...).
+
+    Its resources are placeholders: pass the real ones to ``execute_in_process(resources=...)``.
+    """
+    spec = RouteSpec(feed=feed, sink=sink_key, sink_kind=kind, **route)
+    placeholders = {key: dg.ResourceDefinition.none_resource() for key in (sink_key, "lake", "pyspark")}
+    defs = dg.Definitions.merge(
+        post_defs([spec], dg.DefaultSensorStatus.STOPPED, 30), dg.Definitions(resources=placeholders)
+    )
+    return defs.resolve_job_def(spec.job_name)
 
 
 def local_lake(root: Path) -> LakeResource:

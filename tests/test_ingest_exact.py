@@ -157,7 +157,7 @@ def test_a_file_that_fails_to_conform_is_quarantined_and_the_rest_lands(tmp_path
 
     def conform(raw, target, mode, source_file, *args, **kwargs):
         if source_file == str(poison):
-            raise RuntimeError("nobody foresaw this")
+            raise pa.ArrowInvalid("nobody foresaw this")  # what a file's values can make Arrow say
         return real_conform(raw, target, mode, source_file, *args, **kwargs)
 
     monkeypatch.setattr(reader, "conform", conform)
@@ -170,7 +170,7 @@ def test_a_file_that_fails_to_conform_is_quarantined_and_the_rest_lands(tmp_path
     assert sorted(delta_table(lake)["event_id"].to_pylist()) == ["a", "c"]
     [entry] = delta_table(lake, "_lakerelay/quarantine/events").to_pylist()
     assert (entry["source_file"], entry["kind"]) == (str(poison), "unreadable_file")
-    assert "RuntimeError: nobody foresaw this" in entry["error"]
+    assert "ArrowInvalid: nobody foresaw this" in entry["error"]
     assert ingest_feed(EVENTS_FEED, lake, full_listing=True).batches == []  # accounted for, not retried
 
 
@@ -182,7 +182,7 @@ def test_a_parser_error_nobody_foresaw_quarantines_only_that_file(tmp_path: Path
 
     def parse(feed, path, *args):
         if path == str(poison):
-            raise TypeError("a parser bug")
+            raise ValueError("a value the parser did not foresee")
         return real_parse(feed, path, *args)
 
     monkeypatch.setattr(reader, "parse", parse)
@@ -190,8 +190,33 @@ def test_a_parser_error_nobody_foresaw_quarantines_only_that_file(tmp_path: Path
     report = ingest_feed(EVENTS_FEED, lake)
 
     assert report.rows == 1 and [(q.path, q.error) for q in report.quarantined] == [
-        (str(poison), "TypeError: a parser bug")
+        (str(poison), "ValueError: a value the parser did not foresee")
     ]
+
+
+@pytest.mark.parametrize("where", ["parse", "conform"])
+def test_a_bug_of_lakerelay_fails_the_run_and_quarantines_no_file(
+    tmp_path: Path, monkeypatch, where: str
+) -> None:
+    """A TypeError, AttributeError, ... is lakerelay's own bug: fixed, not hidden as a bad file."""
+    lake = local_lake(tmp_path)
+    land_file(lake, "events", "a.json", json_lines({"event_id": "a"}))
+    landed = land_file(lake, "events", "b.json", json_lines({"event_id": "b"}))
+    real = getattr(reader, where)
+
+    def buggy(*args, **kwargs):
+        if str(landed) in args:
+            raise AttributeError("'NoneType' object has no attribute 'names'")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(reader, where, buggy)
+    with pytest.raises(AttributeError, match="has no attribute 'names'"):
+        ingest_feed(EVENTS_FEED, lake)
+
+    monkeypatch.setattr(reader, where, real)  # the bug fixed: the planned batch lands whole
+    report = ingest_feed(EVENTS_FEED, lake)
+    assert report.quarantined == [] and report.rows == 2
+    assert sorted(delta_table(lake)["event_id"].to_pylist()) == ["a", "b"]
 
 
 @pytest.mark.parametrize("first_batch", [True, False])

@@ -20,12 +20,11 @@ from pipelines.feeds import EVENTS_FEED, FeedSpec
 from pipelines.ingest.runner import ingest_feed
 from pipelines.post.dead_letters import DEAD_LETTER_TABLE
 from pipelines.post.defs import table_sensor
-from pipelines.post.job import build_post_job
 from pipelines.post.progress import read_progress
 from pipelines.routes import RouteSpec
 from resources.sinks.resource import ElasticsearchSinkResource
 
-from helpers import local_lake
+from helpers import local_lake, post_job
 
 pytestmark = pytest.mark.integration
 
@@ -153,7 +152,7 @@ def test_a_feed_unlike_the_demo_is_posted_by_its_sensor_with_default_configurati
     (landing / "m-0.json").write_bytes(b"\n".join(orjson.dumps(r) for r in rows))
     ingest_feed(feed, lake)
     sink = ElasticsearchSinkResource(sink_name="es", url=sink_server.url, index="metrics")
-    job = build_post_job("elasticsearch", feed)
+    job = post_job("elasticsearch", feed)
     sensor = table_sensor(RouteSpec(feed, "elasticsearch", name="es"), job.name)
 
     with dg.DagsterInstance.ephemeral() as instance:
@@ -229,7 +228,7 @@ class SparkMustNotStart(dg.ConfigurableResource):
 
 def test_wrong_credentials_and_empty_runs_never_start_spark(tmp_path: Path, sink_server) -> None:
     lake = local_lake(tmp_path)
-    job = build_post_job("elasticsearch", EVENTS_FEED)
+    job = post_job("elasticsearch", EVENTS_FEED)
     resources = {"lake": lake, "pyspark": SparkMustNotStart()}
 
     empty = job.execute_in_process(

@@ -20,7 +20,6 @@ from test_post_job import write_feed_batch
 
 from pipelines.deployment import LOCAL_HEC_TOKEN
 from pipelines.feeds import EVENTS_FEED
-from pipelines.post.job import build_post_job
 from pipelines.post.progress import (
     SinkProgress,
     acquire_progress,
@@ -34,7 +33,7 @@ from resources.lease import LeaseHeld, LeaseLog, LeaseLost, LeaseRecord, acquire
 from resources.lease import log as lease_log_module
 from resources.sinks.resource import ElasticsearchSinkResource, SplunkHecSinkResource
 
-from helpers import dagster_cli_env, local_lake, records, s3_lake, wait_for
+from helpers import dagster_cli_env, local_lake, post_job, records, s3_lake, wait_for
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parent.parent
@@ -252,7 +251,7 @@ def test_two_runs_launched_together_post_each_record_once(
     sink = SplunkHecSinkResource(
         sink_name="splunk", url=sink_server.url, token=LOCAL_HEC_TOKEN, max_records_per_call=200
     )
-    job = build_post_job("splunk", EVENTS_FEED)
+    job = post_job("splunk", EVENTS_FEED)
     barrier = threading.Barrier(2)
     results: list = []
 
@@ -303,15 +302,15 @@ import json
 import sys
 
 from pipelines.deployment import spark_resource
+from helpers import post_job  # tests/ is on the PYTHONPATH
 from pipelines.feeds import EVENTS_FEED
-from pipelines.post.job import build_post_job
 from resources.lake import LakeResource
 from resources.sinks.resource import ElasticsearchSinkResource
 
 args = json.loads(sys.argv[1])
 lake = LakeResource(lake_uri=args["lake_uri"], landing_uri=args["landing_uri"])
 sink = ElasticsearchSinkResource(sink_name="es", url=args["url"], index="fence", **args["sink"])
-result = build_post_job("elasticsearch", EVENTS_FEED).execute_in_process(
+result = post_job("elasticsearch", EVENTS_FEED).execute_in_process(
     resources={"lake": lake, "pyspark": spark_resource(), "elasticsearch": sink},
     run_config={"ops": {"sinks__events_in_elasticsearch": {"config": args["config"]}}},
     raise_on_error=False,
@@ -342,7 +341,9 @@ def start_slow_post(tmp_path: Path, lake: LakeResource, sink_server) -> subproce
         "sink": SLOW_SINK,
         "config": {"lease_ttl_s": TTL_S, "max_tasks": 2},
     }
-    env = dagster_cli_env(tmp_path, sink_server.url, PYTHONPATH=str(ROOT))
+    env = dagster_cli_env(
+        tmp_path, sink_server.url, PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "tests")])
+    )
     proc = subprocess.Popen(
         [sys.executable, str(script), json.dumps(args)],
         cwd=ROOT,
@@ -361,7 +362,7 @@ def start_slow_post(tmp_path: Path, lake: LakeResource, sink_server) -> subproce
 
 def next_run(lake: LakeResource, sink_server, spark_resource) -> object:
     sink = ElasticsearchSinkResource(sink_name="es", url=sink_server.url, index="fence", **SLOW_SINK)
-    return build_post_job("elasticsearch", EVENTS_FEED).execute_in_process(
+    return post_job("elasticsearch", EVENTS_FEED).execute_in_process(
         resources={"lake": lake, "pyspark": spark_resource, "elasticsearch": sink},
         run_config={
             "ops": {

@@ -22,7 +22,6 @@ from test_post_job import write_feed_batch
 from pipelines.deployment import LOCAL_HEC_TOKEN
 from pipelines.feeds import EVENTS_FEED
 from pipelines.post.dead_letters import DEAD_LETTER_TABLE, append_dead_letters
-from pipelines.post.job import build_post_job
 from pipelines.post.plan import cut_files, cut_groups
 from pipelines.post.progress import (
     PartialProgress,
@@ -39,7 +38,7 @@ from resources.lease import log as lease_log_module
 from resources.lease.beacon import BeaconWatch, HolderBeacon
 from resources.sinks.resource import SplunkHecSinkResource
 
-from helpers import dagster_cli_env, delta_table, local_lake, records, wait_for
+from helpers import dagster_cli_env, delta_table, local_lake, post_job, records, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -228,8 +227,8 @@ import sys
 
 import resources.lease.log
 from pipelines.deployment import spark_resource
+from helpers import post_job  # tests/ is on the PYTHONPATH
 from pipelines.feeds import EVENTS_FEED
-from pipelines.post.job import build_post_job
 from resources.lake import LakeResource
 from resources.sinks.resource import SplunkHecSinkResource
 
@@ -237,7 +236,7 @@ resources.lease.log.KEEP_RECORDS = 1_000_000  # the test reads every record this
 args = json.loads(sys.argv[1])
 lake = LakeResource(lake_uri=args["lake_uri"], landing_uri=args["landing_uri"])
 sink = SplunkHecSinkResource(sink_name="hec", url=args["url"], token=args["token"], **args["sink"])
-result = build_post_job("splunk", EVENTS_FEED).execute_in_process(
+result = post_job("splunk", EVENTS_FEED).execute_in_process(
     resources={"lake": lake, "pyspark": spark_resource(), "splunk": sink},
     run_config={"ops": {"sinks__events_in_splunk": {"config": args["config"]}}},
     raise_on_error=False,
@@ -277,7 +276,9 @@ def start_slow_post(
     proc = subprocess.Popen(
         [sys.executable, str(script), json.dumps(args)],
         cwd=ROOT,
-        env=dagster_cli_env(tmp_path, sink_server.url, PYTHONPATH=str(ROOT), **env),
+        env=dagster_cli_env(
+            tmp_path, sink_server.url, PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "tests")]), **env
+        ),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         start_new_session=True,  # its own process group, as a run launcher gives it
@@ -293,7 +294,7 @@ def start_slow_post(
 
 def next_run(lake, sink_server, spark_resource):
     sink = SplunkHecSinkResource(sink_name="hec", url=sink_server.url, token=LOCAL_HEC_TOKEN, **SLOW_SINK)
-    return build_post_job("splunk", EVENTS_FEED).execute_in_process(
+    return post_job("splunk", EVENTS_FEED).execute_in_process(
         resources={"lake": lake, "pyspark": spark_resource, "splunk": sink},
         run_config={
             "ops": {

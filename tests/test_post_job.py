@@ -15,12 +15,11 @@ from pyspark.sql import SparkSession
 from pipelines.delta_once import append_once
 from pipelines.feeds import EVENTS_FEED
 from pipelines.post.dead_letters import DEAD_LETTER_TABLE
-from pipelines.post.job import build_post_job
 from resources.delta_arrow import read_delta
 from resources.lake import LakeResource
 from resources.sinks.resource import ElasticsearchSinkResource, GenericRestSinkResource
 
-from helpers import local_lake
+from helpers import local_lake, post_job
 
 pytestmark = pytest.mark.integration
 
@@ -50,12 +49,13 @@ def write_feed_batch(lake: LakeResource, batch_id: int, rows: int, start: int = 
     )
 
 
-def run_post(sink_key: str, sink, lake, spark_resource, raise_on_error: bool = True, **config):
-    job = build_post_job(sink_key, EVENTS_FEED)
+def run_post(sink_key: str, sink, lake, spark_resource, raise_on_error: bool = True, instance=None, **config):
+    job = post_job(sink_key, EVENTS_FEED)
     return job.execute_in_process(
         resources={"lake": lake, "pyspark": spark_resource, sink_key: sink},
         run_config={"ops": {f"sinks__events_in_{sink_key}": {"config": config}}},
         raise_on_error=raise_on_error,
+        instance=instance,
     )
 
 

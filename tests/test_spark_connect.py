@@ -18,17 +18,16 @@ from test_post_job import write_feed_batch
 from lakerelay.devtools.spark_connect import free_port
 from pipelines import deployment
 from pipelines.feeds import EVENTS_FEED
-from pipelines.post.job import build_post_job
 from resources.executor_check import check_executors
 from resources.executor_code import code_digest
 from resources.lake import LakeResource
 from resources.sinks.resource import ElasticsearchSinkResource
 
-from helpers import local_lake
+from helpers import local_lake, post_job
 
 
 def run_post(lake: LakeResource, sink: ElasticsearchSinkResource, spark, raise_on_error: bool = True):
-    return build_post_job("elasticsearch", EVENTS_FEED).execute_in_process(
+    return post_job("elasticsearch", EVENTS_FEED).execute_in_process(
         resources={"lake": lake, "pyspark": spark, "elasticsearch": sink}, raise_on_error=raise_on_error
     )
 
@@ -99,7 +98,7 @@ def test_a_connect_server_whose_python_lacks_a_package_fails_the_run_with_its_na
     try:
         monkeypatch.setenv("LAKERELAY_SPARK_REMOTE", server.url)
         sink = ElasticsearchSinkResource(sink_name="es", url=sink_server.url, index="no_orjson")
-        job = build_post_job("elasticsearch", EVENTS_FEED)
+        job = post_job("elasticsearch", EVENTS_FEED)
         messages = []
         for check in (True, False):
             started = time.perf_counter()

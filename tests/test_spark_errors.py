@@ -19,7 +19,9 @@ from spark_error_texts import (
 )
 from test_executors import CLASSIC, CONNECT
 
-from pipelines.post.failures import executor_check_failure, spark_failure
+from pipelines.post.failures import executor_check_failure, reported_failure, spark_failure
+from pipelines.post.post_stage import TaskFailure
+from resources.sinks.errors import SinkAuthError
 from resources.sinks.resource import NEEDS_FIX
 from resources.spark_errors import SparkFault, spark_fault
 
@@ -107,11 +109,16 @@ def test_a_connect_server_that_went_away_fails_at_once_and_one_that_restarted_is
         assert "no longer knows this run's session" in (restarted.description or "")
 
 
-def test_a_sink_configuration_error_still_needs_a_fix() -> None:
-    failure = spark_failure(
+def test_a_sink_configuration_error_reported_by_a_task_needs_a_fix() -> None:
+    # Reported as data by the task (test_post_task_failures shows it with a real sink answering 401).
+    failure = reported_failure(TaskFailure(SinkAuthError.kind, "sink es: 401"), "es")
+    assert _needs_fix(failure) and "sink es: 401" in (failure.description or "")
+    assert not failure.allow_retries
+    # A sink error's text in Spark's error no longer decides: only what no task could report does.
+    text = spark_failure(
         raised(("PythonException", "x\nresources.sinks.writer.SinkAuthError: sink es: 401\n")), "es"
     )
-    assert _needs_fix(failure) and "sink es: 401" in (failure.description or "")
+    assert not _needs_fix(text)
 
 
 @pytest.mark.integration

@@ -9,6 +9,7 @@ files that changed after they were ingested.
 """
 
 import time
+from typing import Any
 
 import dagster as dg
 import pyarrow as pa
@@ -64,24 +65,7 @@ def build_ingest_asset(feed: FeedSpec) -> dg.AssetsDefinition:
         retry_policy=dg.RetryPolicy(max_retries=2, delay=5, backoff=dg.Backoff.EXPONENTIAL),
         description=feed.description
         or f"Landing files of feed {feed.name!r}, appended to Delta exactly once.",
-        check_specs=[
-            dg.AssetCheckSpec(
-                QUARANTINE_CHECK,
-                asset=feed.name,
-                description=(
-                    f"Bad records and unreadable files are at most {feed.max_quarantine_rate:.2%} of what "
-                    "the run read (feed option max_quarantine_rate)."
-                ),
-            ),
-            dg.AssetCheckSpec(
-                UNCHANGED_CHECK,
-                asset=feed.name,
-                description=(
-                    "No landing file changed (size or mtime) after it was ingested; a changed file's new "
-                    "content is not ingested unless the feed sets allow_overwrites."
-                ),
-            ),
-        ],
+        check_specs=_check_specs(feed),
     )
     def ingest_asset(
         context: dg.AssetExecutionContext, config: IngestConfig, lake: LakeResource
@@ -97,51 +81,87 @@ def build_ingest_asset(feed: FeedSpec) -> dg.AssetsDefinition:
             log=context.log,
         )
         duration_s = time.monotonic() - started
-        quarantine_uri = lake.state_uri("quarantine", feed.name)
+        quarantine_uri = _uri(lake.state_uri("quarantine", feed.name))
         return dg.MaterializeResult(
-            metadata={
-                **table_metadata(lake.table_uri(feed.table_name), feed.table_name, report),
-                "ingest_files": report.files,
-                "ingest_rows": report.rows,
-                "ingest_bytes": report.bytes,
-                "ingest_batches": len(report.batches),
-                "ingest_batches_replayed": report.replayed_batches,
-                "ingest_duration_s": round(duration_s, 3),
-                "listing_files": report.listed_files,
-                "listing_full": report.full_listing,
-                "listing_late_files": len(report.late_files),
-                "listing_unsettled_files": len(report.unsettled_files),
-                "overwritten_files_skipped": len(report.overwritten_skipped),
-                "overwritten_files_reingested": len(report.overwritten_reingested),
-                "quarantine_files": len(report.quarantined),
-                "quarantine_bad_records": report.bad_records,
-                "quarantine_table_uri": _uri(quarantine_uri),
-                "schema_new_columns": dg.MetadataValue.json(report.new_columns),
-                "schema_ignored_columns": dg.MetadataValue.json(report.ignored_columns),
-                "schema_rescued_rows": report.rescued_rows,
-                "schema_versions_added": len(report.schema_versions),
-            },
-            check_results=[
-                dg.AssetCheckResult(
-                    check_name=QUARANTINE_CHECK,
-                    passed=report.quarantine_rate <= feed.max_quarantine_rate,
-                    severity=dg.AssetCheckSeverity.WARN,
-                    metadata={
-                        "quarantine_rate": report.quarantine_rate,
-                        "quarantine_rate_threshold": feed.max_quarantine_rate,
-                        "quarantine_files": len(report.quarantined),
-                        "quarantine_bad_records": report.bad_records,
-                        "quarantine_table_uri": _uri(quarantine_uri),
-                        "quarantine_examples": dg.MetadataValue.json(
-                            [{"path": q.path, "error": q.error} for q in report.quarantined[:10]]
-                        ),
-                    },
-                ),
-                unchanged_check(report),
-            ],
+            metadata=_ingest_metadata(lake, feed, report, duration_s, quarantine_uri),
+            check_results=[quarantine_check(feed, report, quarantine_uri), unchanged_check(report)],
         )
 
     return ingest_asset
+
+
+def _check_specs(feed: FeedSpec) -> list[dg.AssetCheckSpec]:
+    return [
+        dg.AssetCheckSpec(
+            QUARANTINE_CHECK,
+            asset=feed.name,
+            description=(
+                f"Bad records and unreadable files are at most {feed.max_quarantine_rate:.2%} of what "
+                "the run read (feed option max_quarantine_rate)."
+            ),
+        ),
+        dg.AssetCheckSpec(
+            UNCHANGED_CHECK,
+            asset=feed.name,
+            description=(
+                "No landing file changed (size or mtime) after it was ingested; a changed file's new "
+                "content is not ingested unless the feed sets allow_overwrites."
+            ),
+        ),
+    ]
+
+
+def _ingest_metadata(
+    lake: LakeResource,
+    feed: FeedSpec,
+    report: IngestReport,
+    duration_s: float,
+    quarantine_uri: dg.MetadataValue,
+) -> dict[str, Any]:
+    """The ingest asset's materialization metadata: the table, then what the run read and set aside."""
+    return {
+        **table_metadata(lake.table_uri(feed.table_name), feed.table_name, report),
+        "ingest_files": report.files,
+        "ingest_rows": report.rows,
+        "ingest_bytes": report.bytes,
+        "ingest_batches": len(report.batches),
+        "ingest_batches_replayed": report.replayed_batches,
+        "ingest_duration_s": round(duration_s, 3),
+        "listing_files": report.listed_files,
+        "listing_full": report.full_listing,
+        "listing_late_files": len(report.late_files),
+        "listing_unsettled_files": len(report.unsettled_files),
+        "overwritten_files_skipped": len(report.overwritten_skipped),
+        "overwritten_files_reingested": len(report.overwritten_reingested),
+        "quarantine_files": len(report.quarantined),
+        "quarantine_bad_records": report.bad_records,
+        "quarantine_table_uri": quarantine_uri,
+        "schema_new_columns": dg.MetadataValue.json(report.new_columns),
+        "schema_ignored_columns": dg.MetadataValue.json(report.ignored_columns),
+        "schema_rescued_rows": report.rescued_rows,
+        "schema_versions_added": len(report.schema_versions),
+    }
+
+
+def quarantine_check(
+    feed: FeedSpec, report: IngestReport, quarantine_uri: dg.MetadataValue
+) -> dg.AssetCheckResult:
+    """Warns when bad records and unreadable files exceed the feed's max_quarantine_rate of the run's read."""
+    return dg.AssetCheckResult(
+        check_name=QUARANTINE_CHECK,
+        passed=report.quarantine_rate <= feed.max_quarantine_rate,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={
+            "quarantine_rate": report.quarantine_rate,
+            "quarantine_rate_threshold": feed.max_quarantine_rate,
+            "quarantine_files": len(report.quarantined),
+            "quarantine_bad_records": report.bad_records,
+            "quarantine_table_uri": quarantine_uri,
+            "quarantine_examples": dg.MetadataValue.json(
+                [{"path": q.path, "error": q.error} for q in report.quarantined[:10]]
+            ),
+        },
+    )
 
 
 def unchanged_check(report: IngestReport) -> dg.AssetCheckResult:

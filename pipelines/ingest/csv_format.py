@@ -63,7 +63,14 @@ def parse_csv(feed: FeedSpec, text: bytes, target: pa.Schema | None) -> ParsedFi
     if not has_floating(table.schema) or not scan_integers(text).inexact:
         return ParsedFile(table, bad_records=bad)
     # Arrow read a long integer into a double column (rounded): convert those columns from their text.
-    texts = read({n: pa.string() for n in names})
+    return _exact_integers(table, read({n: pa.string() for n in names}), known_types, bad)
+
+
+def _exact_integers(
+    table: pa.Table, texts: pa.Table, known_types: dict[str, pa.DataType], bad: list[BadRecord]
+) -> ParsedFile:
+    """``table`` with its floating-point columns converted again from their text (``texts``, the same
+    rows read as strings), so that no integer literal is rounded: a value a column cannot hold is rescued."""
     rescued: list[dict | None] = [None] * table.num_rows
     columns = []
     for index, column_field in enumerate(table.schema):

@@ -148,5 +148,5 @@ class FileLedger:
             table = DeltaTable(self.uri, storage_options=self.storage_options)
             table.optimize.compact()
             table.create_checkpoint()
-        except Exception as exc:  # the plan is already durable; tidying can wait
+        except Exception as exc:  # a boundary: the plan is already durable, and tidying can wait
             logging.getLogger(__name__).warning("could not compact the file ledger %s: %s", self.uri, exc)

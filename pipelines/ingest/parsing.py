@@ -4,8 +4,10 @@ that tells whether Arrow's fast readers may have rounded an integer literal of t
 Shared by the format readers (``json_format``, ``csv_format``) and the batch reader.
 """
 
+import csv
 from dataclasses import dataclass, field
 
+import orjson
 import pyarrow as pa
 
 from pipelines.ingest.values import INT64_MAX, INT64_MIN
@@ -22,6 +24,27 @@ _HUGE_RUN = b"0" * 20
 
 class UnreadableFile(Exception):
     """The file as a whole cannot be read: binary, broken compression, wrong encoding, corrupt Parquet."""
+
+
+class UnstorableSchema(ValueError):
+    """The file's columns make a schema Delta refuses (a type it cannot store, names differing only in case)."""
+
+
+# What a landing file's bytes can make the readers, the conforming and Delta's schema check raise: a
+# file that raises one of these is quarantined and the rest of its batch lands. Anything else
+# (TypeError, AttributeError, NameError, KeyError, ...) is a bug of lakerelay's own: it fails the run,
+# to be fixed, instead of passing for a bad file. MemoryError (ArrowMemoryError too) is the machine's
+# and is re-raised before these are caught.
+FILE_CONTENT_ERRORS: tuple[type[Exception], ...] = (
+    UnreadableFile,
+    ValueError,  # decoding (UnicodeDecodeError, JSON decode errors), ArrowInvalid, UnstorableSchema
+    ArithmeticError,  # a value too large for its type (OverflowError)
+    RecursionError,  # nesting deeper than a parser's stack
+    EOFError,  # a truncated compressed stream
+    csv.Error,
+    pa.ArrowException,  # Arrow's readers and casts (its ArrowTypeError and ArrowKeyError too)
+    orjson.JSONEncodeError,  # a value orjson cannot write back as JSON text
+)
 
 
 @dataclass

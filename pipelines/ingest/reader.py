@@ -2,8 +2,9 @@
 
 Files are read and parsed in parallel (Arrow's readers release the GIL), then conformed to the
 feed's schema in file order, so a new column seen in one file has one type for the whole batch.
-A file whose bytes fail anywhere on the way (unreadable, or a conforming error nobody foresaw) is
-quarantined with the reason, and the rest of the batch lands: one poison file never blocks a feed.
+A file whose bytes fail anywhere on the way (unreadable, or a conforming error nobody foresaw: any
+of ``FILE_CONTENT_ERRORS``) is quarantined with the reason, and the rest of the batch lands: one
+poison file never blocks a feed. Any other error is lakerelay's own bug and fails the run.
 A file that cannot be fetched (network, storage) is not quarantined: the read is retried up to the
 feed's ``read_deadline`` and then the run fails with the batch still planned (``transport``).
 """
@@ -17,10 +18,17 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 from deltalake import Schema as DeltaSchema
 
+from pipelines.delta_once import refused_by_delta
 from pipelines.feeds import FeedSpec
 from pipelines.ingest.discovery import LandingFile
 from pipelines.ingest.formats import parse
-from pipelines.ingest.parsing import BadRecord, ParsedFile, UnreadableFile
+from pipelines.ingest.parsing import (
+    FILE_CONTENT_ERRORS,
+    BadRecord,
+    ParsedFile,
+    UnreadableFile,
+    UnstorableSchema,
+)
 from pipelines.ingest.schema import (
     RESCUED_COLUMN,
     TIMESTAMP_UTC,
@@ -96,13 +104,7 @@ def read_batch(
     hints = feed.hint_schema()
     ingested_at = datetime.now(UTC)
     result = ReadResult(METADATA_SCHEMA.empty_table())
-    # Hinted columns the table does not have go into the parse schema only so that they are read with
-    # their hinted type; the parser leaves them out again for a file that does not have them.
-    known = {name.lower() for name in (*(target.names if target is not None else ()), *RESERVED_COLUMNS)}
-    optional = [h for h in hints if h.name.lower() not in known]
-    parse_fields = [*(target if target is not None else ()), *optional]
-    parse_schema = pa.schema(parse_fields) if target is not None or parse_fields else None
-    optional_names = [h.name for h in optional]
+    parse_schema, optional_names = _parse_schema(target, hints)
     gave_up = threading.Event()  # one unreachable file ends the batch's reads: the run fails
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
         parsed = list(
@@ -114,6 +116,40 @@ def read_batch(
     if schema is None:
         samples = [p.table for _, p in readable[: feed.infer_max_files]]
         schema = infer_schema(samples, hints, RESERVED_COLUMNS)
+    tables = _conform_files(feed, readable, schema, hints, batch_id, ingested_at, result)
+    if tables:
+        result.table = pa.concat_tables(tables, promote_options="default")
+    else:
+        # Still commit the batch (empty) so its number is recorded and it is never replayed.
+        result.table = METADATA_SCHEMA.empty_table()
+    return result
+
+
+def _parse_schema(target: pa.Schema | None, hints: pa.Schema) -> tuple[pa.Schema | None, list[str]]:
+    """The schema files are parsed with, and the names in it a file may lack (hinted, not in the table).
+
+    Hinted columns the table does not have go into the parse schema only so that they are read with
+    their hinted type; the parser leaves them out again for a file that does not have them.
+    """
+    known = {name.lower() for name in (*(target.names if target is not None else ()), *RESERVED_COLUMNS)}
+    optional = [h for h in hints if h.name.lower() not in known]
+    parse_fields = [*(target if target is not None else ()), *optional]
+    parse_schema = pa.schema(parse_fields) if target is not None or parse_fields else None
+    return parse_schema, [h.name for h in optional]
+
+
+def _conform_files(
+    feed: FeedSpec,
+    readable: list[tuple[LandingFile, ParsedFile]],
+    schema: pa.Schema,
+    hints: pa.Schema,
+    batch_id: int,
+    ingested_at: datetime,
+    result: ReadResult,
+) -> list[pa.Table]:
+    """Each readable file conformed to the schema, in file order, with the metadata columns; what was
+    found on the way (quarantined files, bad records, new and ignored columns) goes into ``result``,
+    and the batch's schema into ``result.schema``."""
     tables = []
     batch_schema: pa.Schema | None = None
     for landing_file, outcome in readable:
@@ -137,7 +173,7 @@ def read_batch(
                 )
         except (SchemaChangeError, MemoryError):
             raise  # the user's decision (fail_on_new_columns), or the machine's, not the file's
-        except Exception as exc:  # whatever it is, it must not block the feed
+        except FILE_CONTENT_ERRORS as exc:  # this file's bytes: they must not block the feed
             result.quarantined.append(
                 Quarantined(
                     landing_file.path,
@@ -157,18 +193,21 @@ def read_batch(
         result.rows_per_file[landing_file.path] = conformed.table.num_rows
         tables.append(table)
     result.schema = schema
-    if tables:
-        result.table = pa.concat_tables(tables, promote_options="default")
-    else:
-        # Still commit the batch (empty) so its number is recorded and it is never replayed.
-        result.table = METADATA_SCHEMA.empty_table()
-    return result
+    return tables
 
 
 def _check_storable(schema: pa.Schema) -> None:
     """Raise when Delta would refuse ``schema`` (invalid types, names differing only in case): that
     file is quarantined now instead of failing the batch's commit on every run."""
-    DeltaSchema.from_arrow(schema)
+    try:
+        DeltaSchema.from_arrow(schema)
+    except Exception as exc:
+        if not refused_by_delta(exc):
+            raise
+        # delta-rs words it "External error: Schema error: ..." in a bare Exception, maybe with a backtrace.
+        raise UnstorableSchema(
+            str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        ) from exc
 
 
 def _read_one(
@@ -196,7 +235,7 @@ def _read_one(
         return Quarantined(landing_file.path, str(exc))
     except MemoryError:
         raise
-    except Exception as exc:  # a parser error nobody foresaw: this file's bytes, not the feed
+    except FILE_CONTENT_ERRORS as exc:  # a parser error nobody foresaw: this file's bytes, not the feed
         return Quarantined(landing_file.path, f"{type(exc).__name__}: {exc}")
 
 

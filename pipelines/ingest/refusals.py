@@ -6,6 +6,7 @@ import tempfile
 import pyarrow as pa
 from deltalake import write_deltalake
 
+from pipelines.delta_once import refused_by_delta
 from pipelines.ingest.reader import RESERVED_COLUMNS, Quarantined, ReadResult
 from resources.arrow import pc
 
@@ -18,7 +19,7 @@ def unwritable_files(result: ReadResult, table_schema: pa.Schema | None) -> list
     with tempfile.TemporaryDirectory(prefix="lakerelay-trial-") as scratch:
         try:
             write_deltalake(f"{scratch}/probe", pa.table({"probe": [1]}))
-        except Exception:  # the scratch space, not a file, is the problem
+        except Exception:  # a boundary: whatever fails here, the caller raises Delta's refusal of the batch
             return []
         for number, path in enumerate(result.rows_per_file):
             # Without the new columns this file has no value in: a column another file brought (in a
@@ -31,7 +32,9 @@ def unwritable_files(result: ReadResult, table_schema: pa.Schema | None) -> list
                 if table_schema is not None:
                     write_deltalake(uri, table_schema.empty_table())
                 write_deltalake(uri, rows, mode="append", schema_mode="merge")
-            except Exception as exc:  # whatever Delta says is the reason recorded
+            except Exception as exc:
+                if not refused_by_delta(exc):
+                    raise  # not Delta refusing the rows: a bug, not this file
                 refused.append(Quarantined(path, f"Delta refused its rows ({type(exc).__name__}: {exc})"))
     if len(refused) > 1 and len(refused) == len(result.rows_per_file):
         return []  # every file of several: the table (or Delta) is the problem, not the files

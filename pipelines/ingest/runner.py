@@ -14,7 +14,7 @@ from collections.abc import Callable
 import pyarrow as pa
 from deltalake.exceptions import TableNotFoundError
 
-from pipelines.delta_once import append_once, transaction_version
+from pipelines.delta_once import append_once, refused_by_delta, transaction_version
 from pipelines.feeds import FeedSpec
 from pipelines.ingest.context import IngestContext, IngestReport
 from pipelines.ingest.discovery import (
@@ -25,7 +25,7 @@ from pipelines.ingest.discovery import (
     split_at_cursor,
 )
 from pipelines.ingest.ledger import FileLedger
-from pipelines.ingest.planning import discover, plan_batches
+from pipelines.ingest.planning import Discovery, discover, plan_batches
 from pipelines.ingest.quarantine import record_quarantine
 from pipelines.ingest.reader import METADATA_SCHEMA, ReadResult, data_schema, read_batch
 from pipelines.ingest.refusals import drop_files, unwritable_files
@@ -59,8 +59,30 @@ def ingest_feed(
     now = clock()
     found = discover(ctx, ledger, cursor, full_listing, now)
 
+    planned, drained = _plan_batches(
+        ctx, ledger, found, next_batch, max_files_per_batch, max_bytes_per_batch, max_batches
+    )
+    taken = {f.path for f in planned}
+    ctx.report.late_files = [path for path in ctx.report.late_files if path in taken]
+    state = _next_cursor(feed, cursor, found, planned, drained, now, full_listing)
+    move_listing_cursor(lake, feed, state, cursor)
+    return _finish(ctx)
+
+
+def _plan_batches(
+    ctx: IngestContext,
+    ledger: FileLedger,
+    found: Discovery,
+    last_batch: int,
+    max_files_per_batch: int | None,
+    max_bytes_per_batch: int | None,
+    max_batches: int,
+) -> tuple[list[LandingFile], bool]:
+    """Plan and commit the new files batch by batch after ``last_batch``: the files planned, and
+    whether all of them were (False: ``max_batches`` reached, or another run planned first)."""
+    feed = ctx.feed
     planned: list[LandingFile] = []
-    drained = False
+    next_batch = last_batch
     for chunk in plan_batches(
         found.new_files,
         max_files_per_batch or feed.max_files_per_batch,
@@ -68,15 +90,25 @@ def ingest_feed(
     ):
         if len(ctx.report.batches) >= max_batches:
             ctx.log.info("stopping after %d batches; the rest waits for the next run", max_batches)
-            break
+            return planned, False
         next_batch += 1
         if not _plan_and_commit(ctx, ledger, chunk, next_batch):
-            break
+            return planned, False
         planned.extend(chunk)
-    else:
-        drained = True
+    return planned, True
+
+
+def _next_cursor(
+    feed: FeedSpec,
+    cursor: dict,
+    found: Discovery,
+    planned: list[LandingFile],
+    drained: bool,
+    now: float,
+    full_listing: bool | None,
+) -> dict:
+    """The listing cursor after this run."""
     taken = {f.path for f in planned}
-    ctx.report.late_files = [path for path in ctx.report.late_files if path in taken]
     # The cursor passes what is planned — everything listed when all of it is planned or known — but
     # never a file still settling: an incremental listing would not see it again.
     limit = min((f.path for f in found.pending), default=None)
@@ -96,8 +128,7 @@ def ingest_feed(
         not_taken = {f.path for f in (*found.new_files, *found.pending, *found.held_back)} - taken
         before = split_at_cursor(found.listed, planned_up_to)[0]
         state["known_digests"] = digests(f for f in before if f.path not in not_taken)
-    move_listing_cursor(lake, feed, state, cursor)
-    return _finish(ctx)
+    return state
 
 
 def ingest_files(
@@ -196,7 +227,7 @@ def _append_batch(ctx: IngestContext, result: ReadResult, batch_id: int, files: 
 
 
 def _commit_batch(ctx: IngestContext, files: list[LandingFile], batch_id: int) -> None:
-    feed, report, log = ctx.feed, ctx.report, ctx.log
+    feed, log = ctx.feed, ctx.log
     if transaction_version(ctx.table_uri, ctx.options, feed.app_id) >= batch_id:
         log.info("batch %s of feed %s is already in the table; not appending it again", batch_id, feed.name)
         return
@@ -214,29 +245,49 @@ def _commit_batch(ctx: IngestContext, files: list[LandingFile], batch_id: int) -
     record_quarantine(ctx.lake.state_uri("quarantine", feed.name), ctx.options, feed.name, result, batch_id)
     try:
         appended = _append_batch(ctx, result, batch_id, len(files))
-    except Exception:
-        # Delta refused the batch. If some files' rows are refused on their own, they are quarantined
-        # and the rest lands; otherwise (storage down, a lost race) the error is the run's.
-        unwritable = unwritable_files(result, table_schema)
-        if not unwritable:
-            raise
-        for bad in unwritable:
-            log.error("quarantined %s (Delta refused its rows, not ingested): %s", bad.path, bad.error)
-        drop_files(result, unwritable, table_schema)
-        # A second quarantine transaction of this batch: a replay reaches the same verdict and finds
-        # these entries recorded already.
-        record_quarantine(
-            ctx.lake.state_uri("quarantine", feed.name),
-            ctx.options,
-            feed.name,
-            ReadResult(METADATA_SCHEMA.empty_table(), quarantined=unwritable),
-            batch_id,
-            app_id=f"lakerelay-quarantine-write:{feed.name}",
-        )
-        appended = _append_batch(ctx, result, batch_id, len(files))
+    except Exception as exc:
+        if not refused_by_delta(exc):
+            raise  # a bug of lakerelay's, or storage: never a reason to quarantine a file
+        appended = _append_without_refused_files(ctx, result, batch_id, len(files), table_schema, exc)
     if not appended:
         log.warning("batch %s of feed %s was committed by a concurrent run", batch_id, feed.name)
         return
+    _report_batch(ctx, files, result, batch_id)
+
+
+def _append_without_refused_files(
+    ctx: IngestContext,
+    result: ReadResult,
+    batch_id: int,
+    files: int,
+    table_schema: pa.Schema | None,
+    refusal: Exception,
+) -> bool:
+    """Delta refused the batch (``refusal``). If some files' rows are refused on their own, they are
+    quarantined and the rest lands; otherwise (storage down, a lost race) the refusal is the run's."""
+    feed = ctx.feed
+    unwritable = unwritable_files(result, table_schema)
+    if not unwritable:
+        raise refusal
+    for bad in unwritable:
+        ctx.log.error("quarantined %s (Delta refused its rows, not ingested): %s", bad.path, bad.error)
+    drop_files(result, unwritable, table_schema)
+    # A second quarantine transaction of this batch: a replay reaches the same verdict and finds
+    # these entries recorded already.
+    record_quarantine(
+        ctx.lake.state_uri("quarantine", feed.name),
+        ctx.options,
+        feed.name,
+        ReadResult(METADATA_SCHEMA.empty_table(), quarantined=unwritable),
+        batch_id,
+        app_id=f"lakerelay-quarantine-write:{feed.name}",
+    )
+    return _append_batch(ctx, result, batch_id, files)
+
+
+def _report_batch(ctx: IngestContext, files: list[LandingFile], result: ReadResult, batch_id: int) -> None:
+    """Record the committed batch's schema version, and add it to the run's report."""
+    feed, report = ctx.feed, ctx.report
     if result.schema is not None:
         version = record_schema(ctx.lake, feed.name, result.schema, batch_id, result.new_columns)
         if version is not None:
@@ -250,7 +301,7 @@ def _commit_batch(ctx: IngestContext, files: list[LandingFile], batch_id: int) -
     report.files += len(result.rows_per_file)
     report.bytes += sum(f.size for f in files if f.path in result.rows_per_file)
     report.rows += result.table.num_rows
-    log.info(
+    ctx.log.info(
         "committed batch %s of feed %s: %d files, %d rows",
         batch_id,
         feed.name,

@@ -161,7 +161,6 @@ def conform(
     case variants.
     """
     rescued = rescued if rescued is not None else [None] * raw.num_rows
-    rows = len(rescued)
     result = Conformed(raw)
     by_lower = {name.lower(): name for name in (*target.names, *reserved)}
     hinted = {h.name: h.type for h in hints} if hints is not None else {}
@@ -193,20 +192,31 @@ def conform(
             "schema_evolution_mode is fail_on_new_columns; add them to schema_hints, or set "
             "schema_evolution_mode to add_new_columns or rescue, then run again"
         )
+    result.rescued_rows = sum(1 for r in rescued if r is not None)
+    result.table = _conformed_table([*target, *new_fields], columns, rescued, source_file)
+    result.new_columns = [f.name for f in new_fields]
+    return result
+
+
+def _conformed_table(
+    fields: list[pa.Field],
+    columns: dict[str, pa.Array | pa.ChunkedArray],
+    rescued: list[dict | None],
+    source_file: str,
+) -> pa.Table:
+    """``fields`` in order (a column the file lacks is all nulls), then ``_rescued_data`` as JSON text."""
+    rows = len(rescued)
     arrays, out_fields = [], []
-    for target_field in [*target, *new_fields]:
+    for target_field in fields:
         arrays.append(columns.get(target_field.name, pa.nulls(rows, target_field.type)))
         out_fields.append(pa.field(target_field.name, target_field.type))
-    result.rescued_rows = sum(1 for r in rescued if r is not None)
-    if result.rescued_rows:
+    if any(r is not None for r in rescued):
         rescued_json = [None if r is None else json_text({**r, "_file_path": source_file}) for r in rescued]
         arrays.append(pa.array(rescued_json, pa.string()))
     else:
         arrays.append(pa.nulls(rows, pa.string()))
     out_fields.append(pa.field(RESCUED_COLUMN, pa.string()))
-    result.table = pa.Table.from_arrays(arrays, schema=pa.schema(out_fields))
-    result.new_columns = [f.name for f in new_fields]
-    return result
+    return pa.Table.from_arrays(arrays, schema=pa.schema(out_fields))
 
 
 def schema_to_json(schema: pa.Schema) -> list[dict[str, str]]:

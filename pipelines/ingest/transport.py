@@ -84,7 +84,7 @@ def with_retries(
     while True:
         try:
             return action()
-        except Exception as exc:
+        except Exception as exc:  # classified here: only a transport error is retried, the rest re-raised
             if not is_transport_error(exc):
                 raise
             attempt += 1

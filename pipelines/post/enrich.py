@@ -4,6 +4,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pyarrow as pa
+from py4j.protocol import Py4JError
+from pyspark.errors import PySparkException
 from pyspark.sql import DataFrame
 
 
@@ -69,7 +71,7 @@ def enrich(frame: DataFrame, expressions: list[str], feed_name: str = "", resolv
     try:
         enriched = frame.selectExpr("*", *expressions)
         _ = enriched.columns  # Spark Connect analyses lazily: resolve the expressions here, before posting
-    except Exception as exc:
+    except (PySparkException, Py4JError) as exc:  # Spark's answer (classic or Connect), not a bug of ours
         first_line = str(exc).strip().splitlines()[0][:500] if str(exc).strip() else type(exc).__name__
         raise EnrichmentError(
             f"feed {feed_name!r}: an enrichment expression does not fit its table ({first_line}). The "
@@ -93,7 +95,7 @@ def select_where(frame: DataFrame, predicate: str | None, resolve: bool = True) 
     try:
         selected = frame.where(predicate)
         _ = selected.columns  # Spark Connect analyses lazily: resolve the predicate before posting
-    except Exception as exc:
+    except (PySparkException, Py4JError) as exc:  # Spark's answer (classic or Connect), not a bug of ours
         first_line = str(exc).strip().splitlines()[0][:500] if str(exc).strip() else type(exc).__name__
         raise EnrichmentError(
             f"the route's where {predicate!r} does not fit its records ({first_line}). Their columns: "

@@ -5,16 +5,21 @@ the sink's configuration, and executors whose Python lacks a package or is anoth
 slow to start, a driver JVM that died and a Spark Connect server that restarted are retried in the
 run; a Connect server that stays unreachable fails the run at once (its calls already waited), and the
 table sensor asks again with its short backoff.
+
+The sink's configuration errors arrive as data: the post task catches them and reports their kind in
+its result rows (``reported_failure``). Spark's error text is read (``spark_failure``) only for what
+no task of ours could report: a Python worker that could not start or import the post stage, a driver
+JVM or Connect server that went away.
 """
 
 import dagster as dg
 
+from pipelines.post.post_stage import TaskFailure
 from resources.run_tags import NEEDS_FIX
+from resources.sinks.errors import NEEDS_FIX_KINDS
 from resources.spark import START_CONNECT_SERVER_HINT, connect_server_of, grpc_reason
 from resources.spark_errors import SparkFault, root_cause, spark_fault
 
-# Errors of the sink layer that a retry cannot cure: configuration (credentials, TLS, URL, HEC ack).
-_SINK_CONFIG_ERRORS = ("SinkAuthError: ", "SinkTlsError: ", "SinkConfigError: ", "SinkRequestError: ")
 _NOT_SETTLED = "Records not settled yet are posted again by the next attempt"
 
 
@@ -23,25 +28,23 @@ def needs_fix(description: str) -> dg.Failure:
     return dg.Failure(description=description, allow_retries=False, metadata={NEEDS_FIX: True})
 
 
+def reported_failure(failure: TaskFailure, sink_name: str) -> dg.Failure:
+    """The failure to raise for what a post task reported in its result rows (its kind decides)."""
+    if failure.kind in NEEDS_FIX_KINDS:
+        return needs_fix(f"{failure.message} Nothing was marked as posted; fix the configuration and re-run.")
+    return dg.Failure(
+        description=f"posting to sink {sink_name} failed in Spark: {failure.message} {_NOT_SETTLED}."
+    )
+
+
 def spark_failure(exc: Exception, sink_name: str, spark: object = None) -> dg.Failure:
     """The failure to raise for an exception of the Spark post stage (``spark``: its session, to name a Connect server)."""
-    text = str(exc)
-    for marker in _SINK_CONFIG_ERRORS:
-        if marker in text:
-            line = text[text.index(marker) + len(marker) :].splitlines()[0]
-            return needs_fix(f"{line} Nothing was marked as posted; fix the configuration and re-run.")
     return _failure(exc, f"posting to sink {sink_name} failed in Spark", spark)
 
 
 def executor_check_failure(exc: Exception, spark: object = None) -> dg.Failure:
     """The failure to raise when the check of the executors' Python could not run (not: found a misfit)."""
     return _failure(exc, "Spark executors could not run the check of their Python", spark)
-
-
-def explain_spark_failure(exc: Exception, sink_name: str, spark: object = None) -> tuple[str, bool]:
-    """The failure's description, and whether a person need not act (False: the configuration must change)."""
-    failure = spark_failure(exc, sink_name, spark)
-    return failure.description or "", NEEDS_FIX not in (failure.metadata or {})
 
 
 def _failure(exc: Exception, what: str, spark: object) -> dg.Failure:

@@ -8,7 +8,6 @@ from typing import Any
 
 import dagster as dg
 
-from pipelines.feeds import FeedSpec
 from pipelines.post.checks import dead_letter_check_spec, dead_letter_result
 from pipelines.post.config import PostConfig
 from pipelines.post.report import post_metadata
@@ -102,18 +101,3 @@ def post_asset_job(route: RouteSpec):  # define_asset_job's type is not exported
         config=INFO_LOGS,
         tags={SINK_TAG: route.sink, ROUTE_TAG: route.name, FEED_TAG: route.feed.name},
     )
-
-
-def build_post_job(sink_key: str, feed: FeedSpec, kind: str = "rest", **route: Any) -> dg.JobDefinition:
-    """The post job of a route from ``feed`` to ``sink_key``, resolved on its own, for tests, benchmarks
-    and in-process execution; ``route`` takes the other ``RouteSpec`` fields (name, where, destination...).
-
-    Its resources are placeholders: pass the real ones to ``execute_in_process(resources=...)``.
-    """
-    spec = RouteSpec(feed=feed, sink=sink_key, sink_kind=kind, **route)
-    placeholders = {key: dg.ResourceDefinition.none_resource() for key in (sink_key, "lake", "pyspark")}
-    defs = dg.Definitions(
-        assets=dg.with_resources([build_post_asset(spec)], placeholders),
-        jobs=[post_asset_job(spec)],
-    )
-    return defs.resolve_job_def(spec.job_name)

@@ -7,6 +7,7 @@ executors reach the driver at ``spark.driver.host``. Where neither is known, the
 the lease's expiry stops orphaned workers, as before.
 """
 
+from pyspark.errors import PySparkAttributeError
 from pyspark.sql import SparkSession
 
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -16,7 +17,7 @@ def beacon_host(spark: SparkSession) -> str | None:
     """The address to listen on for this session's executors, or None when they could not reach it."""
     try:
         context = spark.sparkContext  # classic: the driver is this process
-    except Exception:
+    except PySparkAttributeError:  # Spark Connect has no SparkContext
         context = None
     if context is not None:
         if (context.master or "").startswith("local"):

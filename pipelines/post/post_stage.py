@@ -1,28 +1,41 @@
-"""Posting inside Spark tasks: each task streams its records through one SinkWriter."""
+"""Posting inside Spark tasks: each task streams its records through one SinkWriter.
+
+A task answers in rows of ``RESULT_SCHEMA``: one ``stats`` row, one ``dead_letter`` row per rejected
+record, or, when the sink's configuration refused it (credentials, TLS, URL: ``SinkNeedsFixError``), one
+``failure`` row carrying that error's kind and one-line message. The driver reads the kind from the
+rows (``task_failure``), not from the text Spark makes of an exception raised in a task.
+"""
 
 import contextlib
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pyarrow as pa
+from pyspark.sql.pandas.types import from_arrow_schema
+from pyspark.sql.types import StructType
 
+from resources.arrow import pc
 from resources.lease import LeaseGuard
+from resources.sinks.errors import SinkNeedsFixError
 from resources.sinks.outcome import PostOutcome
 from resources.sinks.protocols import Rejection
 from resources.sinks.settings import SinkSettings
 from resources.sinks.writer import SinkWriter
 from resources.worker_heap import freeze_imported_heap
 
+# The values of the result rows' ``kind`` column.
+STATS, DEAD_LETTER, FAILURE = "stats", "dead_letter", "failure"
+
 RESULT_SCHEMA = pa.schema(
     [
-        ("kind", pa.string()),  # "stats" (one per task) or "dead_letter" (one per rejected record)
+        ("kind", pa.string()),  # STATS (one per task), DEAD_LETTER (one per rejected record) or FAILURE
         ("record_id", pa.string()),
         ("record", pa.binary()),
         ("status", pa.int32()),
-        ("error_type", pa.string()),
-        ("reason", pa.string()),
+        ("error_type", pa.string()),  # DEAD_LETTER: the sink's error type; FAILURE: the error's kind
+        ("reason", pa.string()),  # DEAD_LETTER: the sink's reason; FAILURE: the one-line message
         ("records_in", pa.int64()),
         ("accepted", pa.int64()),
         ("retried", pa.int64()),
@@ -39,12 +52,24 @@ RESULT_SCHEMA = pa.schema(
         ("latencies_ms", pa.list_(pa.float64())),
     ]
 )
-RESULT_DDL = (
-    "kind string, record_id string, record binary, status int, error_type string, reason string, "
-    "records_in bigint, accepted bigint, retried bigint, requests bigint, attempts bigint, "
-    "records_sent bigint, ack_timeouts bigint, pending bigint, bytes bigint, elapsed_s double, startup_s double, "
-    "concurrency_peak bigint, concurrency_decreases bigint, latencies_ms array<double>"
-)
+# The same schema as Spark's ``mapInArrow`` declares it: derived, so the two cannot drift apart.
+RESULT_SPARK_SCHEMA: StructType = from_arrow_schema(RESULT_SCHEMA)
+
+
+@dataclass(frozen=True)
+class TaskFailure:
+    """What a task reported instead of its stats: the kind of sink error (``SinkNeedsFixError.kind``), its line."""
+
+    kind: str
+    message: str
+
+
+def task_failure(results: pa.Table) -> TaskFailure | None:
+    """The first failure a task of ``results`` (the post stage's rows) reported, or None."""
+    failures = results.filter(pc.equal(results["kind"], FAILURE))
+    if not failures.num_rows:
+        return None
+    return TaskFailure(failures["error_type"][0].as_py() or "", failures["reason"][0].as_py() or "")
 
 
 # Every other column of the post stage's input is a per-record destination column (``_index``, ...).
@@ -78,31 +103,13 @@ def make_poster(
 
     def post(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         freeze_imported_heap()
-        records_in = 0
         started = time.perf_counter()
-        startup_s = None  # until the first batch: fixed per task, so the capacity plan leaves it out
-        writer = SinkWriter(settings)
-        # The watch encloses the writer's exit, so the requests still queued when a task ends early
-        # (its input broke because the driver died) are fenced as well.
-        watch = lease.watching(writer.give_up) if lease is not None else contextlib.nullcontext()
-        with watch, writer:
-            skipped = 0
-            for batch in batches:
-                if startup_s is None:
-                    startup_s = time.perf_counter() - started
-                records_in += batch.num_rows
-                if writer.gave_up:
-                    # Out of delivery time, or the lease is lost: the rest stays pending for the next run.
-                    skipped += batch.num_rows
-                    continue
-                writer.add_arrow(
-                    batch.column("_id"),
-                    batch.column("_doc"),
-                    batch.column("_time"),
-                    {n: batch.column(n) for n in batch.schema.names if n not in _RECORD_COLUMNS} or None,
-                )
-            outcome = writer.close()
-            outcome.pending += skipped
+        try:
+            outcome, records_in, startup_s = _post_batches(settings, lease, batches, started)
+        except SinkNeedsFixError as exc:
+            # Reported as data: the driver reads the kind from this row, not from Spark's error text.
+            yield _failure_batch(exc)
+            return
         elapsed_s = time.perf_counter() - started
         yield from _result_batches(
             outcome, records_in, elapsed_s, elapsed_s if startup_s is None else startup_s
@@ -111,12 +118,50 @@ def make_poster(
     return post
 
 
+def _post_batches(
+    settings: SinkSettings, lease: LeaseGuard | None, batches: Iterator[pa.RecordBatch], started: float
+) -> tuple[PostOutcome, int, float | None]:
+    """Post the task's records: the writer's outcome, the records in, and the wait for the first batch."""
+    records_in = 0
+    startup_s = None  # until the first batch: fixed per task, so the capacity plan leaves it out
+    writer = SinkWriter(settings)
+    # The watch encloses the writer's exit, so the requests still queued when a task ends early
+    # (its input broke because the driver died) are fenced as well.
+    watch = lease.watching(writer.give_up) if lease is not None else contextlib.nullcontext()
+    with watch, writer:
+        skipped = 0
+        for batch in batches:
+            if startup_s is None:
+                startup_s = time.perf_counter() - started
+            records_in += batch.num_rows
+            if writer.gave_up:
+                # Out of delivery time, or the lease is lost: the rest stays pending for the next run.
+                skipped += batch.num_rows
+                continue
+            writer.add_arrow(
+                batch.column("_id"),
+                batch.column("_doc"),
+                batch.column("_time"),
+                {n: batch.column(n) for n in batch.schema.names if n not in _RECORD_COLUMNS} or None,
+            )
+        outcome = writer.close()
+        outcome.pending += skipped
+    return outcome, records_in, startup_s
+
+
+def _failure_batch(exc: SinkNeedsFixError) -> pa.RecordBatch:
+    row: dict[str, list[Any]] = {name: [None] for name in RESULT_SCHEMA.names}
+    lines = str(exc).splitlines()
+    row.update(kind=[FAILURE], error_type=[exc.kind], reason=[lines[0] if lines else type(exc).__name__])
+    return pa.RecordBatch.from_pydict(row, schema=RESULT_SCHEMA)
+
+
 def _result_batches(
     outcome: PostOutcome, records_in: int, elapsed_s: float, startup_s: float
 ) -> Iterator[pa.RecordBatch]:
     stats: dict[str, list[Any]] = {name: [None] for name in RESULT_SCHEMA.names}
     stats.update(
-        kind=["stats"],
+        kind=[STATS],
         records_in=[records_in],
         accepted=[outcome.accepted],
         retried=[outcome.retried],
@@ -138,7 +183,7 @@ def _result_batches(
         chunk = outcome.rejected[start : start + 10_000]
         rows: dict[str, list[Any]] = {name: [None] * len(chunk) for name in RESULT_SCHEMA.names}
         rows.update(
-            kind=["dead_letter"] * len(chunk),
+            kind=[DEAD_LETTER] * len(chunk),
             record_id=[r.record.id for r in chunk],
             record=[r.record.doc for r in chunk],
             status=[r.status for r in chunk],

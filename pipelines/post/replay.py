@@ -19,13 +19,10 @@ from pipelines.delta_once import writer_properties
 from pipelines.post.destination import replay_destination
 from pipelines.post.letters import ACCEPTED, REJECTED, REPLAY_SCHEMA, REPLAY_TABLE
 from resources.lake import LakeResource
-from resources.sinks.errors import SinkAuthError, SinkConfigError, SinkRequestError, SinkTlsError
+from resources.sinks.errors import SinkNeedsFixError
 from resources.sinks.outcome import PostOutcome
 from resources.sinks.resource import RestSinkResource
 from resources.sinks.writer import SinkWriter
-
-# Errors that mean "fix the configuration", not "this record": the replay stops and records nothing.
-_CONFIG_ERRORS = (SinkAuthError, SinkTlsError, SinkConfigError, SinkRequestError)
 
 
 # -- posting ----------------------------------------------------------------------------------------
@@ -99,7 +96,7 @@ def post_letters(sink: RestSinkResource, letters: pa.Table) -> ReplayOutcome:
                 destination or None,
             )
             outcome: PostOutcome = writer.close()
-    except _CONFIG_ERRORS as exc:
+    except SinkNeedsFixError as exc:  # "fix the configuration", not "this record": nothing is recorded
         raise dg.Failure(description=f"{exc} Nothing was recorded as replayed.") from None
     result = ReplayOutcome(posted=len(ids), without_id=without_id)
     rejected_keys = set()

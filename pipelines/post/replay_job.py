@@ -8,8 +8,15 @@ import dagster as dg
 import pyarrow as pa
 from pydantic import Field
 
-from pipelines.post.letters import REJECTED, REPLAY_TABLE, LetterFilter, parse_instant, select_dead_letters
-from pipelines.post.replay import new_replay_id, post_letters, record_replay, replay_rows
+from pipelines.post.letters import (
+    REJECTED,
+    REPLAY_TABLE,
+    LetterFilter,
+    Selection,
+    parse_instant,
+    select_dead_letters,
+)
+from pipelines.post.replay import ReplayOutcome, new_replay_id, post_letters, record_replay, replay_rows
 from pipelines.run_defaults import INFO_LOGS
 from resources.arrow import pc
 from resources.lake import LakeResource
@@ -97,35 +104,13 @@ def run_replay(
         raise dg.Failure(description=f"bad replay config: {exc}") from None
     selection = select_dead_letters(lake, selection_filter)
     letters = selection.letters
-    summary: dict[str, Any] = {
-        "sink": sink.sink_name,
-        "filter": selection_filter.describe(),
-        "dry_run": config.dry_run,
-        "matched": selection.matched,
-        "skipped_already_replayed": selection.skipped_replayed,
-        "selected": letters.num_rows,
-        "replayed": 0,
-        "skipped_without_id": 0,
-        "accepted": 0,
-        "rejected_again": 0,
-        "replay_id": "",
-        "letters": _preview(letters),
-        "rejections": [],
-    }
+    summary = _selection_summary(sink.sink_name, selection_filter.describe(), config.dry_run, selection)
     context.log.info(
         f"dead letters of sink {sink.sink_name} matching {selection_filter.describe()}: {selection.matched}; "
         f"{selection.skipped_replayed} already replayed and skipped; {letters.num_rows} selected"
     )
     if config.dry_run or not letters.num_rows:
-        if config.dry_run:
-            for row in summary["letters"]:
-                context.log.info(
-                    f"would replay {row['source_table']} batch {row['batch_to']} record {row['record_id']!r}: "
-                    f"{row['error_type']} {row['reason']}"
-                )
-        context.log.info(
-            "dry run: nothing posted, nothing recorded" if config.dry_run else "nothing to replay"
-        )
+        _log_not_posted(context, config.dry_run, summary["letters"])
         return summary
 
     sink.check_connection()
@@ -151,22 +136,7 @@ def run_replay(
             f"document needs its original id, or a replay would add a second copy"
         )
     if outcome.pending or outcome.unaccounted:
-        # Which of the other records were accepted is unknown: none is recorded as replayed, so
-        # they stay eligible and the next replay posts them again under the same ids.
-        why = (
-            f"{outcome.pending} documents were still pending when the delivery deadline passed"
-            f"{': ' + outcome.pending_reason if outcome.pending_reason else ''}"
-            if outcome.pending
-            else f"the writer's totals leave {outcome.unaccounted} documents unexplained"
-        )
-        raise dg.Failure(
-            description=(
-                f"replay to sink {sink.sink_name} incomplete: {why}. Recorded only the {len(outcome.rejected)} "
-                f"letters rejected again; no letter was recorded as accepted, so all stay eligible. "
-                f"Re-run the replay once the sink is healthy (same ids: no duplicates in Elasticsearch)."
-            ),
-            metadata={k: summary[k] for k in ("selected", "replayed", "rejected_again", "replay_id")},
-        )
+        raise _incomplete_failure(sink.sink_name, outcome, summary)
     elapsed = time.perf_counter() - started
     context.log.info(
         f"replay {replay_id} to sink {sink.sink_name}: {len(outcome.accepted)} accepted, "
@@ -181,6 +151,55 @@ def run_replay(
             f"for a later replay once the cause is fixed"
         )
     return summary
+
+
+def _selection_summary(sink_name: str, described: str, dry_run: bool, selection: Selection) -> dict[str, Any]:
+    """The replay's summary before anything is posted: what the filter matched and selected."""
+    return {
+        "sink": sink_name,
+        "filter": described,
+        "dry_run": dry_run,
+        "matched": selection.matched,
+        "skipped_already_replayed": selection.skipped_replayed,
+        "selected": selection.letters.num_rows,
+        "replayed": 0,
+        "skipped_without_id": 0,
+        "accepted": 0,
+        "rejected_again": 0,
+        "replay_id": "",
+        "letters": _preview(selection.letters),
+        "rejections": [],
+    }
+
+
+def _log_not_posted(context: dg.OpExecutionContext, dry_run: bool, preview: list[dict[str, Any]]) -> None:
+    """Say why nothing was posted; a dry run lists the letters it would replay."""
+    if dry_run:
+        for row in preview:
+            context.log.info(
+                f"would replay {row['source_table']} batch {row['batch_to']} record {row['record_id']!r}: "
+                f"{row['error_type']} {row['reason']}"
+            )
+    context.log.info("dry run: nothing posted, nothing recorded" if dry_run else "nothing to replay")
+
+
+def _incomplete_failure(sink_name: str, outcome: ReplayOutcome, summary: dict[str, Any]) -> dg.Failure:
+    """Records pending at the deadline, or unexplained: which of the others were accepted is unknown, so
+    none is recorded as replayed; they stay eligible and the next replay posts them again under the same ids."""
+    why = (
+        f"{outcome.pending} documents were still pending when the delivery deadline passed"
+        f"{': ' + outcome.pending_reason if outcome.pending_reason else ''}"
+        if outcome.pending
+        else f"the writer's totals leave {outcome.unaccounted} documents unexplained"
+    )
+    return dg.Failure(
+        description=(
+            f"replay to sink {sink_name} incomplete: {why}. Recorded only the {len(outcome.rejected)} "
+            f"letters rejected again; no letter was recorded as accepted, so all stay eligible. "
+            f"Re-run the replay once the sink is healthy (same ids: no duplicates in Elasticsearch)."
+        ),
+        metadata={k: summary[k] for k in ("selected", "replayed", "rejected_again", "replay_id")},
+    )
 
 
 def build_replay_job(sink_key: str) -> dg.JobDefinition:

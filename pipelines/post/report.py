@@ -18,6 +18,7 @@ import pyarrow as pa
 from pipelines.post.capacity import plan_capacity
 from pipelines.post.config import PostConfig
 from pipelines.post.plan import PostPlan
+from pipelines.post.post_stage import DEAD_LETTER, STATS
 from resources.arrow import pc
 
 _SUMMED = (
@@ -76,7 +77,7 @@ class PostTotals:
 
     @classmethod
     def of(cls, results: pa.Table) -> "PostTotals":
-        stats = results.filter(pc.equal(results["kind"], "stats"))
+        stats = results.filter(pc.equal(results["kind"], STATS))
 
         def total(name: str) -> float:
             return pc.sum(stats[name]).as_py() or 0
@@ -90,7 +91,7 @@ class PostTotals:
             startup_seconds=float(total("startup_s")),
             reasons=[r for r in stats["reason"].to_pylist() if r],
             latencies_ms=pa.array(latencies, pa.float64()),
-            rejected=results.filter(pc.equal(results["kind"], "dead_letter")),
+            rejected=results.filter(pc.equal(results["kind"], DEAD_LETTER)),
         )
 
 

@@ -12,13 +12,16 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import dagster as dg
 import pyarrow as pa
 from deltalake.exceptions import TableNotFoundError
+from py4j.protocol import Py4JError
+from pyspark.errors import PySparkAttributeError, PySparkException
 from pyspark.sql import DataFrame, SparkSession
 
+from pipelines.delta_once import refused_by_delta
 from pipelines.feeds import FeedSpec
 from pipelines.post.checks import DEAD_LETTER_CHECK
 from pipelines.post.config import PostConfig
@@ -31,10 +34,16 @@ from pipelines.post.enrich import (
     select_where,
     to_sink_records,
 )
-from pipelines.post.failures import executor_check_failure, needs_fix, spark_failure
+from pipelines.post.failures import executor_check_failure, needs_fix, reported_failure, spark_failure
 from pipelines.post.liveness import beacon_host
-from pipelines.post.plan import PostPlan, cut_groups, group_rows_for, plan_post
-from pipelines.post.post_stage import RESULT_DDL, make_poster, per_task_settings
+from pipelines.post.plan import PostPlan, ReadUnit, cut_groups, group_rows_for, plan_post
+from pipelines.post.post_stage import (
+    RESULT_SPARK_SCHEMA,
+    TaskFailure,
+    make_poster,
+    per_task_settings,
+    task_failure,
+)
 from pipelines.post.progress import (
     PartialProgress,
     SinkProgress,
@@ -49,8 +58,9 @@ from pipelines.post.read_stage import read_units
 from pipelines.post.report import PostedPlan, PostTotals, pending_failure, unaccounted_failure
 from resources.executor_check import ExecutorEnvironmentError, prepare_executors
 from resources.lake import LakeResource
-from resources.lease import Lease, LeaseHeld, LeaseLost, LeaseRecord
+from resources.lease import Lease, LeaseGuard, LeaseHeld, LeaseLost, LeaseRecord
 from resources.sinks.resource import RestSinkResource
+from resources.sinks.settings import SinkSettings
 from resources.sinks.template import TemplateError
 from resources.spark_errors import root_cause
 
@@ -235,7 +245,10 @@ def _resumed_plan(
             )
             return plan
         problem = f"it now cuts into {groups} groups, not {partial.groups}"
-    except Exception as exc:  # vacuumed or unreadable: re-sending beats never sending
+    except Exception as exc:
+        if not (refused_by_delta(exc) or isinstance(exc, OSError)):
+            raise  # not the version being gone or unreadable: a bug to fix, not a reason to re-send
+        # Vacuumed or unreadable: re-sending beats never sending.
         problem = f"{type(exc).__name__}: {exc}"
     run.context.log.warning(
         f"sink {run.sink.sink_name}: the partly settled plan of version {partial.delta_version} cannot be "
@@ -279,120 +292,23 @@ class _GroupPoster:
 
     def post(self, plan: PostPlan, partial: PartialProgress | None) -> None:
         started = time.perf_counter()
-        context, lake, sink, feed, config = (
-            self.run.context,
-            self.run.lake,
-            self.run.sink,
-            self.run.feed,
-            self.run.config,
-        )
-        spark = self._spark_ready()
-        expressions = enrichment_for(feed, plan.schema, config)
-        file_rows = plan.file_rows or (None,) * len(plan.files)
-        if partial is None:
-            group_rows = group_rows_for(plan, self.slots, config.group_records)
-            groups = cut_groups(file_rows, group_rows)
-            partial = PartialProgress(plan.delta_version, plan.batch_to, group_rows, len(groups))
-        groups = cut_groups(file_rows, partial.group_rows)
-        fs = lake.filesystem_settings()
-        where = self.run.where
-
-        def shaped(units: list, resolve: bool = True) -> DataFrame:
-            frame = read_units(spark, plan, fs, units)
-            return select_where(enrich(frame, expressions, feed.name, resolve), where, resolve)
-
-        shape_key = (plan.schema, tuple(expressions), where)
-        if shape_key not in self._shapes:
-            try:  # resolved once, before any group posts: a misfit is for a person to fix
-                dtypes = shaped(list(groups[0])).dtypes
-                destination = plan_destination(sink.settings(), feed.name, dtypes)
-            except (EnrichmentError, TemplateError) as exc:
-                raise needs_fix(str(exc)) from None
-            self._shapes[shape_key] = (destination, [name for name, _ in dtypes])
-        destination, columns = self._shapes[shape_key]
-        settings = per_task_settings(destination.settings, self.slots)
-        guard = self.lease.guard()
-        id_expression, time_column = sink.id_expression(), _time_column(sink, plan.schema)
-
-        settle_lock = threading.Lock()
-        stop = threading.Event()  # a group fell short: groups not started yet are not started
-
-        def post_group(group: int) -> pa.Table | None:
-            """Post one group, then settle it from this same thread before it takes the next group.
-
-            So at most ``slots`` groups are ever unsettled: the bound a kill or a takeover re-sends.
-            """
-            if stop.is_set():
-                return None
-            try:
-                frame = shaped(list(groups[group]), resolve=False)  # the shape was resolved above
-                records = to_sink_records(frame, id_expression, time_column, destination.columns, columns)
-                table = records.mapInArrow(make_poster(settings, guard), RESULT_DDL).toArrow()
-            except Exception as exc:
-                stop.set()
-                raise _SparkStageError(exc) from exc
-            totals = PostTotals.of(table)
-            if totals.pending or totals.accepted + totals.dead != totals.records_in:
-                stop.set()  # reported below; groups still running settle if they can
-                return table
-            with settle_lock:
-                if totals.dead:  # dead letters first: a settled group's rejections are never lost
-                    append_dead_letters(
-                        lake.table_uri(DEAD_LETTER_TABLE),
-                        lake.storage_options(),
-                        sink.sink_name,
-                        feed.table_name,
-                        plan.delta_version,
-                        plan.batch_to,
-                        totals.rejected,
-                        group=group,
-                    )
-                settle_group(self.lease, sink.sink_name, feed.table_name, partial, group)
-            return table
-
-        settled = partial.settled_groups()
-        todo = [g for g in range(len(groups)) if g not in settled]
-        context.log.info(
-            f"sink {sink.sink_name}: {len(todo)} groups of up to {partial.group_rows} records to post "
+        sink, feed = self.run.sink, self.run.feed
+        job = self._plan_groups(plan, partial)
+        settled = job.partial.settled_groups()
+        todo = [g for g in range(len(job.groups)) if g not in settled]
+        self.run.context.log.info(
+            f"sink {sink.sink_name}: {len(todo)} groups of up to {job.partial.group_rows} records to post "
             f"({len(settled)} settled already), {self.slots} at a time; progress moves as each settles"
         )
-        results: list[pa.Table] = []
-        spark_error: Exception | None = None
-        other_error: BaseException | None = None
-        with ThreadPoolExecutor(max(1, min(self.slots, len(todo))), thread_name_prefix="post-group") as pool:
-            futures = [pool.submit(post_group, g) for g in todo]
-            try:
-                for future in as_completed(futures):
-                    try:
-                        table = future.result()
-                    except _SparkStageError as exc:
-                        spark_error = spark_error or exc.cause
-                        continue
-                    except Exception as exc:  # LeaseLost, or storage while settling
-                        stop.set()
-                        other_error = other_error or exc
-                        continue
-                    if table is not None:
-                        results.append(table)
-            except (
-                BaseException
-            ):  # interrupted (the run was terminated): its tasks stop now, not at the end of their groups
-                stop.set()
-                self.lease.close_beacon()
-                raise
-
-        if self.lease.lost is not None:  # the renewal found another holder: its tasks stopped, say why
-            raise self.lease.lost
-        if other_error is not None:
-            raise other_error
-        if spark_error is not None:
-            context.log.error(
-                f"the post stage failed in Spark: {root_cause(spark_error)}\n{str(spark_error)[:4000]}"
-            )
-            raise spark_failure(spark_error, sink.sink_name, self._spark) from None
+        results = self._post_groups(job, todo)
         if not todo:  # every group was settled by the run that was interrupted: close the plan
             write_progress(
-                lake, sink.sink_name, feed.table_name, plan.delta_version, plan.batch_to, lease=self.lease
+                self.run.lake,
+                sink.sink_name,
+                feed.table_name,
+                plan.delta_version,
+                plan.batch_to,
+                lease=self.lease,
             )
             return
         totals = PostTotals.of(pa.concat_tables(results))
@@ -401,6 +317,134 @@ class _GroupPoster:
         if (unaccounted := unaccounted_failure(sink.sink_name, totals)) is not None:
             raise unaccounted
         self._report(plan, totals, time.perf_counter() - started)
+
+    def _plan_groups(self, plan: PostPlan, partial: PartialProgress | None) -> "_PlanGroups":
+        """The plan cut into groups (as ``partial`` cut it, when resuming), its records' shape resolved."""
+        run = self.run
+        spark = self._spark_ready()
+        expressions = enrichment_for(run.feed, plan.schema, run.config)
+        file_rows = plan.file_rows or (None,) * len(plan.files)
+        if partial is None:
+            group_rows = group_rows_for(plan, self.slots, run.config.group_records)
+            partial = PartialProgress(
+                plan.delta_version, plan.batch_to, group_rows, len(cut_groups(file_rows, group_rows))
+            )
+        groups = cut_groups(file_rows, partial.group_rows)
+        fs, where = run.lake.filesystem_settings(), run.where
+
+        def shaped(units: list[ReadUnit], resolve: bool = True) -> DataFrame:
+            frame = read_units(spark, plan, fs, units)
+            return select_where(enrich(frame, expressions, run.feed.name, resolve), where, resolve)
+
+        destination, columns = self._shape((plan.schema, tuple(expressions), where), shaped, list(groups[0]))
+        return _PlanGroups(
+            plan=plan,
+            partial=partial,
+            groups=groups,
+            shaped=shaped,
+            destination=destination,
+            columns=columns,
+            settings=per_task_settings(destination.settings, self.slots),
+            guard=self.lease.guard(),
+            id_expression=run.sink.id_expression(),
+            time_column=_time_column(run.sink, plan.schema),
+        )
+
+    def _shape(
+        self, key: tuple, shaped: Callable[..., DataFrame], units: list[ReadUnit]
+    ) -> tuple[Destination, list[str]]:
+        """The destination and columns of the shaped records, resolved once per ``key`` (schema,
+        expressions, where) before any group posts: a misfit is for a person to fix."""
+        if key not in self._shapes:
+            try:
+                dtypes = shaped(units).dtypes
+                destination = plan_destination(self.run.sink.settings(), self.run.feed.name, dtypes)
+            except (EnrichmentError, TemplateError) as exc:
+                raise needs_fix(str(exc)) from None
+            self._shapes[key] = (destination, [name for name, _ in dtypes])
+        return self._shapes[key]
+
+    def _post_group(self, job: "_PlanGroups", group: int) -> pa.Table | None:
+        """Post one group, then settle it from this same thread before it takes the next group.
+
+        So at most ``slots`` groups are ever unsettled: the bound a kill or a takeover re-sends.
+        """
+        if job.stop.is_set():
+            return None
+        try:
+            frame = job.shaped(list(job.groups[group]), resolve=False)  # the shape was resolved already
+            records = to_sink_records(
+                frame, job.id_expression, job.time_column, job.destination.columns, job.columns
+            )
+            table = records.mapInArrow(make_poster(job.settings, job.guard), RESULT_SPARK_SCHEMA).toArrow()
+        except Exception as exc:  # whatever Spark raised: explained from its text by failures.py
+            job.stop.set()
+            raise _SparkStageError(exc) from exc
+        if (reported := task_failure(table)) is not None:  # the sink refused a task: its kind is data
+            job.stop.set()
+            raise _SparkStageError(reported)
+        totals = PostTotals.of(table)
+        if totals.pending or totals.accepted + totals.dead != totals.records_in:
+            job.stop.set()  # reported by post(); groups still running settle if they can
+            return table
+        with job.settle_lock:
+            self._settle(job, group, totals)
+        return table
+
+    def _settle(self, job: "_PlanGroups", group: int, totals: PostTotals) -> None:
+        """Dead letters first, then the group's progress: a settled group's rejections are never lost."""
+        lake, sink, feed, plan = self.run.lake, self.run.sink, self.run.feed, job.plan
+        if totals.dead:
+            append_dead_letters(
+                lake.table_uri(DEAD_LETTER_TABLE),
+                lake.storage_options(),
+                sink.sink_name,
+                feed.table_name,
+                plan.delta_version,
+                plan.batch_to,
+                totals.rejected,
+                group=group,
+            )
+        settle_group(self.lease, sink.sink_name, feed.table_name, job.partial, group)
+
+    def _post_groups(self, job: "_PlanGroups", todo: list[int]) -> list[pa.Table]:
+        """Post ``todo``'s groups, ``slots`` at a time; their result rows, or the first failure raised."""
+        results: list[pa.Table] = []
+        spark_error: Exception | TaskFailure | None = None
+        other_error: BaseException | None = None
+        with ThreadPoolExecutor(max(1, min(self.slots, len(todo))), thread_name_prefix="post-group") as pool:
+            futures = [pool.submit(self._post_group, job, g) for g in todo]
+            try:
+                for future in as_completed(futures):
+                    try:
+                        table = future.result()
+                    except _SparkStageError as exc:
+                        spark_error = spark_error or exc.cause
+                        continue
+                    except Exception as exc:  # LeaseLost, or storage while settling: re-raised below
+                        job.stop.set()
+                        other_error = other_error or exc
+                        continue
+                    if table is not None:
+                        results.append(table)
+            except (
+                BaseException
+            ):  # interrupted (the run was terminated): its tasks stop now, not at the end of their groups
+                job.stop.set()
+                self.lease.close_beacon()
+                raise
+        if self.lease.lost is not None:  # the renewal found another holder: its tasks stopped, say why
+            raise self.lease.lost
+        if other_error is not None:
+            raise other_error
+        if isinstance(spark_error, TaskFailure):
+            raise reported_failure(spark_error, self.run.sink.sink_name)
+        if spark_error is not None:
+            self.run.context.log.error(
+                f"the post stage failed in Spark: {root_cause(spark_error)}\n{str(spark_error)[:4000]}"
+            )
+            raise spark_failure(spark_error, self.run.sink.sink_name, self._spark) from None
+        return results
 
     def _report(self, plan: PostPlan, totals: PostTotals, elapsed: float) -> None:
         context, sink, config = self.run.context, self.run.sink, self.run.config
@@ -419,10 +463,29 @@ class _GroupPoster:
         )
 
 
-class _SparkStageError(Exception):
-    """A group's Spark job failed (as opposed to settling it): explained by ``failures.py``."""
+@dataclass(frozen=True)
+class _PlanGroups:
+    """One plan being posted group by group: its groups, the shape of its records, what the groups share."""
 
-    def __init__(self, cause: Exception) -> None:
+    plan: PostPlan
+    partial: PartialProgress
+    groups: list[tuple[ReadUnit, ...]]
+    shaped: Callable[..., DataFrame]  # (units, resolve=True): the units' records, enriched and filtered
+    destination: Destination
+    columns: list[str]
+    settings: SinkSettings  # each task's share of the sink's settings
+    guard: LeaseGuard
+    id_expression: str | None
+    time_column: str | None
+    stop: threading.Event = field(default_factory=threading.Event)  # a group fell short: start no more
+    settle_lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class _SparkStageError(Exception):
+    """A group's Spark job failed, or one of its tasks reported a failure (as opposed to settling it):
+    explained by ``failures.py``."""
+
+    def __init__(self, cause: Exception | TaskFailure) -> None:
         super().__init__(str(cause))
         self.cause = cause
 
@@ -452,7 +515,7 @@ def default_parallelism(spark: SparkSession) -> int:
     """
     try:
         return max(1, int(spark.sparkContext.defaultParallelism))
-    except Exception:
+    except PySparkAttributeError:  # Spark Connect has no SparkContext
         pass
     # conf.get with a default never raises for an unset key (without one, Connect raises SQL_CONF_NOT_FOUND).
     value = spark.conf.get("spark.default.parallelism", None)
@@ -467,7 +530,7 @@ def default_parallelism(spark: SparkSession) -> int:
         measured = spark.range(4096).selectExpr("spark_partition_id() AS p").selectExpr("max(p) + 1 AS n")
         row = measured.first()
         return max(1, int(row["n"])) if row is not None else 2
-    except Exception:  # a server that will not say: two tasks, as many as local[2] has
+    except (PySparkException, Py4JError):  # a server that will not say: two tasks, as many as local[2] has
         return 2
 
 
@@ -478,7 +541,9 @@ def _prepare_executors(context: dg.OpExecutionContext, spark: SparkSession, slot
         report = prepare_executors(spark, slots, check)
     except ExecutorEnvironmentError as exc:
         raise needs_fix(str(exc)) from None
-    except Exception as exc:  # only a missing package or another Python version needs a person
+    except (
+        Exception
+    ) as exc:  # whatever Spark raised, explained; only a missing package or another Python needs a person
         context.log.error(f"the executors' check failed in Spark: {root_cause(exc)}\n{str(exc)[:4000]}")
         raise executor_check_failure(exc, spark) from None
     if report is not None:

@@ -268,6 +268,14 @@ class SinkWriter:
         outcome.bytes_sent += len(payload)
         outcome.records_sent += len(pending)
         outcome.latencies_ms.append((rtt or 0.0) * 1000)
+        return self._settle_answer(pending, response, queue)
+
+    def _settle_answer(
+        self, pending: Records, response: requests.Response, queue: list[Records]
+    ) -> tuple[Settlement | None, float | None]:
+        """What the sink's answer to a request of ``pending`` means for each record (None = split and
+        queued), and its Retry-After; raises what no retry cures (credentials, a refused request)."""
+        s, protocol = self.settings, self.protocol
         status, content = response.status_code, response.content
         if status in (401, 403):
             raise SinkAuthError(auth_error_message(s, status, content))
