@@ -289,6 +289,9 @@ def export_defs(
             ),
             cleanup_job,
         ],
+        # A schedule, not AutomationCondition.on_cron: on_cron waits for a new export after the cron
+        # tick, but a TTL expires without one; and its sensor's cost grows with the datasets (see the
+        # maintenance schedule in pipelines/ingest/defs.py).
         schedules=[
             dg.ScheduleDefinition(
                 name="export_cleanup_schedule",
