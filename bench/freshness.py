@@ -168,10 +168,9 @@ def run_breakdown(dagster_home: Path, written: list[float]) -> dict[str, float]:
     run_launch_s: created → started (queue, process start, code load); ingest_s and post_s: steps.
     """
     from dagster import DagsterEventType, DagsterInstance, RunsFilter
-    from dagster._core.instance.ref import InstanceRef
 
     stages: dict[str, list[float]] = {"tick_wait_s": [], "run_launch_s": [], "ingest_s": [], "post_s": []}
-    with DagsterInstance.from_ref(InstanceRef.from_dir(str(dagster_home))) as instance:
+    with DagsterInstance.from_config(str(dagster_home)) as instance:
         records = instance.get_run_records(RunsFilter(job_name="relay_events"))
         created = sorted(r.create_timestamp.timestamp() for r in records)
         for moment in written:
@@ -262,7 +261,6 @@ def continuous_breakdown(dagster_home: Path) -> list[dict[str, float]]:
     """The continuous run's coalesced reports (about one a minute): per window, the median seconds of a
     micro-batch's ingest, each sink's post, and the whole micro-batch."""
     from dagster import AssetKey, DagsterInstance
-    from dagster._core.instance.ref import InstanceRef
 
     keys = {
         "ingest_s": (AssetKey("events"), "continuous_window_ingest_s_median"),
@@ -272,7 +270,7 @@ def continuous_breakdown(dagster_home: Path) -> list[dict[str, float]]:
         "post_hec_s": (AssetKey(["sinks", "events_in_splunk"]), "continuous_window_post_s_median"),
     }
     windows: dict[int, dict[str, float]] = {}
-    with DagsterInstance.from_ref(InstanceRef.from_dir(str(dagster_home))) as instance:
+    with DagsterInstance.from_config(str(dagster_home)) as instance:
         for name, (key, field) in keys.items():
             records = instance.fetch_materializations(key, limit=50).records
             for index, record in enumerate(sorted(records, key=lambda r: r.timestamp)):
