@@ -173,6 +173,8 @@ def connect_session_is_usable(session: "ConnectSparkSession") -> bool:
         with _retrying_for(session, 0), warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # RETRIES_EXCEEDED: the answer is False
             session.version  # noqa: B018 - an AnalyzePlan round trip, checked against the session
+    # A boundary: a gone server or session shows as gRPC errors, pyspark's own, or ValueError from a
+    # closed channel, depending on where it broke; the caller only needs "start a new session".
     except Exception:
         return False
     return not session.is_stopped
