@@ -36,9 +36,8 @@ def ingest_defs(
     }
     # One maintenance job and schedule for every feed: their cost does not grow with the feeds. A
     # schedule, not AutomationCondition.on_cron: its sensor would evaluate every maintenance asset each
-    # 30 s tick (daemon CPU growing with the feeds, ~0.25 CPU-s a tick for 50 feeds and their exports),
-    # on_cron waits for an ingest after the cron tick (a vacuum is due without one), and its runs are
-    # not this job (no INFO_LOGS).
+    # 30 s tick (daemon CPU growing with the feeds), on_cron waits for an ingest after the cron tick (a
+    # vacuum is due without one), and its runs are not this job (no INFO_LOGS).
     maintenance_jobs = [
         dg.define_asset_job(
             "maintain_feeds",
