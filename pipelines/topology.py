@@ -60,6 +60,8 @@ def load_topology(
         feeds = [d for d in declared if isinstance(d, Feed)]
         routes = [d for d in declared if isinstance(d, Route)]
         exports = [d for d in declared if isinstance(d, Export)]
+    # Only a declaration's own error or the loader's schema check is reworded (what and where);
+    # anything else, a bug included, is re-raised as it is, with its frames.
     except Exception as exc:
         located = _located(exc, tree.defs_module_path)
         if located is None:

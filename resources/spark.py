@@ -35,6 +35,7 @@ from pydantic import Field, PrivateAttr
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
+    from pyspark.sql.connect.client import DefaultChannelBuilder
     from pyspark.sql.connect.client.retries import RetryPolicy
     from pyspark.sql.connect.session import SparkSession as ConnectSparkSession
 
@@ -172,6 +173,8 @@ def connect_session_is_usable(session: "ConnectSparkSession") -> bool:
         with _retrying_for(session, 0), warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # RETRIES_EXCEEDED: the answer is False
             session.version  # noqa: B018 - an AnalyzePlan round trip, checked against the session
+    # A boundary: a gone server or session shows as gRPC errors, pyspark's own, or ValueError from a
+    # closed channel, depending on where it broke; the caller only needs "start a new session".
     except Exception:
         return False
     return not session.is_stopped
@@ -229,47 +232,13 @@ def connect_session(
     settings take effect, settings the server owns (``spark.master``, the app name) are ignored.
     Each later call of the session rides out an unreachable server for ``retry_s``, then raises.
     """
-    from pyspark.errors import PySparkValueError
-    from pyspark.sql.connect.client import DefaultChannelBuilder
     from pyspark.sql.connect.session import SparkSession as ConnectSession
 
     shown = connect_url_for_display(url)
-    try:
-        channel = DefaultChannelBuilder(url)
-    except PySparkValueError as exc:
-        # pyspark's detail can quote the whole URL, parameters included: only without a token.
-        detail = f": {str(exc).rstrip('.')}" if not connect_url_has_token(url) else ""
-        raise SparkConnectUnavailable(
-            f"LAKERELAY_SPARK_REMOTE={shown!r} is not a Spark Connect URL{detail}. "
-            "Use sc://host:port, parameters after /; (sc://host:port/;use_ssl=true)"
-        ) from None
+    channel = _connect_channel(url, shown)
     if token:
         channel.set("token", token)
-    probe = ConnectSession(connection=channel)
-    # The client's default policy retries an unreachable server for ~10 minutes; a run should say
-    # within seconds that the server is not there.
-    probe.client.set_retry_policies([bounded_retry_policy(timeout_s)])
-    try:
-        with warnings.catch_warnings():  # pyspark also warns RETRIES_EXCEEDED; the error below says it
-            warnings.simplefilter("ignore", UserWarning)
-            probe.version  # noqa: B018 - one round trip: reachable, accepts this client and its token
-    except Exception as exc:
-        probe.release_session_on_close = False  # no session to release, and releasing would retry again
-        reason = grpc_reason(exc)
-        hint = (
-            "check the token in LAKERELAY_SPARK_CONNECT_TOKEN (or SPARK_CONNECT_AUTHENTICATE_TOKEN)"
-            if "UNAUTHENTICATED" in reason or "PERMISSION_DENIED" in reason
-            else "the server does not speak TLS, which pyspark uses with a token unless the host is "
-            "localhost: serve TLS (a proxy in front of it) or use sc://localhost for a local server"
-            if "Tls handshake failed" in reason or "SSL_ERROR" in reason
-            else START_CONNECT_SERVER_HINT
-        )
-        raise SparkConnectUnavailable(
-            f"cannot open a session on the Spark Connect server {shown} within {timeout_s:.0f}s: {reason}. "
-            f"What to do: {hint}."
-        ) from None
-    finally:
-        probe.stop()
+    _probe_connect_server(channel, shown, timeout_s)
     # The public builder makes the session the process's default Connect session when there is none
     # (some client APIs look it up) and applies the options.
     builder = ConnectSession.builder.channelBuilder(channel)
@@ -281,6 +250,60 @@ def connect_session(
     with _OPEN_SESSIONS_LOCK:
         _OPEN_SESSIONS[session] = shown
     return session
+
+
+def _connect_channel(url: str, shown: str) -> "DefaultChannelBuilder":
+    """pyspark's channel builder for ``url``; a URL it refuses is one line naming the variable."""
+    from pyspark.errors import PySparkValueError
+    from pyspark.sql.connect.client import DefaultChannelBuilder
+
+    try:
+        return DefaultChannelBuilder(url)
+    except PySparkValueError as exc:
+        # pyspark's detail can quote the whole URL, parameters included: only without a token.
+        detail = f": {str(exc).rstrip('.')}" if not connect_url_has_token(url) else ""
+        raise SparkConnectUnavailable(
+            f"LAKERELAY_SPARK_REMOTE={shown!r} is not a Spark Connect URL{detail}. "
+            "Use sc://host:port, parameters after /; (sc://host:port/;use_ssl=true)"
+        ) from None
+
+
+def _probe_connect_server(channel: "DefaultChannelBuilder", shown: str, timeout_s: float) -> None:
+    """One round trip on a throwaway session: the server is reachable and accepts this client and its
+    token, or ``SparkConnectUnavailable`` says why and what to do, within ``timeout_s``."""
+    from pyspark.sql.connect.session import SparkSession as ConnectSession
+
+    probe = ConnectSession(connection=channel)
+    # The client's default policy retries an unreachable server for ~10 minutes; a run should say
+    # within seconds that the server is not there.
+    probe.client.set_retry_policies([bounded_retry_policy(timeout_s)])
+    try:
+        with warnings.catch_warnings():  # pyspark also warns RETRIES_EXCEEDED; the error below says it
+            warnings.simplefilter("ignore", UserWarning)
+            probe.version  # noqa: B018 - one round trip: reachable, accepts this client and its token
+    # A boundary: pyspark reports an unreachable or refusing server as gRPC errors, its own
+    # exceptions or RetriesExceeded, depending on the version and the failure; each becomes the one
+    # line below, with the reason grpc_reason finds in it.
+    except Exception as exc:
+        probe.release_session_on_close = False  # no session to release, and releasing would retry again
+        reason = grpc_reason(exc)
+        raise SparkConnectUnavailable(
+            f"cannot open a session on the Spark Connect server {shown} within {timeout_s:.0f}s: {reason}. "
+            f"What to do: {_connect_hint(reason)}."
+        ) from None
+    finally:
+        probe.stop()
+
+
+def _connect_hint(reason: str) -> str:
+    if "UNAUTHENTICATED" in reason or "PERMISSION_DENIED" in reason:
+        return "check the token in LAKERELAY_SPARK_CONNECT_TOKEN (or SPARK_CONNECT_AUTHENTICATE_TOKEN)"
+    if "Tls handshake failed" in reason or "SSL_ERROR" in reason:
+        return (
+            "the server does not speak TLS, which pyspark uses with a token unless the host is "
+            "localhost: serve TLS (a proxy in front of it) or use sc://localhost for a local server"
+        )
+    return START_CONNECT_SERVER_HINT
 
 
 START_CONNECT_SERVER_HINT = (

@@ -9,8 +9,10 @@ skipped; the others are evaluated all the same.
 """
 
 import json
+import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -95,7 +97,8 @@ def build_fleet_sensor(
                 result = target.evaluate(target_context, lake, memo)
             except Exception as exc:  # one feed's or route's trouble never stops the others' ticks
                 context.log.warning(
-                    f"{target.key}: this tick failed ({type(exc).__name__}: {exc}); next tick retries"
+                    f"{target.key}: this tick failed ({type(exc).__name__}: {exc}, raised at "
+                    f"{_raised_at(exc)}); next tick retries"
                 )
                 waiting.append(f"{target.key}: tick failed")
                 continue
@@ -163,3 +166,12 @@ def _parts(result: Evaluation) -> tuple[list[dg.RunRequest], str | None, str | N
 def _idle(skip: str) -> bool:
     """Skip messages that only say nothing happened: left out of the tick's summary."""
     return skip.startswith("no files under") or "does not exist yet" in skip or "has settled" in skip
+
+
+def _raised_at(exc: BaseException) -> str:
+    """Where ``exc`` was raised (file:line in function): a bug caught at this boundary is found from
+    the tick's log, not only a storage hiccup understood."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not frames:
+        return "an unknown place"
+    return f"{Path(frames[-1].filename).name}:{frames[-1].lineno} in {frames[-1].name}"

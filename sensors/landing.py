@@ -90,6 +90,16 @@ def _backlog(waiting: LandingBacklog) -> str:
     return ""
 
 
+@dataclass(frozen=True)
+class _Feed:
+    """What a landing sensor's tick knows of its feed: its name, job and backoff."""
+
+    name: str
+    job_name: str
+    backoff_first_s: float
+    backoff_max_s: float
+
+
 def build_landing_evaluation(
     feed_name: str,
     job_name: str,
@@ -104,6 +114,7 @@ def build_landing_evaluation(
     failed or was dropped. It reads ``cursor``, ``instance`` and ``log`` of the context it is given
     (a sensor's, or one target's of ``sensors/fleet.py``). ``clock`` gives epoch seconds (tests move
     it instead of sleeping)."""
+    feed = _Feed(feed_name, job_name, backoff_first_s, backoff_max_s)
 
     def landing_sensor(
         context: dg.SensorEvaluationContext,
@@ -111,75 +122,112 @@ def build_landing_evaluation(
         tick_memo: object = None,  # unused: one listing per feed
     ) -> dg.SensorResult | dg.SkipReason | dg.RunRequest:
         now = clock()
-        instance = context.instance
         waiting = files_waiting(lake)
         cursor = LandingSensorCursor.parse(context.cursor)
         backlog = _backlog(waiting)
         if not backlog:
-            forget = cursor.failures or cursor.retry_at  # nothing left for a retry to do
-            cursor.failures, cursor.retry_at = 0, 0.0
-            if waiting.full_listing_due:
-                # The ingest run does the full listing that finds out-of-order and overwritten files.
-                # One run key per interval: one that fails is asked again at the next interval.
-                bucket = int(now // max(1.0, waiting.backfill_interval_s))
-                backfill = dg.RunRequest(
-                    run_key=f"{feed_name}:backfill:{bucket}", tags={FEED_TAG: feed_name, RELAY_TAG: feed_name}
-                )
-                return dg.SensorResult(run_requests=[backfill], cursor=cursor.dump()) if forget else backfill
-            idle = f"no files under {waiting.root} after {waiting.start_after or 'the start'}"
-            return dg.SensorResult(skip_reason=idle, cursor=cursor.dump()) if forget else dg.SkipReason(idle)
-
+            return _nothing_waits(feed, waiting, cursor, now)
         if cursor.run_key:
-            record = instance.get_run_records(
-                dg.RunsFilter(tags={"dagster/run_key": cursor.run_key}), limit=1
-            )
-            run = record[0].dagster_run if record else None
-            if run is None and now - cursor.requested_at < REQUEST_GRACE_S:
-                # The daemon creates the run right after the tick that asked for it.
-                return dg.SkipReason(f"a run for these files was requested ({cursor.run_key})")
-            problem = _problem(record[0] if record else None, now, backlog == cursor.backlog)
-            if run is not None and problem is None and run.status in UNFINISHED and backlog == cursor.backlog:
-                return dg.SkipReason(f"run {run.run_id} is taking these files ({run.status.value})")
-            if problem is None and run is not None and run.status == dg.DagsterRunStatus.SUCCESS:
-                cursor.failures, cursor.retry_at = 0, 0.0  # it took its files; these are new
-            elif problem is not None and cursor.retry_at == 0.0:
-                needs_fix = run.tags.get(NEEDS_FIX, "") if run is not None else ""
-                schedule_retry(cursor, now, bool(needs_fix), backoff_first_s, backoff_max_s)
-                context.log.warning(
-                    f"{'run ' + run.run_id if run is not None else 'the run ' + cursor.run_key} of {job_name} "
-                    f"{problem} while files of feed {feed_name} still wait ({cursor.failures} in a row"
-                    f"{'; it needs a fix: ' + needs_fix if needs_fix else ''}); requesting it again in "
-                    f"{cursor.retry_at - now:.0f}s"
-                )
-            if now < cursor.retry_at:
-                return dg.SensorResult(
-                    skip_reason=f"retrying the ingest of feed {feed_name} in {cursor.retry_at - now:.0f}s "
-                    f"after {cursor.failures} unsuccessful run(s)",
-                    cursor=cursor.dump(),
-                )
-
-        queued = [
-            r.dagster_run
-            for r in instance.get_run_records(
-                dg.RunsFilter(tags={RELAY_TAG: feed_name}, statuses=NOT_YET_STARTED), limit=5
-            )
-            if _problem(r, now, same_backlog=False) is None
-        ]
-        if queued:
+            held = _follow_up_last_request(context, feed, cursor, backlog, now)
+            if held is not None:
+                return held
+        queued = _run_about_to_start(context.instance, feed, now)
+        if queued is not None:
             # It lists the landing zone when it starts: these files are its, no second run needed.
-            return dg.SkipReason(f"run {queued[0].run_id} is about to start and will take these files")
-        run_key = f"{feed_name}:{backlog}" + (f":retry{cursor.failures}" if cursor.failures else "")
-        if run_key == cursor.run_key:
-            return dg.SkipReason(f"{waiting.count} pending files already requested (run key {run_key})")
-        next_cursor = LandingSensorCursor(
-            backlog=backlog, run_key=run_key, failures=cursor.failures, requested_at=now
-        )
-        return dg.SensorResult(
-            run_requests=[dg.RunRequest(run_key=run_key, tags={FEED_TAG: feed_name, RELAY_TAG: feed_name})],
-            cursor=next_cursor.dump(),
-        )
+            return dg.SkipReason(f"run {queued.run_id} is about to start and will take these files")
+        return _request_ingest(feed, cursor, backlog, waiting.count, now)
 
     return landing_sensor
+
+
+def _relay_tags(feed: _Feed) -> dict[str, str]:
+    return {FEED_TAG: feed.name, RELAY_TAG: feed.name}
+
+
+def _nothing_waits(
+    feed: _Feed, waiting: LandingBacklog, cursor: LandingSensorCursor, now: float
+) -> dg.SensorResult | dg.SkipReason | dg.RunRequest:
+    """No new files: the full listing's run when it is due, else a skip; a count of failures is forgotten."""
+    forget = cursor.failures or cursor.retry_at  # nothing left for a retry to do
+    cursor.failures, cursor.retry_at = 0, 0.0
+    if waiting.full_listing_due:
+        # The ingest run does the full listing that finds out-of-order and overwritten files.
+        # One run key per interval: one that fails is asked again at the next interval.
+        bucket = int(now // max(1.0, waiting.backfill_interval_s))
+        backfill = dg.RunRequest(run_key=f"{feed.name}:backfill:{bucket}", tags=_relay_tags(feed))
+        return dg.SensorResult(run_requests=[backfill], cursor=cursor.dump()) if forget else backfill
+    idle = f"no files under {waiting.root} after {waiting.start_after or 'the start'}"
+    return dg.SensorResult(skip_reason=idle, cursor=cursor.dump()) if forget else dg.SkipReason(idle)
+
+
+def _follow_up_last_request(
+    context: dg.SensorEvaluationContext, feed: _Feed, cursor: LandingSensorCursor, backlog: str, now: float
+) -> dg.SensorResult | dg.SkipReason | None:
+    """How the run the cursor requested went: a skip while it may still take the files or its retry
+    is not due (counting the failure on ``cursor`` the first time), None when a new request may follow."""
+    records = context.instance.get_run_records(
+        dg.RunsFilter(tags={"dagster/run_key": cursor.run_key}), limit=1
+    )
+    record = records[0] if records else None
+    run = record.dagster_run if record is not None else None
+    if run is None and now - cursor.requested_at < REQUEST_GRACE_S:
+        # The daemon creates the run right after the tick that asked for it.
+        return dg.SkipReason(f"a run for these files was requested ({cursor.run_key})")
+    problem = _problem(record, now, backlog == cursor.backlog)
+    if run is not None and problem is None and run.status in UNFINISHED and backlog == cursor.backlog:
+        return dg.SkipReason(f"run {run.run_id} is taking these files ({run.status.value})")
+    if problem is None and run is not None and run.status == dg.DagsterRunStatus.SUCCESS:
+        cursor.failures, cursor.retry_at = 0, 0.0  # it took its files; these are new
+    elif problem is not None and cursor.retry_at == 0.0:
+        _count_failure(context, feed, cursor, run, problem, now)
+    if now < cursor.retry_at:
+        return dg.SensorResult(
+            skip_reason=f"retrying the ingest of feed {feed.name} in {cursor.retry_at - now:.0f}s "
+            f"after {cursor.failures} unsuccessful run(s)",
+            cursor=cursor.dump(),
+        )
+    return None
+
+
+def _count_failure(
+    context: dg.SensorEvaluationContext,
+    feed: _Feed,
+    cursor: LandingSensorCursor,
+    run: dg.DagsterRun | None,
+    problem: str,
+    now: float,
+) -> None:
+    needs_fix = run.tags.get(NEEDS_FIX, "") if run is not None else ""
+    schedule_retry(cursor, now, bool(needs_fix), feed.backoff_first_s, feed.backoff_max_s)
+    context.log.warning(
+        f"{'run ' + run.run_id if run is not None else 'the run ' + cursor.run_key} of {feed.job_name} "
+        f"{problem} while files of feed {feed.name} still wait ({cursor.failures} in a row"
+        f"{'; it needs a fix: ' + needs_fix if needs_fix else ''}); requesting it again in "
+        f"{cursor.retry_at - now:.0f}s"
+    )
+
+
+def _run_about_to_start(instance: dg.DagsterInstance, feed: _Feed, now: float) -> dg.DagsterRun | None:
+    """A relay run of the feed that has not listed the landing zone yet (and was not dropped)."""
+    records = instance.get_run_records(
+        dg.RunsFilter(tags={RELAY_TAG: feed.name}, statuses=NOT_YET_STARTED), limit=5
+    )
+    return next((r.dagster_run for r in records if _problem(r, now, same_backlog=False) is None), None)
+
+
+def _request_ingest(
+    feed: _Feed, cursor: LandingSensorCursor, backlog: str, count: int, now: float
+) -> dg.SensorResult | dg.SkipReason:
+    """A run for what waits (its run key names the attempt after failures), unless already asked."""
+    run_key = f"{feed.name}:{backlog}" + (f":retry{cursor.failures}" if cursor.failures else "")
+    if run_key == cursor.run_key:
+        return dg.SkipReason(f"{count} pending files already requested (run key {run_key})")
+    next_cursor = LandingSensorCursor(
+        backlog=backlog, run_key=run_key, failures=cursor.failures, requested_at=now
+    )
+    return dg.SensorResult(
+        run_requests=[dg.RunRequest(run_key=run_key, tags=_relay_tags(feed))], cursor=next_cursor.dump()
+    )
 
 
 def build_landing_sensor(

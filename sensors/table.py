@@ -138,6 +138,18 @@ def table_version(
     return version
 
 
+@dataclass(frozen=True)
+class _Route:
+    """What a table sensor's tick knows of its route: names, job and backoff."""
+
+    feed_name: str
+    sink_key: str
+    sink_name: str
+    job_name: str
+    backoff_first_s: float
+    backoff_max_s: float
+
+
 def build_table_evaluation(
     feed_name: str,
     table_name: str,
@@ -154,6 +166,7 @@ def build_table_evaluation(
     ``sink_name`` (a route to sink ``sink_key``) settled (-1: none). It reads ``cursor``, ``instance``
     and ``log`` of the context it is given (a sensor's, or one target's of ``sensors/fleet.py``).
     ``clock`` gives epoch seconds (the backoff's and the request grace's), so tests need not sleep."""
+    route = _Route(feed_name, sink_key, sink_name, job_name, backoff_first_s, backoff_max_s)
 
     def table_sensor(
         context: dg.SensorEvaluationContext, lake: LakeResource, versions: dict[str, int | None] | None = None
@@ -162,72 +175,103 @@ def build_table_evaluation(
         if version is None:
             return dg.SkipReason(f"table {table_name} does not exist yet")
         cursor = TableSensorCursor.parse(context.cursor)
-        settled = settled_version(lake)
-        if version <= settled:
-            if cursor.failures:
-                return dg.SensorResult(
-                    skip_reason=f"sink {sink_name} has settled version {version}",
-                    cursor=TableSensorCursor(version=cursor.version).dump(),
-                )
-            return dg.SkipReason(f"sink {sink_name} has settled version {version}")
-        instance = context.instance
-        # A post of this route, or a relay run of the feed (it posts on every route of the feed).
-        in_flight = instance.get_runs(
-            dg.RunsFilter(tags={FEED_TAG: feed_name, ROUTE_TAG: sink_name}, statuses=UNFINISHED), limit=1
-        ) or instance.get_runs(dg.RunsFilter(tags={RELAY_TAG: feed_name}, statuses=UNFINISHED), limit=1)
-        if in_flight:
+        if version <= settled_version(lake):
+            return _settled(route, cursor, version)
+        in_flight = _post_in_flight(context.instance, route)
+        if in_flight is not None:
             return dg.SkipReason(
-                f"run {in_flight[0].run_id} is posting to {sink_name}; it settles what it planned"
+                f"run {in_flight.run_id} is posting to {sink_name}; it settles what it planned"
             )
         now = clock()
         if cursor.run_key:
-            last = instance.get_runs(dg.RunsFilter(tags={"dagster/run_key": cursor.run_key}), limit=1)
-            if not last and now - cursor.requested_at < REQUEST_GRACE_S:
-                # The daemon creates the run right after the tick that asked for it.
-                return dg.SkipReason(f"a run for version {cursor.version} was requested ({cursor.run_key})")
-            ended_well = bool(last) and last[0].status == dg.DagsterRunStatus.SUCCESS
-            if ended_well and version > cursor.version:
-                cursor.failures, cursor.retry_at = 0, 0.0  # new commits after a good run
-            elif cursor.retry_at == 0.0:
-                # Failed, or ended well without settling this version (another writer held the
-                # sink): ask again, after a backoff so that it is never a tight loop.
-                needs_fix = last[0].tags.get(NEEDS_FIX, "") if last else ""
-                schedule_retry(cursor, now, bool(needs_fix), backoff_first_s, backoff_max_s)
-                context.log.warning(
-                    f"run {last[0].run_id if last else cursor.run_key} of {job_name} "
-                    f"{'ended' if ended_well else 'failed'} with sink {sink_name} still behind "
-                    f"({cursor.failures} in a row{'; it needs a fix: ' + needs_fix if needs_fix else ''}); "
-                    f"requesting it again in {cursor.retry_at - now:.0f}s"
-                )
-            if now < cursor.retry_at:
-                return dg.SensorResult(
-                    skip_reason=f"retrying sink {sink_name} at version {version} in {cursor.retry_at - now:.0f}s "
-                    f"after {cursor.failures} unsuccessful run(s)",
-                    cursor=cursor.dump(),
-                )
-        attempt = cursor.failures
-        run_key = f"{sink_name}:{feed_name}:v{version}" + (f":retry{attempt}" if attempt else "")
-        if run_key == cursor.run_key:
-            return dg.SkipReason(f"a run for version {version} was already requested ({run_key})")
-        next_cursor = TableSensorCursor(
-            version=version, run_key=run_key, failures=cursor.failures, requested_at=now
-        )
-        return dg.SensorResult(
-            run_requests=[
-                dg.RunRequest(
-                    run_key=run_key,
-                    tags={
-                        DELTA_VERSION_TAG: str(version),
-                        FEED_TAG: feed_name,
-                        SINK_TAG: sink_key,
-                        ROUTE_TAG: sink_name,
-                    },
-                )
-            ],
-            cursor=next_cursor.dump(),
-        )
+            waiting = _follow_up_last_request(context, route, cursor, version, now)
+            if waiting is not None:
+                return waiting
+        return _request_post(route, cursor, version, now)
 
     return table_sensor
+
+
+def _settled(route: _Route, cursor: TableSensorCursor, version: int) -> dg.SensorResult | dg.SkipReason:
+    """The sink has everything: nothing to request, and a count of failures to forget."""
+    settled = f"sink {route.sink_name} has settled version {version}"
+    if cursor.failures:
+        return dg.SensorResult(skip_reason=settled, cursor=TableSensorCursor(version=cursor.version).dump())
+    return dg.SkipReason(settled)
+
+
+def _post_in_flight(instance: dg.DagsterInstance, route: _Route) -> dg.DagsterRun | None:
+    """A post of this route, or a relay run of the feed (it posts on every route of the feed)."""
+    in_flight = instance.get_runs(
+        dg.RunsFilter(tags={FEED_TAG: route.feed_name, ROUTE_TAG: route.sink_name}, statuses=UNFINISHED),
+        limit=1,
+    ) or instance.get_runs(dg.RunsFilter(tags={RELAY_TAG: route.feed_name}, statuses=UNFINISHED), limit=1)
+    return in_flight[0] if in_flight else None
+
+
+def _follow_up_last_request(
+    context: dg.SensorEvaluationContext, route: _Route, cursor: TableSensorCursor, version: int, now: float
+) -> dg.SensorResult | dg.SkipReason | None:
+    """How the run the cursor requested went: a skip while it is not created yet or its retry is not
+    due (counting the failure on ``cursor`` the first time), None when a new request may follow."""
+    last = context.instance.get_runs(dg.RunsFilter(tags={"dagster/run_key": cursor.run_key}), limit=1)
+    if not last and now - cursor.requested_at < REQUEST_GRACE_S:
+        # The daemon creates the run right after the tick that asked for it.
+        return dg.SkipReason(f"a run for version {cursor.version} was requested ({cursor.run_key})")
+    ended_well = bool(last) and last[0].status == dg.DagsterRunStatus.SUCCESS
+    if ended_well and version > cursor.version:
+        cursor.failures, cursor.retry_at = 0, 0.0  # new commits after a good run
+    elif cursor.retry_at == 0.0:
+        # Failed, or ended well without settling this version (another writer held the sink): ask
+        # again, after a backoff so that it is never a tight loop.
+        _count_failure(context, route, cursor, last[0] if last else None, ended_well, now)
+    if now < cursor.retry_at:
+        return dg.SensorResult(
+            skip_reason=f"retrying sink {route.sink_name} at version {version} in {cursor.retry_at - now:.0f}s "
+            f"after {cursor.failures} unsuccessful run(s)",
+            cursor=cursor.dump(),
+        )
+    return None
+
+
+def _count_failure(
+    context: dg.SensorEvaluationContext,
+    route: _Route,
+    cursor: TableSensorCursor,
+    last: dg.DagsterRun | None,
+    ended_well: bool,
+    now: float,
+) -> None:
+    needs_fix = last.tags.get(NEEDS_FIX, "") if last is not None else ""
+    schedule_retry(cursor, now, bool(needs_fix), route.backoff_first_s, route.backoff_max_s)
+    context.log.warning(
+        f"run {last.run_id if last is not None else cursor.run_key} of {route.job_name} "
+        f"{'ended' if ended_well else 'failed'} with sink {route.sink_name} still behind "
+        f"({cursor.failures} in a row{'; it needs a fix: ' + needs_fix if needs_fix else ''}); "
+        f"requesting it again in {cursor.retry_at - now:.0f}s"
+    )
+
+
+def _request_post(
+    route: _Route, cursor: TableSensorCursor, version: int, now: float
+) -> dg.SensorResult | dg.SkipReason:
+    """A run of the route's post for ``version`` (its run key names the attempt after failures)."""
+    attempt = cursor.failures
+    run_key = f"{route.sink_name}:{route.feed_name}:v{version}" + (f":retry{attempt}" if attempt else "")
+    if run_key == cursor.run_key:
+        return dg.SkipReason(f"a run for version {version} was already requested ({run_key})")
+    next_cursor = TableSensorCursor(
+        version=version, run_key=run_key, failures=cursor.failures, requested_at=now
+    )
+    tags = {
+        DELTA_VERSION_TAG: str(version),
+        FEED_TAG: route.feed_name,
+        SINK_TAG: route.sink_key,
+        ROUTE_TAG: route.sink_name,
+    }
+    return dg.SensorResult(
+        run_requests=[dg.RunRequest(run_key=run_key, tags=tags)], cursor=next_cursor.dump()
+    )
 
 
 def build_table_sensor(

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 from dagster import AssetKey, DagsterInstance, DagsterRunStatus
-from dagster._core.instance.ref import InstanceRef
 
 from helpers import dagster_cli_env, delta_table, land_events, local_lake
 
@@ -63,7 +62,7 @@ def test_ingest_post_and_export_through_the_dagster_cli(tmp_path: Path, sink_ser
         assert len(gzip.decompress(data).splitlines()) == part["rows"]
 
     # What the UI would show: four successful runs, with the post metadata recorded.
-    with DagsterInstance.from_ref(InstanceRef.from_dir(str(dagster_home))) as instance:
+    with DagsterInstance.from_config(str(dagster_home)) as instance:
         runs = instance.get_runs()
         assert [r.status for r in runs] == [DagsterRunStatus.SUCCESS] * 4
         event = instance.get_latest_materialization_event(AssetKey(["sinks", "events_in_elasticsearch"]))

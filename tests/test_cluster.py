@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus
-from dagster._core.instance.ref import InstanceRef
 from test_post_job import write_feed_batch
 
 from lakerelay.devtools.spark_standalone import StandaloneCluster
@@ -63,7 +62,7 @@ def execute(env: dict[str, str], *config: str) -> tuple[subprocess.CompletedProc
 
 
 def failure_descriptions(dagster_home: Path) -> list[str]:
-    with DagsterInstance.from_ref(InstanceRef.from_dir(str(dagster_home))) as instance:
+    with DagsterInstance.from_config(str(dagster_home)) as instance:
         [run] = instance.get_runs(limit=1)
         assert run.status == DagsterRunStatus.FAILURE
         events = instance.all_logs(run.run_id, of_type=DagsterEventType.STEP_FAILURE)

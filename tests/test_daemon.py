@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
-from dagster._core.instance.ref import InstanceRef
 from deltalake import DeltaTable
 
 from helpers import dagster_cli_env, delta_table, land_events, local_lake
@@ -91,14 +90,14 @@ def test_sensors_on_the_daemon_move_new_files_to_both_sinks(
             "new files in both sinks",
         )
         # A run saves its progress after its last post: let every run finish before stopping the daemon.
-        with DagsterInstance.from_ref(InstanceRef.from_dir(str(dagster_home))) as instance:
+        with DagsterInstance.from_config(str(dagster_home)) as instance:
             wait_for(
                 lambda: not instance.get_runs(RunsFilter(statuses=UNFINISHED)), 120, "the runs to finish"
             )
 
     assert delta_table(lake).num_rows == total
     assert len(set(sink_server.es_ids("events"))) == total
-    with DagsterInstance.from_ref(InstanceRef.from_dir(str(dagster_home))) as instance:
+    with DagsterInstance.from_config(str(dagster_home)) as instance:
         runs = instance.get_runs()
         assert runs
         assert [(r.job_name, r.status) for r in runs if r.status != DagsterRunStatus.SUCCESS] == []
@@ -130,7 +129,7 @@ def test_a_sink_that_was_down_while_files_landed_gets_every_record_once_with_no_
     sink_server.set_faults({"request_503_rate": 1.0})
     with (
         running_daemon(env, tmp_path / "daemon.log"),
-        DagsterInstance.from_ref(InstanceRef.from_dir(str(dagster_home))) as instance,
+        DagsterInstance.from_config(str(dagster_home)) as instance,
     ):
         total = land_events(lake, files=2, records_per_file=200)
         wait_for(

@@ -17,7 +17,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 from dagster import DagsterInstance, DagsterRunStatus
-from dagster._core.instance.ref import InstanceRef
 
 from lakerelay.localsink import LocalSinkServer
 from pipelines.post.dead_letters import DEAD_LETTER_TABLE, append_dead_letters
@@ -341,7 +340,7 @@ def test_cli_lists_and_replays_and_the_runs_are_recorded_in_dagster(tmp_path: Pa
     assert down.returncode == 1 and "cannot reach http://127.0.0.1:9" in down.stderr
 
     # Each replay (dry runs included) is a run of replay_dead_letters_to_elasticsearch in DAGSTER_HOME.
-    with DagsterInstance.from_ref(InstanceRef.from_dir(env["DAGSTER_HOME"])) as instance:
+    with DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
         runs = instance.get_runs()
     assert {r.job_name for r in runs} == {replay_job_name("elasticsearch")}
     assert sorted(r.status.value for r in runs) == sorted(

@@ -566,3 +566,15 @@ def test_a_partitioned_table_is_read_through_its_log_with_the_partition_values(t
     assert plan_read(DeltaTable(str(table)), ExportSpec(dataset="p", table=str(table))).files is None
     rows = _exported_rows(tmp_path, table, "e2")
     assert rows == [{"id": 1, "day": "d1"}, {"id": 2, "day": "d1"}, {"id": 3, "day": "d2"}]
+
+
+def test_a_where_the_table_cannot_answer_names_the_query_and_leaves_nothing(tmp_path: Path) -> None:
+    table = tmp_path / "t"
+    write_deltalake(str(table), pa.table({"a": [1, 2]}))
+    storage = LocalExportStorage(root=str(tmp_path / "x"))
+    spec = ExportSpec(dataset="d", table=str(table), where="nope > 1")
+    with pytest.raises(
+        ValueError, match=r"(?s)export query failed: .*nope.*\n  query: SELECT .* WHERE \(nope > 1\)"
+    ):
+        export_table(str(table), None, storage, "d", "e1", spec=spec)
+    assert storage.list_keys("d/") == []

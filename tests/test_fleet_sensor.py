@@ -1,6 +1,7 @@
 """One landing sensor for every feed and one table sensor for every route (sensors/fleet.py)."""
 
 import json
+import re
 from pathlib import Path
 
 import dagster as dg
@@ -73,7 +74,9 @@ def test_one_table_sensor_requests_each_route_behind_its_table(tmp_path: Path) -
         assert not again.run_requests
 
 
-def test_a_target_that_fails_its_tick_holds_back_no_other(tmp_path: Path) -> None:
+def test_a_target_that_fails_its_tick_holds_back_no_other(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
     lake = local_lake(tmp_path)
 
     def broken(context, lake, memo):
@@ -101,6 +104,12 @@ def test_a_target_that_fails_its_tick_holds_back_no_other(tmp_path: Path) -> Non
     with dg.DagsterInstance.ephemeral() as instance:
         result = sensor(dg.build_sensor_context(resources={"lake": lake}, instance=instance))
     assert [(r.job_name, r.run_key) for r in result.run_requests] == [("job_b", "k")]
+    # The tick's log says what failed and where it was raised: a bug is found from it.
+    assert re.search(
+        r"a: this tick failed \(OSError: the bucket of this feed is unreachable, raised at "
+        r"test_fleet_sensor\.py:\d+ in broken\); next tick retries",
+        capfd.readouterr().err,
+    )
 
 
 def test_shared_layout_has_one_job_per_path_and_runs_select_one_feed_or_route(tmp_path: Path) -> None:

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
-from lakerelay.devtools.server_cli import log_tail, server_main
+from lakerelay.devtools.server_cli import log_tail, server_cli
 
 HOST = "127.0.0.1"
 DEFAULT_USER = "lakerelay"
@@ -130,51 +130,9 @@ def start(
 
         port = free_port()
     _hand_over(directory)
-    password = secrets.token_urlsafe(18)
-    server = PostgresServer(directory, bin_dir, port, user, password, db)
-    # initdb reads the superuser's password from a file, so it never shows on a command line (ps).
-    pwfile = directory / "pwfile"
-    pwfile.write_text(password + "\n")
-    pwfile.chmod(0o600)
-    _hand_over(pwfile)
-    try:
-        _server_tool(
-            directory,
-            [
-                str(bin_dir / "initdb"),
-                "--pgdata",
-                str(data),
-                "--username",
-                user,
-                "--pwfile",
-                str(pwfile),
-                "--auth-local",
-                "scram-sha-256",
-                "--auth-host",
-                "scram-sha-256",
-                "--encoding",
-                "UTF8",
-                "--locale",
-                "C",
-                "--no-sync",  # a throwaway cluster: skip initdb's fsync of every file
-            ],
-        )
-    finally:
-        pwfile.unlink(missing_ok=True)
-    settings = {
-        "listen_addresses": f"'{HOST}'",
-        "port": str(port),
-        "unix_socket_directories": f"'{directory}'",  # not /var/run/postgresql: not ours, maybe absent
-        "fsync": "off",
-        "synchronous_commit": "off",
-        "full_page_writes": "off",
-    }
-    with (data / "postgresql.conf").open("a") as conf:
-        conf.write("\n# devtools/postgres.py\n" + "".join(f"{k} = {v}\n" for k, v in settings.items()))
-    (directory / _STATE).write_text(
-        json.dumps({"bin_dir": str(bin_dir), "port": port, "user": user, "password": password, "db": db})
-    )
-    (directory / _STATE).chmod(0o600)  # it holds the password
+    server = PostgresServer(directory, bin_dir, port, user, secrets.token_urlsafe(18), db)
+    _init_cluster(server)
+    _configure(server)
     try:
         _server_tool(
             directory,
@@ -195,6 +153,66 @@ def start(
         stop(directory)
         raise
     return server
+
+
+def _init_cluster(server: PostgresServer) -> None:
+    """``initdb`` of the server's cluster, its superuser ``server.user`` with ``server.password``."""
+    # initdb reads the superuser's password from a file, so it never shows on a command line (ps).
+    pwfile = server.directory / "pwfile"
+    pwfile.write_text(server.password + "\n")
+    pwfile.chmod(0o600)
+    _hand_over(pwfile)
+    try:
+        _server_tool(
+            server.directory,
+            [
+                str(server.bin_dir / "initdb"),
+                "--pgdata",
+                str(server.directory / "data"),
+                "--username",
+                server.user,
+                "--pwfile",
+                str(pwfile),
+                "--auth-local",
+                "scram-sha-256",
+                "--auth-host",
+                "scram-sha-256",
+                "--encoding",
+                "UTF8",
+                "--locale",
+                "C",
+                "--no-sync",  # a throwaway cluster: skip initdb's fsync of every file
+            ],
+        )
+    finally:
+        pwfile.unlink(missing_ok=True)
+
+
+def _configure(server: PostgresServer) -> None:
+    """Loopback only, on the server's port, without durability; and the state ``status`` reads back."""
+    settings = {
+        "listen_addresses": f"'{HOST}'",
+        "port": str(server.port),
+        "unix_socket_directories": f"'{server.directory}'",  # not /var/run/postgresql: not ours, maybe absent
+        "fsync": "off",
+        "synchronous_commit": "off",
+        "full_page_writes": "off",
+    }
+    with (server.directory / "data" / "postgresql.conf").open("a") as conf:
+        conf.write("\n# devtools/postgres.py\n" + "".join(f"{k} = {v}\n" for k, v in settings.items()))
+    state = server.directory / _STATE
+    state.write_text(
+        json.dumps(
+            {
+                "bin_dir": str(server.bin_dir),
+                "port": server.port,
+                "user": server.user,
+                "password": server.password,
+                "db": server.db,
+            }
+        )
+    )
+    state.chmod(0o600)  # it holds the password
 
 
 def create_database(server: PostgresServer, db: str) -> PostgresServer:
@@ -319,21 +337,17 @@ def main(argv: list[str] | None = None) -> int:
         print("".join(f"export {k}={v}\n" for k, v in server.env.items()), end="")
         return 0
 
-    def stop_action(args: argparse.Namespace) -> int:
-        print("PostgreSQL stopped" if stop(args.dir) else "no PostgreSQL server was running")
-        return 0
-
-    def status_action(args: argparse.Namespace) -> int:
-        server = status(args.dir)
-        if server is None:
-            print("not running")
-            return 1
-        print(f"running: {server.host}:{server.port}, log {server.log}")
-        return 0
-
-    actions = {"start": start_action, "stop": stop_action, "status": status_action}
-    return server_main(
-        "python -m lakerelay.devtools.postgres", __doc__, add_arguments, actions, (PostgresError,), argv
+    return server_cli(
+        "python -m lakerelay.devtools.postgres",
+        __doc__,
+        "PostgreSQL server",
+        add_arguments,
+        start_action,
+        stop,
+        status,
+        lambda server: f"{server.host}:{server.port}, log {server.log}",
+        (PostgresError,),
+        argv,
     )
 
 

@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from lakerelay.devtools.server_cli import log_tail, server_main
+from lakerelay.devtools.server_cli import log_tail, server_cli
 from resources.spark import LOCAL_JIT_OPTION, LOG4J2_CONSOLE_WARN, log4j_config_file
 
 SERVER_CLASS = "org.apache.spark.sql.connect.service.SparkConnectServer"
@@ -81,6 +81,66 @@ def start(
     whose client is gone (its process killed) keeps running before the server interrupts it.
     """
     directory = directory.resolve()
+    running = _running_on(directory, port)
+    if running is not None:
+        return running
+    work = directory / "work"
+    for folder in (work / "tmp", work / "warehouse"):
+        folder.mkdir(parents=True, exist_ok=True)
+    pyspark_home = _pyspark_home()
+    command = _server_command(
+        pyspark_home,
+        directory,
+        work,
+        master,
+        driver_memory,
+        _server_conf(port, python, ui, work, detached_timeout_s),
+    )
+    env = _server_env(pyspark_home, python, work, token_env)
+    started = time.monotonic()
+    with (directory / "server.log").open("ab") as log:
+        # A session of its own: Ctrl-C in the terminal of `make ui` reaches dagster, not the server,
+        # which the Makefile's trap then stops in order. Its pyspark.daemon starts a process group of its
+        # own: SIGTERM lets the JVM stop it; after a SIGKILL it lingers until it notices the JVM is gone.
+        process = subprocess.Popen(
+            command,
+            cwd=work,  # derby, metastore_db and spark-warehouse leftovers land here, not in the repo
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    # spark-submit execs the JVM, so this pid is the server's own for its whole life.
+    server = ConnectServer(process.pid, port, directory, master, token=bool(token_env))
+    _record(server)
+    try:
+        _wait_until_ready(server, process, started + timeout_s, token_env)
+    except BaseException:
+        stop(directory)
+        raise
+    return server
+
+
+def _record(server: ConnectServer) -> None:
+    """The pid file and state ``status`` and ``stop`` find the server by."""
+    (server.directory / "server.pid").write_text(f"{server.pid}\n")
+    (server.directory / "server.json").write_text(
+        json.dumps(
+            {
+                "pid": server.pid,
+                "port": server.port,
+                "url": server.url,
+                "master": server.master,
+                "token": server.token,
+            }
+        )
+    )
+
+
+def _running_on(directory: Path, port: int) -> ConnectServer | None:
+    """The server ``directory`` already runs on ``port``; an error when it runs on another, or when
+    something else holds ``port``."""
     running = status(directory)
     if running is not None:
         if running.port != port:
@@ -94,15 +154,11 @@ def start(
             f"port {port} on {HOST} is in use (another Spark Connect server?); "
             f"choose another --port or stop what listens there"
         )
-    work = directory / "work"
-    for folder in (work / "tmp", work / "warehouse"):
-        folder.mkdir(parents=True, exist_ok=True)
-    log4j = log4j_config_file(_SERVER_LOG4J2, directory)
-    pyspark_home = _pyspark_home()
-    java_options = f"{LOCAL_JIT_OPTION} -Dderby.system.home={work}" + (
-        f" -Dlog4j.configurationFile={log4j}" if log4j else ""
-    )
-    conf = {
+    return None
+
+
+def _server_conf(port: int, python: str, ui: bool, work: Path, detached_timeout_s: float) -> dict[str, str]:
+    return {
         "spark.connect.grpc.binding.address": HOST,
         "spark.connect.grpc.binding.port": str(port),
         "spark.connect.grpc.port.maxRetries": "0",  # a busy port is an error, never a silent other port
@@ -124,11 +180,27 @@ def start(
         "spark.connect.execute.manager.maintenanceInterval": f"{round(min(5.0, detached_timeout_s / 2) * 1000)}ms",
         "spark.connect.execute.reattachable.senderMaxStreamDuration": f"{round(detached_timeout_s * 500)}ms",
     }
+
+
+def _server_command(
+    pyspark_home: Path, directory: Path, work: Path, master: str, driver_memory: str, conf: dict[str, str]
+) -> list[str]:
+    """``spark-submit`` of the server class, its log4j settings in ``directory``."""
+    log4j = log4j_config_file(_SERVER_LOG4J2, directory)
+    java_options = f"{LOCAL_JIT_OPTION} -Dderby.system.home={work}" + (
+        f" -Dlog4j.configurationFile={log4j}" if log4j else ""
+    )
     command = [str(pyspark_home / "bin" / "spark-submit"), "--class", SERVER_CLASS]
     command += ["--name", "lakerelay Spark Connect server", "--master", master]
     command += ["--driver-memory", driver_memory, "--driver-java-options", java_options]
     for key, value in conf.items():
         command += ["--conf", f"{key}={value}"]
+    return command
+
+
+def _server_env(pyspark_home: Path, python: str, work: Path, token_env: str | None) -> dict[str, str]:
+    """This environment without a Connect client's variables, with the server's; the token, if any,
+    handed over here, never on the command line (``ps`` shows it)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SPARK_CONNECT_", "SPARK_REMOTE"))}
     env.pop("SPARK_LOCAL_REMOTE", None)
     env.update(
@@ -145,34 +217,7 @@ def start(
         if not token:
             raise ConnectServerError(f"--token-env {token_env}: that environment variable is not set")
         env["SPARK_CONNECT_AUTHENTICATE_TOKEN"] = token  # the server's own variable for its token
-    started = time.monotonic()
-    with (directory / "server.log").open("ab") as log:
-        # A session of its own: Ctrl-C in the terminal of `make ui` reaches dagster, not the server,
-        # which the Makefile's trap then stops in order. Its pyspark.daemon starts a process group of its
-        # own: SIGTERM lets the JVM stop it; after a SIGKILL it lingers until it notices the JVM is gone.
-        process = subprocess.Popen(
-            command,
-            cwd=work,  # derby, metastore_db and spark-warehouse leftovers land here, not in the repo
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    # spark-submit execs the JVM, so this pid is the server's own for its whole life.
-    server = ConnectServer(process.pid, port, directory, master, token=bool(token_env))
-    (directory / "server.pid").write_text(f"{process.pid}\n")
-    (directory / "server.json").write_text(
-        json.dumps(
-            {"pid": process.pid, "port": port, "url": server.url, "master": master, "token": bool(token_env)}
-        )
-    )
-    try:
-        _wait_until_ready(server, process, started + timeout_s, token_env)
-    except BaseException:
-        stop(directory)
-        raise
-    return server
+    return env
 
 
 def status(directory: Path = DEFAULT_DIR) -> ConnectServer | None:
@@ -354,25 +399,15 @@ def main(argv: list[str] | None = None) -> int:
         print(server.url)
         return 0
 
-    def stop_action(args: argparse.Namespace) -> int:
-        stopped = stop(args.dir)
-        print("Spark Connect server stopped" if stopped else "no Spark Connect server was running")
-        return 0
-
-    def status_action(args: argparse.Namespace) -> int:
-        server = status(args.dir)
-        if server is None:
-            print("not running")
-            return 1
-        print(f"running: {server.url} (pid {server.pid}, {server.master}, log {server.log})")
-        return 0
-
-    actions = {"start": start_action, "stop": stop_action, "status": status_action}
-    return server_main(
+    return server_cli(
         "python -m lakerelay.devtools.spark_connect",
         __doc__,
+        "Spark Connect server",
         add_arguments,
-        actions,
+        start_action,
+        stop,
+        status,
+        lambda server: f"{server.url} (pid {server.pid}, {server.master}, log {server.log})",
         (ConnectServerError,),
         argv,
     )

@@ -29,6 +29,14 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m lakerelay.localsink",
         description="Local Elasticsearch (_bulk) and Splunk HEC sink for lakerelay demos, tests and benchmarks.",
     )
+    _add_network_arguments(parser)
+    _add_auth_arguments(parser)
+    _add_sigv4_arguments(parser)
+    _add_fault_arguments(parser)
+    return parser
+
+
+def _add_network_arguments(parser: argparse.ArgumentParser) -> None:
     net = parser.add_argument_group("network")
     net.add_argument(
         "--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, loopback only)"
@@ -46,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     net.add_argument("--tls-key", help="PEM private key of --tls-cert")
     net.add_argument("--tls-client-ca", help="require client certificates signed by this PEM CA (mutual TLS)")
 
+
+def _add_auth_arguments(parser: argparse.ArgumentParser) -> None:
     auth = parser.add_argument_group("authentication")
     auth.add_argument("--es-api-key", help="require this ES API key (the encoded value, or 'id:key')")
     auth.add_argument("--es-basic", help="require ES basic auth 'user:password'")
@@ -63,6 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="allow this HEC index (repeatable); without it every index is allowed",
     )
 
+
+def _add_sigv4_arguments(parser: argparse.ArgumentParser) -> None:
     aws = parser.add_argument_group(
         "AWS SigV4 (verify signatures as Amazon OpenSearch does; the secret comes from the environment)"
     )
@@ -77,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
         f"$LOCALSINK_SIGV4_SECRET_ACCESS_KEY, else the test secret of localsink.sigv4",
     )
 
+
+def _add_fault_arguments(parser: argparse.ArgumentParser) -> None:
     faults = parser.add_argument_group("fault injection (seeded, reproducible)")
     faults.add_argument("--seed", type=int, default=0, help="random seed for fault draws (default: 0)")
     faults.add_argument(
@@ -107,7 +121,6 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.0,
         help="fraction of ingest requests whose connection is reset (half before, half after applying them)",
     )
-    return parser
 
 
 def write_port_file(path: str, port: int) -> None:

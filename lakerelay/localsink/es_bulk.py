@@ -117,12 +117,7 @@ class BulkAction:
 
 def parse_bulk(body: bytes, default_index: str | None) -> list[BulkAction]:
     """Split an NDJSON bulk body into actions; raises EsError for what ES refuses as a whole."""
-    if not body:
-        raise EsError(400, "parse_exception", "request body is required")
-    if not body.endswith(b"\n"):
-        raise EsError(
-            400, "illegal_argument_exception", "The bulk request must be terminated by a newline [\\n]"
-        )
+    _check_body(body)
     lines = body.split(b"\n")
     last = len(lines) - 1  # lines[last] is the empty tail after the final newline
     loads = orjson.loads
@@ -137,43 +132,13 @@ def parse_bulk(body: bytes, default_index: str | None) -> list[BulkAction]:
             if not raw.strip():
                 continue  # ES skips blank action lines
             raise EsError(400, "x_content_parse_exception", f"[{i}:{exc.colno}] {exc.msg}") from None
+        # The checks inline and the refusal's wording in a function: this loop runs once per document.
         if type(action) is not dict or len(action) != 1:
-            raise EsError(
-                400,
-                "illegal_argument_exception",
-                f"Malformed action/metadata line [{i}], expected an object with one of [create], [delete], [index] or [update]",
-            )
+            raise _malformed_action(action, i)
         ((op, meta),) = action.items()
-        if op not in _OPS:
-            raise EsError(
-                400,
-                "illegal_argument_exception",
-                f"Malformed action/metadata line [{i}], expected field [create], [delete], [index] or [update] but found [{op}]",
-            )
-        if type(meta) is not dict:
-            raise EsError(
-                400,
-                "illegal_argument_exception",
-                f"Malformed action/metadata line [{i}], expected START_OBJECT",
-            )
-        if not meta.keys() <= _META_FIELDS:
-            unknown = sorted(meta.keys() - _META_FIELDS)[0]
-            raise EsError(
-                400,
-                "illegal_argument_exception",
-                f"Action/metadata line [{i}] contains an unknown parameter [{unknown}]",
-            )
-        index = meta.get("_index", default_index)
-        if index is not None and type(index) is not str:
-            index = str(index)
-        doc_id = meta.get("_id")
-        if doc_id is not None and type(doc_id) is not str:
-            doc_id = str(doc_id)
-        if op == "index" and "op_type" in meta and str(meta["op_type"]).lower() == "create":
-            op = "create"
-        if doc_id is None and op != "delete" and op != "update":
-            # ES assigns ids on the coordinating node, so even failed items report theirs.
-            doc_id = auto_id()
+        if op not in _OPS or type(meta) is not dict or not meta.keys() <= _META_FIELDS:
+            raise _malformed_action(action, i)
+        op, index, doc_id = _action_target(op, meta, default_index)
         source = None
         update = None
         line = i
@@ -193,6 +158,63 @@ def parse_bulk(body: bytes, default_index: str | None) -> list[BulkAction]:
         actions.append(BulkAction(op, index, doc_id, meta, source, line, update))
     _validate(actions)
     return actions
+
+
+def _check_body(body: bytes) -> None:
+    if not body:
+        raise EsError(400, "parse_exception", "request body is required")
+    if not body.endswith(b"\n"):
+        raise EsError(
+            400, "illegal_argument_exception", "The bulk request must be terminated by a newline [\\n]"
+        )
+
+
+def _malformed_action(action: Any, i: int) -> EsError:
+    """ES's refusal of action line ``i`` (1-based), worded as ES words it."""
+    if type(action) is not dict or len(action) != 1:
+        return EsError(
+            400,
+            "illegal_argument_exception",
+            f"Malformed action/metadata line [{i}], expected an object with one of [create], [delete], [index] or [update]",
+        )
+    ((op, meta),) = action.items()
+    if op not in _OPS:
+        return EsError(
+            400,
+            "illegal_argument_exception",
+            f"Malformed action/metadata line [{i}], expected field [create], [delete], [index] or [update] but found [{op}]",
+        )
+    if type(meta) is not dict:
+        return EsError(
+            400,
+            "illegal_argument_exception",
+            f"Malformed action/metadata line [{i}], expected START_OBJECT",
+        )
+    unknown = sorted(meta.keys() - _META_FIELDS)[0]
+    return EsError(
+        400,
+        "illegal_argument_exception",
+        f"Action/metadata line [{i}] contains an unknown parameter [{unknown}]",
+    )
+
+
+def _action_target(
+    op: str, meta: dict[str, Any], default_index: str | None
+) -> tuple[str, str | None, str | None]:
+    """The operation as ES runs it (``index`` with ``op_type: create`` is a create), its index and
+    document id (one assigned when the action has none and needs one)."""
+    index = meta.get("_index", default_index)
+    if index is not None and type(index) is not str:
+        index = str(index)
+    doc_id = meta.get("_id")
+    if doc_id is not None and type(doc_id) is not str:
+        doc_id = str(doc_id)
+    if op == "index" and "op_type" in meta and str(meta["op_type"]).lower() == "create":
+        op = "create"
+    if doc_id is None and op != "delete" and op != "update":
+        # ES assigns ids on the coordinating node, so even failed items report theirs.
+        doc_id = auto_id()
+    return op, index, doc_id
 
 
 def _parse_update(source: bytes, line: int) -> dict[str, Any]:

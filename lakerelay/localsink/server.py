@@ -117,7 +117,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         try:
             reply = server.app.handle(req)
-        except Exception:
+        except Exception:  # the server's boundary: a 500 for the client, the traceback on stderr
             traceback.print_exc(file=sys.stderr)
             reply = json_reply(500, {"error": "internal error in localsink; see its stderr"})
         server.app.store.record_http(len(req.raw_body), req.decoded_size, reply.status)

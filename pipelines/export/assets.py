@@ -127,38 +127,52 @@ def build_export_asset(
         lake: LakeResource,
         export_storage: ExportStorage,
     ) -> dg.MaterializeResult:
-        run_spec = spec.replace(
-            format=None if config.format == "default" else config.format,
-            compression=None if config.compression == "default" else config.compression,
-            level=config.level,
-            part_max_bytes=config.part_max_bytes,
-            part_max_rows=config.part_max_rows,
-            batch_rows=config.batch_rows,
-        )
-        since = _since(config, run_spec, export_storage)
-        export_id = new_export_id(context.run_id)
-        result = export_table(
-            spec.table,  # a table name under the lake, or a path/URI opened with the lake's settings
-            lake,
-            export_storage,
-            spec.dataset,
-            export_id,
-            spec=run_spec,
-            since=since,
-        )
-        manifest = result.manifest
-        context.log.info(
-            f"exported {result.rows} rows of Delta version {manifest['delta_version']} in {result.parts} parts "
-            f"({result.bytes} bytes) to {result.manifest_uri} in {result.duration_s:.2f} s"
-            + (
-                f"; aborted {result.aborted_uploads} upload(s) of a crashed export"
-                if result.aborted_uploads
-                else ""
-            )
-        )
-        return dg.MaterializeResult(metadata=run_metadata(export_storage, result, export_id, since))
+        return _run_export(context, config, spec, lake, export_storage)
 
     return _export
+
+
+def _run_spec(spec: ExportSpec, config: ExportConfig) -> ExportSpec:
+    """The dataset's spec with the run's knobs ("default": the dataset's own)."""
+    return spec.replace(
+        format=None if config.format == "default" else config.format,
+        compression=None if config.compression == "default" else config.compression,
+        level=config.level,
+        part_max_bytes=config.part_max_bytes,
+        part_max_rows=config.part_max_rows,
+        batch_rows=config.batch_rows,
+    )
+
+
+def _run_export(
+    context: dg.AssetExecutionContext,
+    config: ExportConfig,
+    spec: ExportSpec,
+    lake: LakeResource,
+    export_storage: ExportStorage,
+) -> dg.MaterializeResult:
+    run_spec = _run_spec(spec, config)
+    since = _since(config, run_spec, export_storage)
+    export_id = new_export_id(context.run_id)
+    result = export_table(
+        spec.table,  # a table name under the lake, or a path/URI opened with the lake's settings
+        lake,
+        export_storage,
+        spec.dataset,
+        export_id,
+        spec=run_spec,
+        since=since,
+    )
+    context.log.info(
+        f"exported {result.rows} rows of Delta version {result.manifest['delta_version']} in {result.parts} "
+        f"parts ({result.bytes} bytes) to {result.manifest_uri} in {result.duration_s:.2f} s"
+        + (
+            f"; aborted {result.aborted_uploads} upload(s) of a crashed export"
+            if result.aborted_uploads
+            else ""
+        )
+    )
+    return dg.MaterializeResult(metadata=run_metadata(export_storage, result, export_id, since))
 
 
 def build_export_check(dataset: str) -> dg.AssetChecksDefinition:
@@ -289,6 +303,9 @@ def export_defs(
             ),
             cleanup_job,
         ],
+        # A schedule, not AutomationCondition.on_cron: on_cron waits for a new export after the cron
+        # tick, but a TTL expires without one; and its sensor's cost grows with the datasets (see the
+        # maintenance schedule in pipelines/ingest/defs.py).
         schedules=[
             dg.ScheduleDefinition(
                 name="export_cleanup_schedule",

@@ -22,8 +22,8 @@ from deltalake import DeltaTable
 from pipelines.export.cursor import Cursor, decode_cursor
 from pipelines.export.late_rows import check_append_only_since, commit_reader
 from pipelines.export.manifest import build_manifest, export_prefix, manifest_key, put_manifest
-from pipelines.export.parts import compress, cut_and_encode, store_parts
-from pipelines.export.read import plan_read, read_batches
+from pipelines.export.parts import StoredParts, compress, cut_and_encode, store_parts
+from pipelines.export.read import ReadPlan, plan_read, read_batches
 from pipelines.export.spec import ExportSpec
 from pipelines.export.stages import staged
 from resources.export_storage import ExportStorage
@@ -95,48 +95,14 @@ def export_table(
     started = time.perf_counter()
     created_at = dt.datetime.now(dt.UTC)
     prefix = export_prefix(dataset, export_id)
-    if storage.list_keys(prefix + "/"):
-        raise FileExistsError(f"export {storage.uri_for(prefix)} already has objects; use a new export_id")
-    # Exports of one dataset run one at a time: anything still pending under it is from a crashed run.
-    aborted = storage.abort_incomplete(f"{dataset}/")
+    aborted = _claim_prefix(storage, dataset, prefix)
 
     delta = open_table()
     version = delta.version()  # every query below reads this one snapshot
     filesystem = lake.filesystem_settings() if lake is not None else FileSystemSettings()
-    cursor = None
-    if since:
-        if not spec.order_by:
-            raise ValueError(f"export {dataset!r} has no order_by: a 'since' cursor needs an ordering key")
-        cursor = decode_cursor(since, dataset, spec.order_by)
-        if cursor.delta_version > version:
-            raise ValueError(
-                f"cursor is at Delta version {cursor.delta_version}, the table only at {version}"
-            )
-        if cursor.last_key is not None:
-            check_append_only_since(
-                delta, commit_reader(delta, filesystem), spec.order_by, cursor.delta_version, cursor.last_key
-            )
-    since_key = cursor.last_key if cursor else None
+    since_key = _since_key(delta, filesystem, spec, version, since)
     plan = plan_read(delta, spec, since_key)
-
-    pieces = staged(
-        # NDJSON and CSV go through polars, which takes string views as they are; Parquet writes the
-        # plan's schema.
-        read_batches(
-            delta,
-            plan,
-            spec.batch_rows,
-            keep_views=spec.format != "parquet",
-            filesystem=filesystem,
-        ),
-        cut_and_encode(spec, plan.schema),
-        compress(spec),
-        maxsize=QUEUE_SIZE,
-    )
-    try:
-        stored = store_parts(pieces, storage, prefix, spec)
-    finally:
-        pieces.close()  # stops and joins the stage threads, also on error
+    stored = _store_parts(delta, filesystem, plan, spec, storage, prefix)
 
     parts = stored.parts
     key = manifest_key(dataset, export_id)
@@ -161,3 +127,59 @@ def export_table(
         duration_s=time.perf_counter() - started,
         aborted_uploads=aborted,
     )
+
+
+def _claim_prefix(storage: ExportStorage, dataset: str, prefix: str) -> int:
+    """Refuse an export id already used; abort what a crashed export of ``dataset`` left pending
+    (exports of one dataset run one at a time). Returns how many uploads were aborted."""
+    if storage.list_keys(prefix + "/"):
+        raise FileExistsError(f"export {storage.uri_for(prefix)} already has objects; use a new export_id")
+    return storage.abort_incomplete(f"{dataset}/")
+
+
+def _since_key(
+    delta: DeltaTable, filesystem: FileSystemSettings, spec: ExportSpec, version: int, since: str | None
+) -> int | str | None:
+    """The ordering key after which rows are exported (None: all), from a previous manifest's
+    ``next_cursor``; refused when the rows since it were not only appended."""
+    if not since:
+        return None
+    if not spec.order_by:
+        raise ValueError(f"export {spec.dataset!r} has no order_by: a 'since' cursor needs an ordering key")
+    cursor = decode_cursor(since, spec.dataset, spec.order_by)
+    if cursor.delta_version > version:
+        raise ValueError(f"cursor is at Delta version {cursor.delta_version}, the table only at {version}")
+    if cursor.last_key is not None:
+        check_append_only_since(
+            delta, commit_reader(delta, filesystem), spec.order_by, cursor.delta_version, cursor.last_key
+        )
+    return cursor.last_key
+
+
+def _store_parts(
+    delta: DeltaTable,
+    filesystem: FileSystemSettings,
+    plan: ReadPlan,
+    spec: ExportSpec,
+    storage: ExportStorage,
+    prefix: str,
+) -> StoredParts:
+    """Read, encode, compress and store the parts under no visible name yet (stages on threads)."""
+    pieces = staged(
+        # NDJSON and CSV go through polars, which takes string views as they are; Parquet writes the
+        # plan's schema.
+        read_batches(
+            delta,
+            plan,
+            spec.batch_rows,
+            keep_views=spec.format != "parquet",
+            filesystem=filesystem,
+        ),
+        cut_and_encode(spec, plan.schema),
+        compress(spec),
+        maxsize=QUEUE_SIZE,
+    )
+    try:
+        return store_parts(pieces, storage, prefix, spec)
+    finally:
+        pieces.close()  # stops and joins the stage threads, also on error

@@ -205,7 +205,7 @@ class StoredParts:
         if self._published:
             try:
                 self._storage.delete(self._published)
-            except Exception as exc:
+            except Exception as exc:  # best effort on the way out: the export's own error is the one raised
                 log.warning("could not delete the parts of a failed export %s: %s", self._published, exc)
             self._published = []
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.parquet as pq
 from deltalake import DeltaTable, QueryBuilder
+from deltalake.exceptions import DeltaError
 
 from pipelines.export.spec import ExportSpec
 from resources.arrow import conform
@@ -194,7 +195,9 @@ def read_batches(
     for sql in plan.queries:
         try:
             stream = builder.execute(sql)
-        except Exception as exc:
+        # DataFusion's refusals (a spec's columns or where that do not fit the table) and storage
+        # errors, with the query that met them; any other error is lakerelay's and stays as it is.
+        except (DeltaError, OSError) as exc:
             raise ValueError(f"export query failed: {exc}\n  query: {sql}") from exc
         reader = pa.RecordBatchReader.from_stream(stream)
         target = _views_kept(plan.schema, reader.schema) if keep_views else plan.schema

@@ -34,7 +34,10 @@ def ingest_defs(
         )
         for name, selected, tags in (shared if layout == "shared" else per_feed)
     }
-    # One maintenance job and schedule for every feed: their cost does not grow with the feeds.
+    # One maintenance job and schedule for every feed: their cost does not grow with the feeds. A
+    # schedule, not AutomationCondition.on_cron: its sensor would evaluate every maintenance asset each
+    # 30 s tick (daemon CPU growing with the feeds), on_cron waits for an ingest after the cron tick (a
+    # vacuum is due without one), and its runs are not this job (no INFO_LOGS).
     maintenance_jobs = [
         dg.define_asset_job(
             "maintain_feeds",
@@ -56,6 +59,7 @@ def ingest_defs(
                 job=job,
                 cron_schedule=deployment.maintenance_cron(),
                 default_status=schedule_status,
+                execution_timezone="UTC",
             )
             for job in maintenance_jobs
         ],

@@ -74,7 +74,7 @@ class Retrying:
             attempt += 1
             try:
                 return attempt_once(attempt)
-            except Exception as exc:
+            except Exception as exc:  # sorted at once: only what is_transient knows is retried
                 if not is_transient(exc):
                     raise
                 waited = self.clock() - started

@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable, Iterator
 
 from resources.lease.beacon import BeaconWatch
-from resources.lease.log import LeaseLog
+from resources.lease.log import STORAGE_ERRORS, LeaseLog
 from resources.lease.record import LeaseRecord, iso_time, ticking
 
 log = logging.getLogger(__name__)
@@ -87,7 +87,7 @@ class LeaseGuard:
                         )
                     self._seq, self._expires_at = record.seq, record.expires_at
                 self._checked_at = time.monotonic()
-            except Exception as exc:  # a storage hiccup is no verdict: the expiry below still is
+            except STORAGE_ERRORS as exc:  # a storage hiccup is no verdict: the expiry below still is
                 log.warning("lease check of %s failed: %s", self.label, exc)
         if time.time() >= self._expires_at:
             return (

@@ -72,7 +72,7 @@ class Lease:
             )
             try:
                 appended = self.log.append(record)
-            except Exception:
+            except Exception:  # re-raised: it only notes that the append may have landed unseen
                 self._unsure = record
                 raise
             if not appended:
@@ -155,7 +155,9 @@ class Lease:
                 self.renew()
             except LeaseLost:
                 return True
-            except Exception as exc:  # transient storage errors: try again at the next tick
+            # Every error, not only storage's: this thread must outlive a bug too (a dead renewer would
+            # pass for a dead driver at expiry), and on_error puts each one in the run's log.
+            except Exception as exc:  # try again at the next tick
                 if on_error is not None:
                     on_error(exc)
             return False

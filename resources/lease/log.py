@@ -8,7 +8,7 @@ import time
 import uuid
 from typing import Any
 
-from botocore.exceptions import ClientError  # light; boto3 itself is imported only for S3
+from botocore.exceptions import BotoCoreError, ClientError  # light; boto3 itself is imported only for S3
 
 from resources.filesystem import FileSystemSettings, split_uri
 from resources.lease.record import LeaseRecord
@@ -19,6 +19,16 @@ log = logging.getLogger(__name__)
 # what happened (who held it, when it moved). Pruning keeps listings, and so every read, small.
 KEEP_RECORDS = 8
 _NAME = re.compile(r"^(\d{12})\.json$")
+
+
+class RecordsVanishing(RuntimeError):
+    """The newest records were pruned under every read: the log is churning faster than it is read."""
+
+
+# What the log's storage raises when it is unreachable, refuses or churns: a local folder's OSError,
+# S3's (botocore) errors. Callers that treat a storage hiccup as no verdict catch these and only
+# these: any other error out of the log is a bug of lakerelay's and must show as one.
+STORAGE_ERRORS: tuple[type[Exception], ...] = (OSError, BotoCoreError, ClientError, RecordsVanishing)
 
 
 class LeaseLog:
@@ -179,7 +189,7 @@ class LeaseLog:
             if record is not None:
                 return record
             # Pruned between the listing and the GET: only happens when newer records exist; look again.
-        raise RuntimeError(f"lease records under {self.uri} keep vanishing while being read")
+        raise RecordsVanishing(f"lease records under {self.uri} keep vanishing while being read")
 
     def append(self, record: LeaseRecord) -> bool:
         """Create ``record`` as the next of the sequence; False when it is not (the CAS lost).
@@ -201,7 +211,7 @@ class LeaseLog:
             return True  # superseded already; the successor's writer prunes
         try:
             self.delete([s for s in seqs if s <= record.seq - self.keep])
-        except Exception as exc:  # pruning is housekeeping: the next append tries again
+        except STORAGE_ERRORS as exc:  # pruning is housekeeping: the next append tries again
             log.warning("could not prune old lease records under %s: %s", self.uri, exc)
         return True
 
