@@ -4,6 +4,8 @@ A real local sink on 127.0.0.1 answers 401 to a wrong bearer token. The generic 
 health path here, so nothing checks the credentials before Spark: the refusal meets the task itself.
 """
 
+import gc
+from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
@@ -22,6 +24,13 @@ from resources.sinks.resource import GenericRestSinkResource
 from helpers import local_lake
 
 REFUSED = "refused the credentials with HTTP 401"
+
+
+@pytest.fixture(autouse=True)
+def unfrozen_heap() -> Iterator[None]:
+    """A poster called here freezes this process's heap as it would a Spark worker's: undo it after."""
+    yield
+    gc.unfreeze()
 
 
 def wrong_token_sink(url: str) -> GenericRestSinkResource:

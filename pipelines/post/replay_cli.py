@@ -22,8 +22,6 @@ from pipelines import deployment
 from pipelines.post.letters import REPLAY_TABLE, LetterFilter, parse_instant, summarize_dead_letters
 from pipelines.post.replay_job import build_replay_job, replay_op_name
 
-_FAILURE_PREFIX = "dagster._core.definitions.events.Failure: "  # how Dagster names a dg.Failure's message
-
 
 class BadInput(Exception):
     """Something the user typed cannot work: exit code 2."""
@@ -154,11 +152,7 @@ def _replay(args: argparse.Namespace) -> int:
             raise BadInput(str(exc)) from None
         if not result.success:
             failures = [e for e in result.all_events if e.is_step_failure or e.is_failure]
-            messages = [
-                e.step_failure_data.error.message.strip().removeprefix(_FAILURE_PREFIX)
-                for e in failures
-                if e.is_step_failure and e.step_failure_data and e.step_failure_data.error
-            ]
+            messages = [_failure_message(e.step_failure_data) for e in failures if e.is_step_failure]
             print(f"replay to sink {args.sink} failed (run {result.run_id}):", file=sys.stderr)
             for message in messages or ["see the run's logs"]:
                 print(f"  {message}", file=sys.stderr)
@@ -198,6 +192,15 @@ def _print_summary(summary: dict[str, Any], run_id: str) -> None:
         )
     if summary["rejected_again"]:
         print("letters rejected again stay eligible: fix the cause and replay them again")
+
+
+def _failure_message(data: Any) -> str:
+    """A failed step's own words: a ``dg.Failure``'s description, else the error's message."""
+    user = getattr(data, "user_failure_data", None)
+    if user is not None and user.description:
+        return user.description.strip()
+    error = getattr(data, "error", None)
+    return error.message.strip() if error is not None else "see the run's logs"
 
 
 def main(argv: list[str] | None = None) -> int:
