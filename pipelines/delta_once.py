@@ -41,7 +41,6 @@ def append_once(
     *,
     custom_metadata: dict[str, str] | None = None,
     schema_mode: Literal["merge", "overwrite"] | None = None,
-    configuration: dict[str, str] | None = None,
 ) -> bool:
     """Append ``data`` unless ``version`` of ``app_id`` is already committed; True when this call appended."""
     try:
@@ -57,7 +56,6 @@ def append_once(
             mode="append",
             schema_mode=schema_mode,
             storage_options=storage_options,
-            configuration=configuration if isinstance(target, str) else None,
             writer_properties=writer_properties(),
             commit_properties=CommitProperties(
                 app_transactions=[Transaction(app_id, version)], custom_metadata=custom_metadata

@@ -178,30 +178,6 @@ def test_release_lets_the_next_run_in_at_once_and_operator_writes_wait_for_it(la
     )
 
 
-def test_migration_starts_the_sequence_from_the_old_progress_file(lake: LakeResource) -> None:
-    lake.write_state(
-        {"delta_version": 4, "batch_id": 7, "updated_at": "2026-01-01T00:00:00+00:00"},
-        "sinks",
-        "es",
-        "events.json",
-    )
-    assert read_progress(lake, "es", "events").batch_id == 7  # read before any run took the lease
-
-    lease = acquire_progress(lake, "es", "events", "run-1", ttl_s=30, wait_s=0)
-    assert lease.acquired.seq == 1
-    assert progress_of(lease.state) == SinkProgress(4, 7, "2026-01-01T00:00:00+00:00")
-    write_progress(lake, "es", "events", 5, 8, lease=lease)
-    lease.release()
-    assert (
-        read_progress(lake, "es", "events").delta_version,
-        read_progress(lake, "es", "events").batch_id,
-    ) == (
-        5,
-        8,
-    )
-    assert lake.read_state("sinks", "es", "events.json")["batch_id"] == 7  # left alone, no longer read
-
-
 def test_the_task_guard_sees_renewal_release_takeover_and_expiry(lake: LakeResource) -> None:
     log = progress_log(lake, "es", "events")
     first = acquire(log, "run-first", ttl_s=5)

@@ -1,9 +1,8 @@
 """Table maintenance per feed: compact small files (``optimize.compact``) and vacuum old ones.
 
 Ingest appends one file per batch and the ledger one per plan, so both grow many small files;
-compaction keeps reads and ledger lookups fast. Compaction commits add no rows (change data feed
-emits nothing for them) and keep the application transactions, so posting and exactly-once are
-unaffected. Vacuum deletes files unreferenced for longer than the retention.
+compaction keeps reads and ledger lookups fast. Compaction commits add no rows and keep the
+application transactions, so posting and exactly-once are unaffected. Vacuum deletes files unreferenced for longer than the retention.
 """
 
 from collections.abc import Iterator

@@ -222,7 +222,6 @@ def _append_batch(ctx: IngestContext, result: ReadResult, batch_id: int, files: 
         batch_id,
         custom_metadata={"lakerelay.batch_id": str(batch_id), "lakerelay.files": str(files)},
         schema_mode="merge",
-        configuration={"delta.enableChangeDataFeed": "true"},
     )
 
 

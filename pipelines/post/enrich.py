@@ -4,8 +4,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pyarrow as pa
-from py4j.protocol import Py4JError
-from pyspark.errors import PySparkException
+from pyspark.errors import AnalysisException
 from pyspark.sql import DataFrame
 
 
@@ -71,7 +70,10 @@ def enrich(frame: DataFrame, expressions: list[str], feed_name: str = "", resolv
     try:
         enriched = frame.selectExpr("*", *expressions)
         _ = enriched.columns  # Spark Connect analyses lazily: resolve the expressions here, before posting
-    except (PySparkException, Py4JError) as exc:  # Spark's answer (classic or Connect), not a bug of ours
+    # Spark's verdict on the expression (classic or Connect: an unresolved column, a type mismatch, a
+    # syntax error, which ParseException is): a person fixes it. A server that went away is not a verdict:
+    # it goes up as a Spark failure, which is retried.
+    except AnalysisException as exc:
         first_line = str(exc).strip().splitlines()[0][:500] if str(exc).strip() else type(exc).__name__
         raise EnrichmentError(
             f"feed {feed_name!r}: an enrichment expression does not fit its table ({first_line}). The "
@@ -95,7 +97,10 @@ def select_where(frame: DataFrame, predicate: str | None, resolve: bool = True) 
     try:
         selected = frame.where(predicate)
         _ = selected.columns  # Spark Connect analyses lazily: resolve the predicate before posting
-    except (PySparkException, Py4JError) as exc:  # Spark's answer (classic or Connect), not a bug of ours
+    # Spark's verdict on the expression (classic or Connect: an unresolved column, a type mismatch, a
+    # syntax error, which ParseException is): a person fixes it. A server that went away is not a verdict:
+    # it goes up as a Spark failure, which is retried.
+    except AnalysisException as exc:
         first_line = str(exc).strip().splitlines()[0][:500] if str(exc).strip() else type(exc).__name__
         raise EnrichmentError(
             f"the route's where {predicate!r} does not fit its records ({first_line}). Their columns: "

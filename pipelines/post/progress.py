@@ -96,11 +96,6 @@ def lease_label(sink_name: str, table_name: str) -> str:
     return f"sink {sink_name} for table {table_name}"
 
 
-def _legacy_state(lake: LakeResource, sink_name: str, table_name: str) -> dict | None:
-    """The progress file written before the fence (``<table>.json``), if any."""
-    return lake.read_state("sinks", sink_name, f"{table_name}.json")
-
-
 def progress_of(state: dict | None) -> SinkProgress:
     if not state:
         return SinkProgress()
@@ -114,11 +109,9 @@ def progress_of(state: dict | None) -> SinkProgress:
 
 
 def read_progress(lake: LakeResource, sink_name: str, table_name: str) -> SinkProgress:
-    """The settled progress: a listing of the sequence and one GET (the old file until it exists)."""
+    """The settled progress: a listing of the sequence and one GET."""
     record = progress_log(lake, sink_name, table_name).latest()
-    if record is not None:
-        return progress_of(record.state)
-    return progress_of(_legacy_state(lake, sink_name, table_name))
+    return progress_of(record.state if record is not None else None)
 
 
 def acquire_progress(
@@ -139,7 +132,6 @@ def acquire_progress(
         owner,
         ttl_s,
         wait_s,
-        seed=lambda: _legacy_state(lake, sink_name, table_name),
         label=lease_label(sink_name, table_name),
         on_wait=on_wait,
     )

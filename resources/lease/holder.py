@@ -174,14 +174,13 @@ def acquire(
     owner: str,
     ttl_s: float,
     wait_s: float = 0.0,
-    seed: Callable[[], dict | None] | None = None,
     label: str = "",
     poll_s: float = 1.0,
     on_wait: Callable[[LeaseRecord], None] | None = None,
 ) -> Lease:
     """Take the lease for ``owner``: when the latest record holds no live lease, append one that does.
 
-    The new record carries the latest state (or ``seed()`` for an empty sequence: a migration). While
+    The new record carries the latest state (an empty one for an empty sequence). While
     someone else holds it, look again every ``poll_s`` for up to ``wait_s``, then raise LeaseHeld;
     ``on_wait(holder)`` is told once when the wait starts.
     """
@@ -203,7 +202,7 @@ def acquire(
             time.sleep(max(0.05, min(poll_s, remaining, latest.expires_at - now + 0.05)))
             continue
         seq = latest.seq + 1 if latest is not None else 1
-        state = latest.state if latest is not None else (seed() if seed else None) or {}
+        state = latest.state if latest is not None else {}
         record = successor(
             latest, now, token=seq, owner=owner, expires_at=now + ttl_s, state=state, action="acquire"
         )
