@@ -67,20 +67,27 @@ DESTINATIONS = {
 }
 
 
-def write_project(root: Path, feeds: int, url: str = "http://127.0.0.1:9") -> Path:
-    """A dg project of ``feeds`` feeds, each routed to the three sinks (its index by the feed's name)."""
-    package = root / "benchtopology"
+def project_with_sinks(root: Path, package_name: str, sinks: list[str], url: str) -> Path:
+    """A throwaway dg project (``LAKERELAY_DEFS_PROJECT``) declaring ``sinks`` (keys of SINKS) at ``url``;
+    returns its defs folder, where the caller declares feeds and routes."""
+    package = root / package_name
     defs = package / "defs"
     defs.mkdir(parents=True)
     (package / "__init__.py").write_text("")
     (defs / "__init__.py").write_text("")
     (root / "pyproject.toml").write_text(
         '[tool.dg]\ndirectory_type = "project"\n[tool.dg.project]\n'
-        'root_module = "benchtopology"\ndefs_module = "benchtopology.defs"\n'
+        f'root_module = "{package_name}"\ndefs_module = "{package_name}.defs"\n'
     )
-    for name, text in SINKS.items():
+    for name in sinks:
         (defs / "sinks" / name).mkdir(parents=True)
-        (defs / "sinks" / name / "defs.yaml").write_text(text.replace("{url}", url))
+        (defs / "sinks" / name / "defs.yaml").write_text(SINKS[name].replace("{url}", url))
+    return defs
+
+
+def write_project(root: Path, feeds: int, url: str = "http://127.0.0.1:9") -> Path:
+    """A dg project of ``feeds`` feeds, each routed to the three sinks (its index by the feed's name)."""
+    defs = project_with_sinks(root, "benchtopology", list(SINKS), url)
     for n in range(feeds):
         feed = f"feed{n:03d}"
         (defs / "feeds" / feed).mkdir(parents=True)

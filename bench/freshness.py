@@ -48,7 +48,7 @@ from pathlib import Path
 import orjson
 import psutil
 
-from bench.feeds import SINKS
+from bench.feeds import project_with_sinks
 from lakerelay.devtools import spark_connect
 from lakerelay.devtools.dagster_home import prepare as prepare_dagster_home
 from lakerelay.localsink import LocalSinkServer
@@ -164,18 +164,7 @@ def write_project(root: Path, url: str, systems: list[str]) -> Path:
     """A dg project with the lakerelay systems' feeds, each routed to ``es`` and ``hec`` into its own index."""
     from pipelines.feeds import EVENTS_FEED
 
-    package = root / "benchfreshness"
-    defs = package / "defs"
-    defs.mkdir(parents=True)
-    (package / "__init__.py").write_text("")
-    (defs / "__init__.py").write_text("")
-    (root / "pyproject.toml").write_text(
-        '[tool.dg]\ndirectory_type = "project"\n[tool.dg.project]\n'
-        'root_module = "benchfreshness"\ndefs_module = "benchfreshness.defs"\n'
-    )
-    for name in ("es", "hec"):
-        (defs / "sinks" / name).mkdir(parents=True)
-        (defs / "sinks" / name / "defs.yaml").write_text(SINKS[name].replace("{url}", url))
+    defs = project_with_sinks(root, "benchfreshness", ["es", "hec"], url)
     hints = EVENTS_FEED.schema_hints  # "column type, …", as a feed's YAML may give it too
     for system in systems:
         feed = INDEX[system]
