@@ -22,7 +22,7 @@ from typing import Protocol
 import dagster as dg
 
 from resources.lake import LakeResource
-from resources.run_tags import FEED_TAG, NEEDS_FIX, RELAY_TAG
+from resources.run_tags import FEED_TAG, RELAY_TAG
 from sensors.fleet import single_target_sensor
 from sensors.table import (
     BACKOFF_FIRST_S,
@@ -197,8 +197,7 @@ def _count_failure(
     problem: str,
     now: float,
 ) -> None:
-    needs_fix = run.tags.get(NEEDS_FIX, "") if run is not None else ""
-    schedule_retry(cursor, now, bool(needs_fix), feed.backoff_first_s, feed.backoff_max_s)
+    needs_fix = schedule_retry(cursor, now, run, feed.backoff_first_s, feed.backoff_max_s)
     context.log.warning(
         f"{'run ' + run.run_id if run is not None else 'the run ' + cursor.run_key} of {feed.job_name} "
         f"{problem} while files of feed {feed.name} still wait ({cursor.failures} in a row"

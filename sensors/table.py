@@ -109,17 +109,19 @@ def backoff_s(
 def schedule_retry(
     cursor: RetryCursor,
     now: float,
-    needs_fix: bool,
+    run: dg.DagsterRun | None,
     first_s: float = BACKOFF_FIRST_S,
     max_s: float = BACKOFF_MAX_S,
-) -> float:
-    """Count one more unsuccessful run on ``cursor`` and set when to ask again; returns the wait in seconds.
+) -> str:
+    """Count one more unsuccessful ``run`` on ``cursor`` and set when to ask again (the longest wait when
+    the run was tagged as needing a person); returns that tag's reason, "" when none.
 
     The one backoff rule of the sensors that heal (this one and the landing sensor).
     """
+    needs_fix = run.tags.get(NEEDS_FIX, "") if run is not None else ""
     cursor.failures += 1
-    cursor.retry_at = now + backoff_s(cursor.failures, needs_fix, first_s, max_s)
-    return cursor.retry_at - now
+    cursor.retry_at = now + backoff_s(cursor.failures, bool(needs_fix), first_s, max_s)
+    return needs_fix
 
 
 def table_version(
@@ -242,8 +244,7 @@ def _count_failure(
     ended_well: bool,
     now: float,
 ) -> None:
-    needs_fix = last.tags.get(NEEDS_FIX, "") if last is not None else ""
-    schedule_retry(cursor, now, bool(needs_fix), route.backoff_first_s, route.backoff_max_s)
+    needs_fix = schedule_retry(cursor, now, last, route.backoff_first_s, route.backoff_max_s)
     context.log.warning(
         f"run {last.run_id if last is not None else cursor.run_key} of {route.job_name} "
         f"{'ended' if ended_well else 'failed'} with sink {route.sink_name} still behind "
